@@ -527,7 +527,7 @@ impl<const N: usize, const M: usize> Engine<N, M> {
         &self.book
     }
     /// Closes remembered, oldest first.
-    pub fn recent_closes(&self) -> impl Iterator<Item = &CloseRecord> {
+    pub fn recent_closes(&self) -> impl DoubleEndedIterator<Item = &CloseRecord> {
         self.recent.iter()
     }
     /// Counters.

@@ -311,6 +311,13 @@ impl Extremes {
         self.lo_short = min_opt(self.lo_short, s);
         self.hi_short = max_opt(self.hi_short, s);
     }
+    /// Widens to include another run's extremes.
+    pub fn merge(&mut self, o: &Extremes) {
+        self.lo_long = min_opt(self.lo_long, o.lo_long);
+        self.hi_long = max_opt(self.hi_long, o.hi_long);
+        self.lo_short = min_opt(self.lo_short, o.lo_short);
+        self.hi_short = max_opt(self.hi_short, o.hi_short);
+    }
     /// Lowest and highest price `side` was judged on.
     pub fn range(&self, side: Side) -> (Option<Price>, Option<Price>) {
         match side {
@@ -345,6 +352,16 @@ impl Tick {
         }
         self.extremes.include(q);
         self.quote = *q;
+        true
+    }
+    /// Folds a later tick of the same instrument (itself possibly coalesced) into this one;
+    /// `false` when it is older than the held quote and was ignored.
+    pub fn absorb(&mut self, later: &Tick) -> bool {
+        if !later.quote.supersedes(&self.quote) {
+            return false;
+        }
+        self.extremes.merge(&later.extremes);
+        self.quote = later.quote;
         true
     }
 }

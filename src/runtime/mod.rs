@@ -1,1 +1,240 @@
-//! Runtime.
+//! The runtime around the sans-IO core: the clock, the channels, and the engine task that
+//! owns all state. Feeds, pollers, the broker and the control plane talk to it only through
+//! bounded channels; a page view is a message, never a lock held during IO.
+//!
+//! ```text
+//!  feed / REST ──Tick──▶ TickQueue (coalescing, one slot per instrument) ──┐
+//!  feed events ───────▶ mpsc(COMMAND_QUEUE) ─────────────────────────────────┤
+//!  commands, inspects ▶ mpsc(COMMAND_QUEUE) ─────────────────────────────────┼─▶ engine task
+//!  broker reports ────▶ mpsc(COMMAND_QUEUE) ─────────────────────────────────┘      │
+//!                                  broker requests ◀── mpsc(COMMAND_QUEUE) ◀──────────┘
+//! ```
+//! Every channel except the tick queue applies back-pressure instead of dropping: commands,
+//! feed events and broker outcomes are never lost.
+
+pub mod app;
+pub mod board;
+pub mod clock;
+pub mod demo;
+pub mod paper;
+pub mod queue;
+pub mod report;
+pub mod signals;
+pub mod sim;
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::core::engine::{Actions, BrokerReport, Command, Engine, FeedEvent, OrderAction, Reply};
+use crate::core::price::Qty;
+use crate::core::time::Timestamp;
+use crate::core::types::{ClientId, CloseReason, InstrumentId, PosIdx, Side, Symbol, Tick};
+use crate::core::CoreError;
+use crate::limits::{COMMAND_QUEUE, MAX_INSTRUMENTS, MAX_POSITIONS};
+use clock::Clock;
+use queue::TickQueue;
+
+/// The engine at the appliance's capacities.
+pub type AppEngine = Engine<MAX_INSTRUMENTS, MAX_POSITIONS>;
+
+/// A look at the engine's state, run on the engine task between two events.
+pub type Inspect = Box<dyn FnOnce(&AppEngine, Timestamp) + Send>;
+
+/// A message to the engine task other than a tick.
+pub enum Request {
+    /// A command, with an optional channel for the reply.
+    Command {
+        /// The command.
+        cmd: Command,
+        /// Where the reply goes.
+        reply: Option<oneshot::Sender<Result<Reply, CoreError>>>,
+    },
+    /// A feed or REST source change.
+    Feed(FeedEvent),
+    /// A broker outcome.
+    Broker(BrokerReport),
+    /// A read-only look at the state (status page, demo summary).
+    Inspect(Inspect),
+}
+
+/// An order for the broker task, with the symbol resolved.
+#[derive(Clone, Debug)]
+pub enum BrokerRequest {
+    /// Send a closing market order.
+    Place {
+        /// Position slot (echoed in the report).
+        pos: PosIdx,
+        /// Client id of this attempt.
+        client_id: ClientId,
+        /// Instrument id.
+        instrument: InstrumentId,
+        /// Symbol.
+        symbol: Symbol,
+        /// Position side (the order goes the other way).
+        side: Side,
+        /// Quantity.
+        qty: Qty,
+        /// Why.
+        reason: CloseReason,
+    },
+    /// Look an attempt up.
+    Lookup {
+        /// Position slot.
+        pos: PosIdx,
+        /// Client id.
+        client_id: ClientId,
+        /// When it was sent.
+        sent_at: Timestamp,
+    },
+}
+
+/// The sending ends the edges use to reach the engine task.
+#[derive(Clone)]
+pub struct EngineHandle {
+    /// Ticks (coalescing; never blocks).
+    pub ticks: Arc<TickQueue>,
+    /// Everything else (bounded; senders wait when full).
+    pub requests: mpsc::Sender<Request>,
+}
+
+impl EngineHandle {
+    /// Sends a command and waits for the engine's reply.
+    pub async fn command(&self, cmd: Command) -> Result<Reply, CoreError> {
+        let (tx, rx) = oneshot::channel();
+        if self.requests.send(Request::Command { cmd, reply: Some(tx) }).await.is_err() {
+            return Err(CoreError::UnknownPosition);
+        }
+        rx.await.unwrap_or(Err(CoreError::UnknownPosition))
+    }
+    /// Reports a feed event.
+    pub async fn feed(&self, ev: FeedEvent) {
+        let _ = self.requests.send(Request::Feed(ev)).await;
+    }
+    /// Runs `f` on the engine task and returns its result.
+    pub async fn inspect<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&AppEngine, Timestamp) -> T + Send + 'static,
+    ) -> Option<T> {
+        let (tx, rx) = oneshot::channel();
+        let job: Inspect = Box::new(move |e, now| {
+            let _ = tx.send(f(e, now));
+        });
+        self.requests.send(Request::Inspect(job)).await.ok()?;
+        rx.await.ok()
+    }
+}
+
+/// The engine task: owns the engine, turns inputs into engine calls and carries out the
+/// actions (logs them, hands orders to the broker).
+pub struct EngineTask {
+    engine: Box<AppEngine>,
+    clock: Clock,
+    ticks: Arc<TickQueue>,
+    requests: mpsc::Receiver<Request>,
+    broker: mpsc::Sender<BrokerRequest>,
+    shutdown: watch::Receiver<bool>,
+    drained: Vec<Tick>,
+    out: Box<Actions<MAX_POSITIONS>>,
+}
+
+/// Builds the engine task and the handle the edges use. Orders come out of `broker_rx`.
+pub fn engine_task(
+    engine: Box<AppEngine>,
+    clock: Clock,
+    shutdown: watch::Receiver<bool>,
+) -> (EngineTask, EngineHandle, mpsc::Receiver<BrokerRequest>) {
+    let ticks = Arc::new(TickQueue::new(MAX_INSTRUMENTS));
+    let (req_tx, req_rx) = mpsc::channel(COMMAND_QUEUE);
+    let (broker_tx, broker_rx) = mpsc::channel(COMMAND_QUEUE);
+    let task = EngineTask {
+        engine,
+        clock,
+        ticks: ticks.clone(),
+        requests: req_rx,
+        broker: broker_tx,
+        shutdown,
+        drained: Vec::with_capacity(MAX_INSTRUMENTS),
+        out: Box::new(Actions::new()),
+    };
+    (task, EngineHandle { ticks, requests: req_tx }, broker_rx)
+}
+
+impl EngineTask {
+    /// Runs until shutdown is signalled; returns the engine for a final look.
+    pub async fn run(mut self) -> Box<AppEngine> {
+        loop {
+            let wake = self.clock.instant(self.engine.poll_timeout());
+            tokio::select! {
+                biased;
+                _ = self.shutdown.changed() => break,
+                req = self.requests.recv() => match req {
+                    Some(r) => self.handle(r).await,
+                    None => break,
+                },
+                _ = self.ticks.notified() => self.drain_ticks().await,
+                _ = tokio::time::sleep_until(wake) => {
+                    let now = self.clock.now();
+                    self.engine.on_timer(now, &mut self.out);
+                    self.dispatch(now).await;
+                }
+            }
+        }
+        self.engine
+    }
+
+    async fn drain_ticks(&mut self) {
+        self.drained.clear();
+        self.ticks.drain_into(&mut self.drained);
+        for i in 0..self.drained.len() {
+            let tick = self.drained[i];
+            let now = self.clock.now();
+            self.engine.on_tick(now, &tick, &mut self.out);
+            if !self.out.is_empty() {
+                self.dispatch(now).await;
+            }
+        }
+    }
+
+    async fn handle(&mut self, req: Request) {
+        let now = self.clock.now();
+        match req {
+            Request::Command { cmd, reply } => {
+                let r = self.engine.on_command(now, cmd, &mut self.out);
+                if let Some(tx) = reply {
+                    let _ = tx.send(r);
+                }
+            }
+            Request::Feed(ev) => self.engine.on_feed(now, ev, &mut self.out),
+            Request::Broker(rep) => self.engine.on_broker(now, &rep, &mut self.out),
+            Request::Inspect(f) => {
+                f(&self.engine, now);
+                return;
+            }
+        }
+        self.dispatch(now).await;
+    }
+
+    /// Carries out the actions of the last engine call: log, then hand orders to the broker.
+    async fn dispatch(&mut self, now: Timestamp) {
+        for n in self.out.notices.iter() {
+            report::log_notice(&self.engine, now, n);
+        }
+        for i in 0..self.out.orders.len() {
+            let o = self.out.orders[i].clone();
+            report::log_order(&self.engine, &o);
+            let req = match o {
+                OrderAction::Place { pos, client_id, instrument, side, qty, reason, .. } => {
+                    let symbol = Symbol::try_from(self.engine.cache().symbol(instrument)).unwrap_or_default();
+                    BrokerRequest::Place { pos, client_id, instrument, symbol, side, qty, reason }
+                }
+                OrderAction::Lookup { pos, client_id, sent_at } => BrokerRequest::Lookup { pos, client_id, sent_at },
+            };
+            // Back-pressure, never a drop: an order that cannot be handed over would leave a
+            // crossed stop open.
+            if self.broker.send(req).await.is_err() {
+                log::error!("[CLOSE] event=broker_gone (broker task stopped; orders cannot be sent)");
+            }
+        }
+    }
+}
