@@ -265,8 +265,9 @@ async fn play_round(round: u32, handle: &EngineHandle, board: &PriceBoard, clock
         if !summarised && t >= SUMMARY_AT - 1e-9 {
             summarised = true;
             let names: Vec<String> = ["bosch", "adani", "kaynes", "reliance"].iter().map(|n| pid(n)).collect();
+            let blind = std::mem::take(&mut blind_seen);
             let summary = handle
-                .inspect(move |e, now| summary(e, now, round, round_start, &names, &blind_seen))
+                .inspect(move |e, now| summary(e, now, round, round_start, &names, &blind))
                 .await
                 .unwrap_or_default();
             println!("{summary}");
