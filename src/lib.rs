@@ -23,5 +23,6 @@
 
 pub mod config;
 pub mod core;
+pub mod feed;
 pub mod limits;
 pub mod runtime;

@@ -1,0 +1,4 @@
+//! Venue feeds: decoders (sans-IO) and, later, the sessions that carry them.
+
+pub mod binance;
+pub mod json;
