@@ -25,4 +25,5 @@ pub mod config;
 pub mod core;
 pub mod feed;
 pub mod limits;
+pub mod net;
 pub mod runtime;

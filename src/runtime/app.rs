@@ -1,15 +1,128 @@
-//! `tickguard run` (placeholder while the configuration module lands).
+//! `tickguard run`: the appliance on a configuration file.
+
+use std::fmt::Write as _;
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
-use crate::config::Config;
+use tokio::sync::watch;
 
-/// Summary.
-pub fn summary(_cfg: &Config) -> String {
-    String::new()
+use super::board::PriceBoard;
+use super::clock::Clock;
+use super::paper::Paper;
+use super::sim::SimFeed;
+use super::{engine_task, AppEngine};
+use crate::config::{BrokerKind, Config, Venue};
+use crate::core::engine::Command;
+use crate::core::price::Price;
+
+/// Exit code of a configuration error.
+pub const EXIT_CONFIG: u8 = 78;
+
+/// A short human summary of a validated configuration (for `check-config` and start-up).
+pub fn summary(cfg: &Config) -> String {
+    let mut s = cfg.summary();
+    for p in &cfg.positions {
+        let _ = write!(
+            s,
+            "\n  position {} {} {} qty={} entry={} stop_loss={} take_profit={} blind_policy={}",
+            p.id,
+            p.symbol,
+            p.side,
+            p.qty,
+            p.entry,
+            p.stop_loss.map_or("-".into(), |v| v.to_string()),
+            p.take_profit.map_or("-".into(), |v| v.to_string()),
+            p.blind_policy.as_str()
+        );
+    }
+    s
 }
 
-/// Run.
-pub async fn run(_path: &Path) -> ExitCode {
-    ExitCode::from(1)
+/// Runs the appliance until SIGINT / SIGTERM.
+pub async fn run(path: &Path) -> ExitCode {
+    let cfg = match crate::config::load(Some(path), std::env::vars()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("config error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if cfg.feed.venue != Venue::Sim {
+        eprintln!(
+            "config error: feed.venue = {:?}: this build serves only the simulated venue (\"sim\"); set feed.venue = \"sim\"",
+            cfg.feed.venue
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    if cfg.broker.kind != BrokerKind::Paper {
+        eprintln!(
+            "config error: broker.kind = {:?}: this build has only the paper broker; set broker.kind = \"paper\"",
+            cfg.broker.kind
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    log::info!("tickguard {} starting with {}", env!("CARGO_PKG_VERSION"), path.display());
+    for line in summary(&cfg).lines() {
+        log::info!("{}", line.trim_start());
+    }
+    let clock = Clock::new();
+    let mut engine: Box<AppEngine> = Box::new(AppEngine::new(cfg.engine_config(), clock.now()));
+    let mut instruments = Vec::new();
+    for sym in cfg.watched_symbols() {
+        match engine.add_instrument(&sym) {
+            Ok(id) => {
+                let start = cfg
+                    .positions
+                    .iter()
+                    .find(|p| p.symbol.as_str() == sym)
+                    .map_or(Price::from_units(100 * crate::core::price::SCALE), |p| p.entry);
+                instruments.push((id, start));
+            }
+            Err(e) => {
+                eprintln!("config error: feed.instruments: {sym}: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        }
+    }
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (task, handle, broker_rx) = engine_task(engine, clock, stop_rx.clone());
+    let board = Arc::new(PriceBoard::new(crate::limits::MAX_INSTRUMENTS));
+    let paper = Paper {
+        fill_delay: cfg.broker.paper_fill_delay,
+        network_up: Arc::new(AtomicBool::new(true)),
+        board: board.clone(),
+    };
+    let engine_join = tokio::spawn(task.run());
+    let paper_join = tokio::spawn(paper.run(broker_rx, handle.clone()));
+    let seed = cfg.sim.seed.unwrap_or_else(entropy_seed);
+    log::info!("sim: random walk over {} instruments, seed={seed}", instruments.len());
+    let sim = SimFeed { instruments, interval: cfg.sim.tick_interval, seed };
+    let sim_join = tokio::spawn(sim.run(handle.clone(), board, clock, stop_rx.clone()));
+    for spec in &cfg.positions {
+        if let Err(e) = handle.command(Command::Register(spec.clone())).await {
+            eprintln!("config error: positions: id={}: {e}", spec.id);
+            let _ = stop_tx.send(true);
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    }
+    let (sig_tx, mut sig_rx) = watch::channel(false);
+    tokio::spawn(super::signals::stop_on_signal(sig_tx));
+    let _ = sig_rx.changed().await;
+    let _ = stop_tx.send(true);
+    let _ = sim_join.await;
+    let _ = engine_join.await;
+    paper_join.abort();
+    log::info!("stopped");
+    ExitCode::SUCCESS
+}
+
+/// A seed from the OS (for jitter and the simulated walk), without a crate: the standard
+/// library's randomly keyed hasher.
+pub fn entropy_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(std::process::id().into());
+    h.finish()
 }

@@ -53,7 +53,8 @@ impl SimFeed {
             }
             for (id, units) in prices.iter_mut() {
                 let step = (rng.next_u64() % 21) as i64 - 10; // -10..=10 basis points / 10
-                *units = (*units + *units / 10_000 * step).max(1);
+                // Steps of up to ±0.1 %, on a 0.01 tick.
+                *units = ((*units + *units / 10_000 * step) / 1_000_000 * 1_000_000).max(1_000_000);
                 publish(&handle, &board, &clock, *id, Price::from_units(*units));
             }
         }
