@@ -1,30 +1,1862 @@
 //! Configuration: one TOML file plus `TICKGUARD_<SECTION>_<KEY>` environment overrides.
-//! (Being written: see docs/configuration.md.)
+//!
+//! One static schema, [`KEYS`], drives everything: which keys exist (anything else is an
+//! error, with the nearest known key suggested), how a value is typed and checked, which
+//! environment variables override what, and the key table of `docs/configuration.md` (a unit
+//! test keeps the two in step). Positions come from `[[positions]]` tables, described by
+//! [`POSITION_KEYS`]; they are file-only.
+//!
+//! The parsed document is walked by hand against the schema, so every error names the key
+//! (`cache.stale_after_s`, `positions[1].stop_loss`), the value and the fix, on one line.
+//! Every key has a default: an empty file, or no file at all, is a valid configuration.
+//!
+//! Secrets are never read here: the configuration holds their paths, and [`read_secret`]
+//! reads one when an edge needs it.
 
-use std::path::PathBuf;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-/// A configuration problem. Exit code 78.
+use toml::Spanned;
+use toml::de::{DeInteger, DeTable, DeValue};
+
+use crate::core::book::{PositionSpec, check_levels};
+use crate::core::engine::EngineConfig;
+use crate::core::price::{DecimalError, Price, Qty, SCALE};
+use crate::core::types::{BlindPolicy, PositionId, Side, Symbol};
+use crate::limits::{MAX_INSTRUMENTS, MAX_POSITIONS, POSITION_ID_MAX, SYMBOL_MAX};
+
+/// Prefix of every environment override.
+pub const ENV_PREFIX: &str = "TICKGUARD_";
+
+/// Longest duration any `*_s` key accepts, in seconds (one day).
+pub const MAX_SECS: f64 = 86_400.0;
+
+/// The sections of the file, in documentation order (`[[positions]]` comes on top of these).
+pub const SECTIONS: &[&str] = &["api", "feed", "dns", "tls", "cache", "broker", "store", "sim"];
+
+/// A configuration problem. The process exits with code 78 (`EX_CONFIG`) on any of them.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {}: {source}", path.display())]
     Read {
         /// The file.
         path: PathBuf,
         /// Why.
         source: std::io::Error,
     },
+    /// The file is not valid TOML.
+    #[error("{path}:{line}:{column}: toml syntax error: {message}")]
+    Parse {
+        /// The file (or the origin label given to [`parse_str`]).
+        path: String,
+        /// Line of the error, from 1.
+        line: usize,
+        /// Column of the error, from 1.
+        column: usize,
+        /// What the TOML parser says.
+        message: String,
+    },
+    /// A key (or section) the schema does not know.
+    #[error("unknown key {key}: {fix}")]
+    UnknownKey {
+        /// The dotted key (`cache.stale_after`, `positions[0].stop`).
+        key: String,
+        /// The nearest known key, if one is close, and what to do.
+        fix: String,
+    },
+    /// A value of the file that is of the wrong type or out of range, or that contradicts
+    /// another key.
+    #[error("{key} = {value}: {problem}; {fix}")]
+    Invalid {
+        /// The dotted key.
+        key: String,
+        /// The value as written (or as computed, for counts).
+        value: String,
+        /// What is wrong with it.
+        problem: String,
+        /// How to fix it.
+        fix: String,
+    },
+    /// A required key of a `[[positions]]` table is absent.
+    #[error("{key} is missing: {fix}")]
+    Missing {
+        /// The dotted key (`positions[0].qty`).
+        key: String,
+        /// How to fix it.
+        fix: String,
+    },
+    /// An environment override whose value does not fit its key.
+    #[error("environment {var}={value:?} (key {key}): {problem}; {fix}")]
+    Env {
+        /// The variable.
+        var: String,
+        /// The key it overrides.
+        key: &'static str,
+        /// Its value.
+        value: String,
+        /// What is wrong with it.
+        problem: String,
+        /// How to fix it.
+        fix: String,
+    },
+    /// A `TICKGUARD_<SECTION>_...` variable of a known section that matches no key.
+    #[error("unknown environment variable {var}: {fix}")]
+    UnknownEnv {
+        /// The variable.
+        var: String,
+        /// The nearest known variable, if one is close, and what to do.
+        fix: String,
+    },
+    /// A secret or token file could not be used (its content is never shown).
+    #[error("secret file {}: {problem}", path.display())]
+    Secret {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+/// How a key's value is typed and checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A URL whose scheme is one of these.
+    Url(&'static [&'static str]),
+    /// `true` or `false`.
+    Bool,
+    /// An integer in `min..=max`.
+    Count {
+        /// Smallest accepted.
+        min: u16,
+        /// Largest accepted.
+        max: u16,
+    },
+    /// Seconds, integer or decimal, at most [`MAX_SECS`]; held as a `Duration` (1 µs steps).
+    Secs {
+        /// Whether zero is accepted.
+        allow_zero: bool,
+    },
+    /// A list of instrument symbols.
+    Symbols,
+    /// A file or directory path.
+    Path,
+    /// A path that may be absent.
+    OptPath,
+    /// An IP socket address (`ip:port`, `[v6]:port`).
+    Addr,
+    /// A list of DNS servers: `ip` (port 53) or `ip:port`, IPv4 or IPv6.
+    Nameservers,
+    /// One of these words.
+    Choice(&'static [&'static str]),
+    /// An optional non-negative integer seed.
+    Seed,
+}
+
+impl Kind {
+    /// The type as the documentation's key table writes it.
+    pub fn type_name(self) -> String {
+        match self {
+            Kind::Url(schemes) => format!("url ({})", schemes.join(", ")),
+            Kind::Bool => "bool".into(),
+            Kind::Count { min, max } => format!("integer {min} to {max}"),
+            Kind::Secs { allow_zero: true } => "number ≥ 0".into(),
+            Kind::Secs { allow_zero: false } => "number > 0".into(),
+            Kind::Symbols => "list of symbols".into(),
+            Kind::Path => "path".into(),
+            Kind::OptPath => "path, optional".into(),
+            Kind::Addr => "socket address".into(),
+            Kind::Nameservers => "list of addresses".into(),
+            Kind::Choice(words) => words.join(" / "),
+            Kind::Seed => "integer ≥ 0, optional".into(),
+        }
+    }
+
+    /// What a value of this kind is, for error messages ("expected ...").
+    fn expects(self) -> String {
+        match self {
+            Kind::Url(_) => "a URL string".into(),
+            Kind::Bool => "true or false".into(),
+            Kind::Count { min, max } => format!("an integer from {min} to {max}"),
+            Kind::Secs { .. } => "a number of seconds (integer or decimal)".into(),
+            Kind::Symbols => "a list of symbol strings".into(),
+            Kind::Path | Kind::OptPath => "a path string".into(),
+            Kind::Addr => "an \"ip:port\" string".into(),
+            Kind::Nameservers => "a list of address strings".into(),
+            Kind::Choice(words) => format!("one of the strings {}", words.join(", ")),
+            Kind::Seed => "a non-negative integer".into(),
+        }
+    }
+}
+
+/// One key of the schema.
+#[derive(Clone, Copy, Debug)]
+pub struct KeySpec {
+    /// Dotted name, `section.key`.
+    pub name: &'static str,
+    /// Type and checks.
+    pub kind: Kind,
+    /// The default, as the documentation writes it (`(none)` and `(empty)` for absent values;
+    /// otherwise in the form an environment override takes).
+    pub default: &'static str,
+    /// Unit, or empty.
+    pub unit: &'static str,
+    /// What it does.
+    pub meaning: &'static str,
+    /// A TOML value that differs from the default, used in error messages' fixes.
+    pub example: &'static str,
+}
+
+impl KeySpec {
+    /// The section (`cache` of `cache.stale_after_s`).
+    pub fn section(&self) -> &'static str {
+        self.name.split_once('.').map_or(self.name, |(s, _)| s)
+    }
+    /// The key inside its section (`stale_after_s`).
+    pub fn leaf(&self) -> &'static str {
+        self.name.split_once('.').map_or(self.name, |(_, k)| k)
+    }
+    /// The environment variable overriding it (`TICKGUARD_CACHE_STALE_AFTER_S`).
+    pub fn env_var(&self) -> String {
+        env_var_name(self.name)
+    }
+    /// The example in the form an environment variable takes.
+    fn env_example(&self) -> String {
+        let e = self.example;
+        let e = e.strip_prefix('[').and_then(|e| e.strip_suffix(']')).unwrap_or(e);
+        e.replace('"', "").replace(", ", ",")
+    }
+}
+
+/// The environment variable overriding the dotted `key`: `TICKGUARD_` then the key
+/// uppercased with the dot replaced by `_`.
+pub fn env_var_name(key: &str) -> String {
+    format!("{ENV_PREFIX}{}", key.replace('.', "_").to_ascii_uppercase())
+}
+
+const fn key(
+    name: &'static str,
+    kind: Kind,
+    default: &'static str,
+    unit: &'static str,
+    meaning: &'static str,
+    example: &'static str,
+) -> KeySpec {
+    KeySpec { name, kind, default, unit, meaning, example }
+}
+
+const SECS: Kind = Kind::Secs { allow_zero: false };
+const SECS0: Kind = Kind::Secs { allow_zero: true };
+const WS: Kind = Kind::Url(&["ws", "wss"]);
+const HTTP: Kind = Kind::Url(&["http", "https"]);
+
+/// The schema: every key of every section, in documentation order.
+pub static KEYS: &[KeySpec] = &[
+    key(
+        "api.listen",
+        Kind::Addr,
+        "127.0.0.1:8000",
+        "",
+        "Address the HTTP API and status page listen on.",
+        "\"0.0.0.0:8080\"",
+    ),
+    key(
+        "api.token_file",
+        Kind::OptPath,
+        "(none)",
+        "",
+        "File holding the API bearer token.",
+        "\"/etc/tickguard/api.token\"",
+    ),
+    key(
+        "api.protect_reads",
+        Kind::Bool,
+        "false",
+        "",
+        "Require the token for read-only endpoints too; needs `api.token_file`.",
+        "true",
+    ),
+    key(
+        "feed.venue",
+        Kind::Choice(&["sim", "binance", "upstox"]),
+        "sim",
+        "",
+        "Market-data source: the built-in random-walk simulator, Binance or Upstox.",
+        "\"binance\"",
+    ),
+    key(
+        "feed.ws_url",
+        WS,
+        "wss://stream.binance.com:9443/stream",
+        "",
+        "WebSocket endpoint of the live feed.",
+        "\"wss://stream.binance.com:443/stream\"",
+    ),
+    key(
+        "feed.rest_url",
+        HTTP,
+        "https://api.binance.com",
+        "",
+        "REST base URL of the price fallback (rung L2).",
+        "\"https://api1.binance.com\"",
+    ),
+    key(
+        "feed.instruments",
+        Kind::Symbols,
+        "(empty)",
+        "",
+        "Symbols to watch on top of the positions' own symbols.",
+        "[\"BTCUSDT\", \"ETHUSDT\"]",
+    ),
+    key(
+        "feed.silence_timeout_s",
+        SECS,
+        "10",
+        "s",
+        "A connected feed silent this long is treated as down.",
+        "15",
+    ),
+    key("feed.reconnect_initial_s", SECS, "1", "s", "First delay before reconnecting the feed.", "2"),
+    key(
+        "feed.reconnect_max_s",
+        SECS,
+        "30",
+        "s",
+        "Longest delay between reconnects; at least `feed.reconnect_initial_s`.",
+        "60",
+    ),
+    key("feed.rest_poll_s", SECS, "2", "s", "Period of REST price polling while the feed is down.", "5"),
+    key(
+        "feed.token_file",
+        Kind::OptPath,
+        "(none)",
+        "",
+        "File holding the feed's access token (Upstox).",
+        "\"/etc/tickguard/feed.token\"",
+    ),
+    key(
+        "dns.use_system",
+        Kind::Bool,
+        "true",
+        "",
+        "Use the nameservers of `dns.resolv_conf`; when false, use `dns.nameservers`.",
+        "false",
+    ),
+    key(
+        "dns.resolv_conf",
+        Kind::Path,
+        "/etc/resolv.conf",
+        "",
+        "The system resolver file read when `dns.use_system` is true.",
+        "\"/run/systemd/resolve/resolv.conf\"",
+    ),
+    key(
+        "dns.nameservers",
+        Kind::Nameservers,
+        "8.8.8.8, 1.1.1.1, 8.8.4.4, 1.0.0.1",
+        "",
+        "DNS servers used when `dns.use_system` is false: `ip` (port 53) or `ip:port`; IPv6 bare or as `[v6]:port`.",
+        "[\"9.9.9.9\", \"[2620:fe::fe]:53\"]",
+    ),
+    key("dns.timeout_s", SECS, "5", "s", "Timeout of one DNS query.", "3"),
+    key(
+        "tls.extra_ca",
+        Kind::OptPath,
+        "(none)",
+        "",
+        "PEM file of extra CA certificates trusted on top of the built-in roots.",
+        "\"/etc/tickguard/ca.pem\"",
+    ),
+    key(
+        "cache.stale_after_s",
+        SECS,
+        "30",
+        "s",
+        "A price this old is stale: still usable, with a warning. Below `cache.expire_after_s`.",
+        "20",
+    ),
+    key("cache.expire_after_s", SECS, "300", "s", "A price older than this is never acted on.", "120"),
+    key(
+        "cache.blind_grace_s",
+        SECS0,
+        "60",
+        "s",
+        "How long a position stays blind before its `blind_policy` acts.",
+        "30",
+    ),
+    key(
+        "broker.kind",
+        Kind::Choice(&["paper", "binance", "upstox"]),
+        "paper",
+        "",
+        "Where closing orders go: simulated fills, Binance or Upstox. A live kind must match `feed.venue`.",
+        "\"binance\"",
+    ),
+    key(
+        "broker.rest_url",
+        HTTP,
+        "https://api.binance.com",
+        "",
+        "REST base URL of the broker.",
+        "\"https://api1.binance.com\"",
+    ),
+    key(
+        "broker.key_file",
+        Kind::OptPath,
+        "(none)",
+        "",
+        "File holding the broker API key (Upstox: the access token).",
+        "\"/etc/tickguard/broker.key\"",
+    ),
+    key(
+        "broker.secret_file",
+        Kind::OptPath,
+        "(none)",
+        "",
+        "File holding the broker API secret (Binance request signing).",
+        "\"/etc/tickguard/broker.secret\"",
+    ),
+    key(
+        "broker.max_close_attempts",
+        Kind::Count { min: 1, max: 1000 },
+        "5",
+        "",
+        "Failed attempts after which a close is reported `close_failed` (it keeps retrying slowly).",
+        "8",
+    ),
+    key("broker.retry_initial_s", SECS, "1", "s", "First retry delay of a failed close.", "0.5"),
+    key(
+        "broker.retry_max_s",
+        SECS,
+        "30",
+        "s",
+        "Longest retry delay; at least `broker.retry_initial_s`.",
+        "60",
+    ),
+    key(
+        "broker.paper_fill_delay_s",
+        SECS0,
+        "0.2",
+        "s",
+        "Delay before the paper broker fills an order.",
+        "0.5",
+    ),
+    key(
+        "store.dir",
+        Kind::Path,
+        "./tickguard-state",
+        "",
+        "Directory of the journal and state files.",
+        "\"/var/lib/tickguard\"",
+    ),
+    key(
+        "sim.seed",
+        Kind::Seed,
+        "(none)",
+        "",
+        "Seed of the simulator's random walk and of the engine's retry jitter; when absent the engine uses a fixed built-in seed.",
+        "42",
+    ),
+    key("sim.tick_interval_s", SECS, "0.2", "s", "Period between two simulated ticks of an instrument.", "1"),
+];
+
+/// One key of a `[[positions]]` table.
+#[derive(Clone, Copy, Debug)]
+pub struct PositionKey {
+    /// Key name.
+    pub name: &'static str,
+    /// Type as the documentation writes it.
+    pub type_name: &'static str,
+    /// Whether it must be present.
+    pub required: bool,
+    /// Default when absent (`(none)` for no level), or empty when required.
+    pub default: &'static str,
+    /// What it is.
+    pub meaning: &'static str,
+    /// A TOML value, used in error messages' fixes.
+    pub example: &'static str,
+}
+
+const fn pkey(
+    name: &'static str,
+    type_name: &'static str,
+    required: bool,
+    default: &'static str,
+    meaning: &'static str,
+    example: &'static str,
+) -> PositionKey {
+    PositionKey { name, type_name, required, default, meaning, example }
+}
+
+/// The keys of a `[[positions]]` table.
+pub static POSITION_KEYS: &[PositionKey] = &[
+    pkey("id", "string", true, "", "Unique id: 1 to 20 characters of `A-Z a-z 0-9 _ -`.", "\"btc-1\""),
+    pkey("symbol", "string", true, "", "Instrument as the venue writes it, at most 32 bytes.", "\"BTCUSDT\""),
+    pkey(
+        "side",
+        "long / short",
+        true,
+        "",
+        "Long (closed by selling) or short (closed by buying).",
+        "\"long\"",
+    ),
+    pkey("qty", "decimal", true, "", "Quantity held; above zero.", "0.5"),
+    pkey("entry", "decimal", true, "", "Entry price; above zero.", "60000"),
+    pkey("stop_loss", "decimal", false, "(none)", "Stop-loss level; above zero.", "58000"),
+    pkey("take_profit", "decimal", false, "(none)", "Take-profit level; above zero.", "65000"),
+    pkey(
+        "blind_policy",
+        "alert / flatten",
+        false,
+        "alert",
+        "What the position does once blind past `cache.blind_grace_s`: keep alerting, or close at market.",
+        "\"flatten\"",
+    ),
+];
+
+/// The market-data source.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum Venue {
+    /// The built-in random-walk simulator (no network).
+    #[default]
+    Sim,
+    /// Binance spot.
+    Binance,
+    /// Upstox.
+    Upstox,
+}
+
+impl Venue {
+    /// Parses `sim`, `binance` or `upstox`.
+    pub fn parse(s: &str) -> Option<Venue> {
+        match s {
+            "sim" => Some(Venue::Sim),
+            "binance" => Some(Venue::Binance),
+            "upstox" => Some(Venue::Upstox),
+            _ => None,
+        }
+    }
+    /// `sim`, `binance` or `upstox`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Venue::Sim => "sim",
+            Venue::Binance => "binance",
+            Venue::Upstox => "upstox",
+        }
+    }
+}
+
+/// Where closing orders go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum BrokerKind {
+    /// Simulated fills after `broker.paper_fill_delay_s`.
+    #[default]
+    Paper,
+    /// Binance spot.
+    Binance,
+    /// Upstox.
+    Upstox,
+}
+
+impl BrokerKind {
+    /// Parses `paper`, `binance` or `upstox`.
+    pub fn parse(s: &str) -> Option<BrokerKind> {
+        match s {
+            "paper" => Some(BrokerKind::Paper),
+            "binance" => Some(BrokerKind::Binance),
+            "upstox" => Some(BrokerKind::Upstox),
+            _ => None,
+        }
+    }
+    /// `paper`, `binance` or `upstox`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BrokerKind::Paper => "paper",
+            BrokerKind::Binance => "binance",
+            BrokerKind::Upstox => "upstox",
+        }
+    }
+}
+
+/// `[api]`: the HTTP API and status page.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiConfig {
+    /// `api.listen`.
+    pub listen: SocketAddr,
+    /// `api.token_file`.
+    pub token_file: Option<PathBuf>,
+    /// `api.protect_reads`.
+    pub protect_reads: bool,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig { listen: SocketAddr::from(([127, 0, 0, 1], 8000)), token_file: None, protect_reads: false }
+    }
+}
+
+/// `[feed]`: market data.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FeedConfig {
+    /// `feed.venue`.
+    pub venue: Venue,
+    /// `feed.ws_url`.
+    pub ws_url: String,
+    /// `feed.rest_url`.
+    pub rest_url: String,
+    /// `feed.instruments`.
+    pub instruments: Vec<String>,
+    /// `feed.silence_timeout_s`.
+    pub silence_timeout: Duration,
+    /// `feed.reconnect_initial_s`.
+    pub reconnect_initial: Duration,
+    /// `feed.reconnect_max_s`.
+    pub reconnect_max: Duration,
+    /// `feed.rest_poll_s`.
+    pub rest_poll: Duration,
+    /// `feed.token_file`.
+    pub token_file: Option<PathBuf>,
+}
+
+impl Default for FeedConfig {
+    fn default() -> Self {
+        FeedConfig {
+            venue: Venue::Sim,
+            ws_url: "wss://stream.binance.com:9443/stream".into(),
+            rest_url: "https://api.binance.com".into(),
+            instruments: Vec::new(),
+            silence_timeout: Duration::from_secs(10),
+            reconnect_initial: Duration::from_secs(1),
+            reconnect_max: Duration::from_secs(30),
+            rest_poll: Duration::from_secs(2),
+            token_file: None,
+        }
+    }
+}
+
+/// `[dns]`: name resolution for the network edge.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DnsConfig {
+    /// `dns.use_system`.
+    pub use_system: bool,
+    /// `dns.resolv_conf`.
+    pub resolv_conf: PathBuf,
+    /// `dns.nameservers`.
+    pub nameservers: Vec<SocketAddr>,
+    /// `dns.timeout_s`.
+    pub timeout: Duration,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig {
+            use_system: true,
+            resolv_conf: PathBuf::from("/etc/resolv.conf"),
+            nameservers: vec![
+                SocketAddr::from(([8, 8, 8, 8], 53)),
+                SocketAddr::from(([1, 1, 1, 1], 53)),
+                SocketAddr::from(([8, 8, 4, 4], 53)),
+                SocketAddr::from(([1, 0, 0, 1], 53)),
+            ],
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// `[tls]`: certificate trust for the network edge.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct TlsConfig {
+    /// `tls.extra_ca`.
+    pub extra_ca: Option<PathBuf>,
+}
+
+/// `[cache]`: price age bands and blindness.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CacheConfig {
+    /// `cache.stale_after_s`.
+    pub stale_after: Duration,
+    /// `cache.expire_after_s`.
+    pub expire_after: Duration,
+    /// `cache.blind_grace_s`.
+    pub blind_grace: Duration,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            stale_after: Duration::from_secs(30),
+            expire_after: Duration::from_secs(300),
+            blind_grace: Duration::from_secs(60),
+        }
+    }
+}
+
+/// `[broker]`: where and how closing orders are sent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BrokerConfig {
+    /// `broker.kind`.
+    pub kind: BrokerKind,
+    /// `broker.rest_url`.
+    pub rest_url: String,
+    /// `broker.key_file`.
+    pub key_file: Option<PathBuf>,
+    /// `broker.secret_file`.
+    pub secret_file: Option<PathBuf>,
+    /// `broker.max_close_attempts`.
+    pub max_close_attempts: u16,
+    /// `broker.retry_initial_s`.
+    pub retry_initial: Duration,
+    /// `broker.retry_max_s`.
+    pub retry_max: Duration,
+    /// `broker.paper_fill_delay_s`.
+    pub paper_fill_delay: Duration,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            kind: BrokerKind::Paper,
+            rest_url: "https://api.binance.com".into(),
+            key_file: None,
+            secret_file: None,
+            max_close_attempts: 5,
+            retry_initial: Duration::from_secs(1),
+            retry_max: Duration::from_secs(30),
+            paper_fill_delay: Duration::from_millis(200),
+        }
+    }
+}
+
+/// `[store]`: persistent state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreConfig {
+    /// `store.dir`.
+    pub dir: PathBuf,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig { dir: PathBuf::from("./tickguard-state") }
+    }
+}
+
+/// `[sim]`: the built-in simulator.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SimConfig {
+    /// `sim.seed`.
+    pub seed: Option<u64>,
+    /// `sim.tick_interval_s`.
+    pub tick_interval: Duration,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig { seed: None, tick_interval: Duration::from_millis(200) }
+    }
 }
 
 /// The validated configuration.
-#[derive(Debug, Clone, Default)]
-pub struct Config {}
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Config {
+    /// `[api]`.
+    pub api: ApiConfig,
+    /// `[feed]`.
+    pub feed: FeedConfig,
+    /// `[dns]`.
+    pub dns: DnsConfig,
+    /// `[tls]`.
+    pub tls: TlsConfig,
+    /// `[cache]`.
+    pub cache: CacheConfig,
+    /// `[broker]`.
+    pub broker: BrokerConfig,
+    /// `[store]`.
+    pub store: StoreConfig,
+    /// `[sim]`.
+    pub sim: SimConfig,
+    /// `[[positions]]`, in file order.
+    pub positions: Vec<PositionSpec>,
+}
 
-/// Loads `path` (or nothing: every key has a default) and applies `env` overrides.
+impl Config {
+    /// The engine's settings: age bands, blind grace, close retries, whether a REST price
+    /// source exists (Binance and Upstox: yes; the simulator: no) and the jitter seed
+    /// (`sim.seed`, else the engine's fixed default).
+    pub fn engine_config(&self) -> EngineConfig {
+        let base = EngineConfig::default();
+        EngineConfig {
+            stale_after: self.cache.stale_after,
+            expire_after: self.cache.expire_after,
+            blind_grace: self.cache.blind_grace,
+            max_close_attempts: self.broker.max_close_attempts,
+            retry_initial: self.broker.retry_initial,
+            retry_max: self.broker.retry_max,
+            rest_enabled: self.feed.venue != Venue::Sim,
+            seed: self.sim.seed.unwrap_or(base.seed),
+            ..base
+        }
+    }
+
+    /// `feed.instruments` followed by the symbols of the positions, in order, each once.
+    pub fn watched_symbols(&self) -> Vec<String> {
+        let mut seen = std::collections::HashSet::new();
+        let mut out: Vec<String> = Vec::new();
+        let all = self
+            .feed
+            .instruments
+            .iter()
+            .map(String::as_str)
+            .chain(self.positions.iter().map(|p| p.symbol.as_str()));
+        for s in all {
+            if seen.insert(s) {
+                out.push(s.to_string());
+            }
+        }
+        out
+    }
+
+    /// One line for `check-config` and the start-up log.
+    pub fn summary(&self) -> String {
+        format!(
+            "feed {} watching {} instrument(s), {} position(s), broker {}, api {}, store {}",
+            self.feed.venue.as_str(),
+            self.watched_symbols().len(),
+            self.positions.len(),
+            self.broker.kind.as_str(),
+            self.api.listen,
+            self.store.dir.display()
+        )
+    }
+}
+
+/// Loads `path` (or nothing: every key has a default) and applies the `TICKGUARD_*`
+/// overrides found in `env` (pass `std::env::vars()`).
 pub fn load(
-    path: Option<&std::path::Path>,
+    path: Option<&Path>,
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<Config, ConfigError> {
-    let _ = (path, env.into_iter().count());
-    Ok(Config {})
+    match path {
+        None => parse_str("", "(no config file)", env),
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .map_err(|source| ConfigError::Read { path: p.to_path_buf(), source })?;
+            parse_str(&text, &p.display().to_string(), env)
+        }
+    }
+}
+
+/// Parses `text` (named `origin` in syntax errors), applies the overrides of `env`, and
+/// validates the result.
+pub fn parse_str(
+    text: &str,
+    origin: &str,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Config, ConfigError> {
+    let doc = DeTable::parse(text).map_err(|e| syntax_error(text, origin, &e))?;
+    let mut cfg = Config::default();
+    apply_file(&mut cfg, doc.get_ref())?;
+    apply_env(&mut cfg, env)?;
+    check(&cfg)?;
+    Ok(cfg)
+}
+
+/// Reads a secret or token file, trimmed of surrounding whitespace. Errors name the path,
+/// never the content.
+pub fn read_secret(path: &Path) -> Result<String, ConfigError> {
+    let secret = |problem: String| ConfigError::Secret { path: path.to_path_buf(), problem };
+    let text = std::fs::read_to_string(path).map_err(|e| secret(format!("cannot read it: {e}")))?;
+    let trimmed = text.trim();
+    if trimmed.is_empty() {
+        return Err(secret("is empty; write the secret into it".into()));
+    }
+    Ok(trimmed.to_string())
+}
+
+// ---------------------------------------------------------------------------------------
+// Parsing
+
+fn syntax_error(text: &str, origin: &str, e: &toml::de::Error) -> ConfigError {
+    let at = e.span().map_or(0, |s| s.start).min(text.len());
+    let before = text.get(..at).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    ConfigError::Parse { path: origin.to_string(), line, column, message: e.message().replace('\n', " ") }
+}
+
+/// A problem with one value, before the key (and its origin) is attached.
+struct Bad {
+    /// Suffix of the key (`[3]` for the fourth item of a list), or empty.
+    at: String,
+    /// The offending item of a list, as written, when `at` is set.
+    item: Option<String>,
+    problem: String,
+}
+
+fn bad(problem: impl Into<String>) -> Bad {
+    Bad { at: String::new(), item: None, problem: problem.into() }
+}
+
+fn bad_item(i: usize, item: String, problem: String) -> Bad {
+    Bad { at: format!("[{i}]"), item: Some(item), problem }
+}
+
+/// A value as the configuration holds it, before it is stored in its field.
+enum Val {
+    Bool(bool),
+    Count(u16),
+    Secs(Duration),
+    Text(String),
+    Symbols(Vec<String>),
+    Path(PathBuf),
+    OptPath(Option<PathBuf>),
+    Addr(SocketAddr),
+    Addrs(Vec<SocketAddr>),
+    Seed(Option<u64>),
+}
+
+fn spec_of(name: &str) -> Option<&'static KeySpec> {
+    KEYS.iter().find(|s| s.name == name)
+}
+
+/// Entries of a table in the order they appear in the file (the parser sorts them by name).
+fn in_file_order<'a, 'i>(t: &'a DeTable<'i>) -> Vec<(&'a str, &'a Spanned<DeValue<'i>>)> {
+    let mut v: Vec<(usize, &'a str, &'a Spanned<DeValue<'i>>)> =
+        t.iter().map(|(k, v)| (k.span().start, k.get_ref().as_ref(), v)).collect();
+    v.sort_by_key(|e| e.0);
+    v.into_iter().map(|(_, k, v)| (k, v)).collect()
+}
+
+fn apply_file(cfg: &mut Config, root: &DeTable<'_>) -> Result<(), ConfigError> {
+    for (section, value) in in_file_order(root) {
+        if section == "positions" {
+            cfg.positions = parse_positions(value.get_ref())?;
+            continue;
+        }
+        if !SECTIONS.contains(&section) {
+            return Err(unknown_section(section));
+        }
+        let DeValue::Table(table) = value.get_ref() else {
+            return Err(ConfigError::Invalid {
+                key: section.to_string(),
+                value: render(value.get_ref()),
+                problem: "must be a table".into(),
+                fix: format!("write [{section}] on a line of its own and its keys below it"),
+            });
+        };
+        for (leaf, v) in in_file_order(table) {
+            let name = format!("{section}.{leaf}");
+            let Some(spec) = spec_of(&name) else {
+                return Err(unknown_key(&name));
+            };
+            let val = from_toml(spec, v.get_ref()).map_err(|b| ConfigError::Invalid {
+                key: format!("{name}{}", b.at),
+                value: b.item.unwrap_or_else(|| render(v.get_ref())),
+                problem: b.problem,
+                fix: format!("write it like {} = {}", spec.leaf(), spec.example),
+            })?;
+            assign(cfg, spec, val)?;
+        }
+    }
+    Ok(())
+}
+
+fn apply_env(cfg: &mut Config, env: impl IntoIterator<Item = (String, String)>) -> Result<(), ConfigError> {
+    for (var, value) in env {
+        let Some(rest) = var.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
+        if let Some(spec) = KEYS.iter().find(|s| s.env_var() == var) {
+            let val = from_text(spec, &value).map_err(|b| ConfigError::Env {
+                var: var.clone(),
+                key: spec.name,
+                value: shorten(&value),
+                problem: match b.item {
+                    None => b.problem,
+                    Some(item) => format!("item {} ({item}): {}", b.at.trim_matches(['[', ']']), b.problem),
+                },
+                fix: format!("set it like {}={}", var, spec.env_example()),
+            })?;
+            assign(cfg, spec, val)?;
+            continue;
+        }
+        let section = SECTIONS.iter().chain(&["positions"]).find(|s| {
+            let up = s.to_ascii_uppercase();
+            rest == up || rest.strip_prefix(&up).is_some_and(|r| r.starts_with('_'))
+        });
+        match section {
+            None => {} // TICKGUARD_LOG and the like: not configuration keys.
+            Some(&"positions") => {
+                return Err(ConfigError::UnknownEnv {
+                    var,
+                    fix: "positions cannot be set from the environment; write [[positions]] tables in the config file".into(),
+                });
+            }
+            Some(section) => {
+                let names: Vec<String> = KEYS.iter().map(KeySpec::env_var).collect();
+                let near = nearest(&var, names.iter().map(String::as_str));
+                let known: Vec<String> =
+                    KEYS.iter().filter(|s| s.section() == *section).map(KeySpec::env_var).collect();
+                let fix = match near {
+                    Some(n) => format!("did you mean {n}? otherwise unset it (known: {})", known.join(", ")),
+                    None => format!("unset it or fix its spelling (known: {})", known.join(", ")),
+                };
+                return Err(ConfigError::UnknownEnv { var, fix });
+            }
+        }
+    }
+    Ok(())
+}
+
+fn int_of(i: &DeInteger<'_>) -> Result<i64, Bad> {
+    i64::from_str_radix(i.as_str(), i.radix()).map_err(|_| bad("integer out of range"))
+}
+
+fn from_toml(spec: &KeySpec, v: &DeValue<'_>) -> Result<Val, Bad> {
+    match (spec.kind, v) {
+        (Kind::Bool, DeValue::Boolean(b)) => Ok(Val::Bool(*b)),
+        (Kind::Count { min, max }, DeValue::Integer(i)) => count(int_of(i)?, min, max),
+        (Kind::Secs { allow_zero }, DeValue::Integer(i)) => {
+            // Exact in f64 for anything below MAX_SECS; larger values fail the range check.
+            secs(int_of(i)? as f64, allow_zero)
+        }
+        (Kind::Secs { allow_zero }, DeValue::Float(f)) => {
+            let x: f64 = f.as_str().parse().map_err(|_| bad("not a number"))?;
+            secs(x, allow_zero)
+        }
+        (Kind::Seed, DeValue::Integer(i)) => {
+            let n = int_of(i)?;
+            u64::try_from(n).map(|n| Val::Seed(Some(n))).map_err(|_| bad("must not be negative"))
+        }
+        (Kind::Symbols, DeValue::Array(items)) => {
+            let mut out = Vec::with_capacity(items.len());
+            for (i, item) in items.iter().enumerate() {
+                let shown = render(item.get_ref());
+                let DeValue::String(s) = item.get_ref() else {
+                    let problem = format!("expected a symbol string, found {}", type_word(item.get_ref()));
+                    return Err(bad_item(i, shown, problem));
+                };
+                out.push(check_symbol(s).map_err(|b| bad_item(i, shown, b.problem))?);
+            }
+            Ok(Val::Symbols(out))
+        }
+        (Kind::Nameservers, DeValue::Array(items)) => {
+            let mut out = Vec::with_capacity(items.len());
+            for (i, item) in items.iter().enumerate() {
+                let shown = render(item.get_ref());
+                let DeValue::String(s) = item.get_ref() else {
+                    let problem = format!("expected an address string, found {}", type_word(item.get_ref()));
+                    return Err(bad_item(i, shown, problem));
+                };
+                out.push(nameserver(s).map_err(|b| bad_item(i, shown, b.problem))?);
+            }
+            Ok(Val::Addrs(out))
+        }
+        (Kind::Url(_) | Kind::Choice(_) | Kind::Path | Kind::OptPath | Kind::Addr, DeValue::String(s)) => {
+            if s.is_empty() {
+                let absent = if spec.kind == Kind::OptPath { "remove the key for none, or " } else { "" };
+                return Err(bad(format!("must not be empty ({absent}give a value)")));
+            }
+            from_text(spec, s)
+        }
+        (kind, v) => Err(bad(format!("expected {}, found {}", kind.expects(), type_word(v)))),
+    }
+}
+
+/// Types `text` (an environment value, or a TOML string) by the key's kind.
+fn from_text(spec: &KeySpec, text: &str) -> Result<Val, Bad> {
+    match spec.kind {
+        Kind::Url(schemes) => url(text, schemes).map(Val::Text),
+        Kind::Bool => match text.trim() {
+            "true" | "1" => Ok(Val::Bool(true)),
+            "false" | "0" => Ok(Val::Bool(false)),
+            _ => Err(bad("expected true or false")),
+        },
+        Kind::Count { min, max } => {
+            let n: i64 = text.trim().parse().map_err(|_| bad(format!("expected {}", spec.kind.expects())))?;
+            count(n, min, max)
+        }
+        Kind::Secs { allow_zero } => {
+            let x: f64 = text.trim().parse().map_err(|_| bad("expected a number of seconds"))?;
+            secs(x, allow_zero)
+        }
+        Kind::Symbols => {
+            let mut out = Vec::new();
+            for (i, item) in list_items(text).enumerate() {
+                out.push(check_symbol(item).map_err(|b| bad_item(i, format!("{item:?}"), b.problem))?);
+            }
+            Ok(Val::Symbols(out))
+        }
+        Kind::Nameservers => {
+            let mut out = Vec::new();
+            for (i, item) in list_items(text).enumerate() {
+                out.push(nameserver(item).map_err(|b| bad_item(i, format!("{item:?}"), b.problem))?);
+            }
+            Ok(Val::Addrs(out))
+        }
+        Kind::Path => {
+            if text.is_empty() {
+                Err(bad("must not be empty"))
+            } else {
+                Ok(Val::Path(PathBuf::from(text)))
+            }
+        }
+        Kind::OptPath => Ok(Val::OptPath((!text.is_empty()).then(|| PathBuf::from(text)))),
+        Kind::Addr => text.trim().parse::<SocketAddr>().map(Val::Addr).map_err(|_| {
+            bad("not an ip:port address (write 127.0.0.1:8000 or [::1]:8000; host names are not accepted)")
+        }),
+        Kind::Choice(words) => {
+            if words.contains(&text) {
+                Ok(Val::Text(text.to_string()))
+            } else {
+                Err(bad(format!("must be one of {}", words.join(", "))))
+            }
+        }
+        Kind::Seed => match text.trim() {
+            "" | "none" => Ok(Val::Seed(None)),
+            t => t
+                .parse::<u64>()
+                .map(|n| Val::Seed(Some(n)))
+                .map_err(|_| bad("expected a non-negative integer")),
+        },
+    }
+}
+
+fn list_items(text: &str) -> impl Iterator<Item = &str> {
+    text.split(',').map(str::trim).filter(|s| !s.is_empty())
+}
+
+fn count(n: i64, min: u16, max: u16) -> Result<Val, Bad> {
+    if n < i64::from(min) || n > i64::from(max) {
+        return Err(bad(format!("must be from {min} to {max}")));
+    }
+    u16::try_from(n).map(Val::Count).map_err(|_| bad(format!("must be from {min} to {max}")))
+}
+
+fn secs(x: f64, allow_zero: bool) -> Result<Val, Bad> {
+    if !x.is_finite() {
+        return Err(bad("not a finite number of seconds"));
+    }
+    if x < 0.0 {
+        return Err(bad("must not be negative"));
+    }
+    if x > MAX_SECS {
+        return Err(bad(format!("must be at most {MAX_SECS} s (one day)")));
+    }
+    // In range, so the cast cannot truncate; the resolution is one microsecond.
+    let micros = (x * 1e6).round() as u64;
+    if micros == 0 && !allow_zero {
+        return Err(bad("must be above zero"));
+    }
+    Ok(Val::Secs(Duration::from_micros(micros)))
+}
+
+fn check_symbol(s: &str) -> Result<String, Bad> {
+    if s.is_empty() {
+        return Err(bad("symbol is empty"));
+    }
+    if s.len() > SYMBOL_MAX {
+        return Err(bad(format!(
+            "symbol is {} bytes, longer than {SYMBOL_MAX} (limits::SYMBOL_MAX)",
+            s.len()
+        )));
+    }
+    if !s.bytes().all(|b| b.is_ascii_graphic() && b != b',') {
+        return Err(bad("symbol must be printable ASCII without spaces or commas"));
+    }
+    Ok(s.to_string())
+}
+
+fn nameserver(s: &str) -> Result<SocketAddr, Bad> {
+    let s = s.trim();
+    let addr =
+        s.parse::<SocketAddr>().ok().or_else(|| s.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, 53)));
+    match addr {
+        Some(a) if a.port() != 0 => Ok(a),
+        Some(_) => Err(bad("port 0 is not a DNS port")),
+        None => Err(bad(
+            "not an IP address with an optional port (\"1.1.1.1\", \"1.1.1.1:53\", \"2606:4700::1111\", \"[2606:4700::1111]:53\"; no host names)",
+        )),
+    }
+}
+
+fn url(s: &str, schemes: &[&str]) -> Result<String, Bad> {
+    let want = || schemes.iter().map(|s| format!("{s}://")).collect::<Vec<_>>().join(" or ");
+    let Some((scheme, rest)) = s.split_once("://") else {
+        return Err(bad(format!("not a URL: it must start with {}", want())));
+    };
+    if !schemes.contains(&scheme) {
+        return Err(bad(format!("scheme {scheme}:// not accepted: it must start with {}", want())));
+    }
+    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if host.is_empty() || host.starts_with(':') {
+        return Err(bad("URL has no host"));
+    }
+    if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(bad("URL contains spaces or control characters"));
+    }
+    Ok(s.to_string())
+}
+
+/// Stores `v` in the field of `spec`.
+fn assign(cfg: &mut Config, spec: &KeySpec, v: Val) -> Result<(), ConfigError> {
+    match (spec.name, v) {
+        ("api.listen", Val::Addr(a)) => cfg.api.listen = a,
+        ("api.token_file", Val::OptPath(p)) => cfg.api.token_file = p,
+        ("api.protect_reads", Val::Bool(b)) => cfg.api.protect_reads = b,
+        ("feed.venue", Val::Text(t)) => cfg.feed.venue = Venue::parse(&t).ok_or_else(|| mismatch(spec))?,
+        ("feed.ws_url", Val::Text(t)) => cfg.feed.ws_url = t,
+        ("feed.rest_url", Val::Text(t)) => cfg.feed.rest_url = t,
+        ("feed.instruments", Val::Symbols(l)) => cfg.feed.instruments = l,
+        ("feed.silence_timeout_s", Val::Secs(d)) => cfg.feed.silence_timeout = d,
+        ("feed.reconnect_initial_s", Val::Secs(d)) => cfg.feed.reconnect_initial = d,
+        ("feed.reconnect_max_s", Val::Secs(d)) => cfg.feed.reconnect_max = d,
+        ("feed.rest_poll_s", Val::Secs(d)) => cfg.feed.rest_poll = d,
+        ("feed.token_file", Val::OptPath(p)) => cfg.feed.token_file = p,
+        ("dns.use_system", Val::Bool(b)) => cfg.dns.use_system = b,
+        ("dns.resolv_conf", Val::Path(p)) => cfg.dns.resolv_conf = p,
+        ("dns.nameservers", Val::Addrs(a)) => cfg.dns.nameservers = a,
+        ("dns.timeout_s", Val::Secs(d)) => cfg.dns.timeout = d,
+        ("tls.extra_ca", Val::OptPath(p)) => cfg.tls.extra_ca = p,
+        ("cache.stale_after_s", Val::Secs(d)) => cfg.cache.stale_after = d,
+        ("cache.expire_after_s", Val::Secs(d)) => cfg.cache.expire_after = d,
+        ("cache.blind_grace_s", Val::Secs(d)) => cfg.cache.blind_grace = d,
+        ("broker.kind", Val::Text(t)) => {
+            cfg.broker.kind = BrokerKind::parse(&t).ok_or_else(|| mismatch(spec))?
+        }
+        ("broker.rest_url", Val::Text(t)) => cfg.broker.rest_url = t,
+        ("broker.key_file", Val::OptPath(p)) => cfg.broker.key_file = p,
+        ("broker.secret_file", Val::OptPath(p)) => cfg.broker.secret_file = p,
+        ("broker.max_close_attempts", Val::Count(n)) => cfg.broker.max_close_attempts = n,
+        ("broker.retry_initial_s", Val::Secs(d)) => cfg.broker.retry_initial = d,
+        ("broker.retry_max_s", Val::Secs(d)) => cfg.broker.retry_max = d,
+        ("broker.paper_fill_delay_s", Val::Secs(d)) => cfg.broker.paper_fill_delay = d,
+        ("store.dir", Val::Path(p)) => cfg.store.dir = p,
+        ("sim.seed", Val::Seed(s)) => cfg.sim.seed = s,
+        ("sim.tick_interval_s", Val::Secs(d)) => cfg.sim.tick_interval = d,
+        // Unreachable while the schema and this table agree (a unit test checks every key).
+        _ => return Err(mismatch(spec)),
+    }
+    Ok(())
+}
+
+/// The schema and [`assign`] disagree about a key: a bug, reported rather than panicking.
+fn mismatch(spec: &KeySpec) -> ConfigError {
+    ConfigError::Invalid {
+        key: spec.name.to_string(),
+        value: String::new(),
+        problem: "internal error: the schema and the configuration struct disagree".into(),
+        fix: "report this as a bug".into(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Positions
+
+fn parse_positions(v: &DeValue<'_>) -> Result<Vec<PositionSpec>, ConfigError> {
+    let DeValue::Array(items) = v else {
+        return Err(ConfigError::Invalid {
+            key: "positions".into(),
+            value: render(v),
+            problem: "must be a list of tables".into(),
+            fix: "write each position as a [[positions]] table".into(),
+        });
+    };
+    if items.len() > MAX_POSITIONS {
+        return Err(ConfigError::Invalid {
+            key: "positions".into(),
+            value: format!("{} tables", items.len()),
+            problem: format!("more than {MAX_POSITIONS} positions (limits::MAX_POSITIONS)"),
+            fix: format!("configure at most {MAX_POSITIONS} positions"),
+        });
+    }
+    let mut out: Vec<PositionSpec> = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let DeValue::Table(t) = item.get_ref() else {
+            return Err(ConfigError::Invalid {
+                key: format!("positions[{i}]"),
+                value: render(item.get_ref()),
+                problem: "must be a table".into(),
+                fix: "write each position as a [[positions]] table".into(),
+            });
+        };
+        let spec = parse_position(i, t)?;
+        if let Some(j) = out.iter().position(|p| p.id == spec.id) {
+            return Err(ConfigError::Invalid {
+                key: format!("positions[{i}].id"),
+                value: format!("{:?}", spec.id.as_str()),
+                problem: format!("duplicate id: positions[{j}] has it too"),
+                fix: "give every position a unique id".into(),
+            });
+        }
+        out.push(spec);
+    }
+    Ok(out)
+}
+
+fn pos_key(name: &str) -> &'static PositionKey {
+    // Every name passed here is in POSITION_KEYS; fall back to the first to stay total.
+    POSITION_KEYS.iter().find(|k| k.name == name).unwrap_or(&POSITION_KEYS[0])
+}
+
+/// One `[[positions]]` table, with its index for error keys.
+struct PosTable<'a, 'i> {
+    i: usize,
+    t: &'a DeTable<'i>,
+}
+
+impl<'a, 'i> PosTable<'a, 'i> {
+    fn key(&self, name: &str) -> String {
+        format!("positions[{}].{name}", self.i)
+    }
+
+    fn invalid(
+        &self,
+        name: &str,
+        v: &DeValue<'_>,
+        problem: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> ConfigError {
+        ConfigError::Invalid {
+            key: self.key(name),
+            value: render(v),
+            problem: problem.into(),
+            fix: fix.into(),
+        }
+    }
+
+    fn get(&self, name: &str) -> Result<Option<&'a DeValue<'i>>, ConfigError> {
+        match self.t.get(name) {
+            Some(v) => Ok(Some(v.get_ref())),
+            None if pos_key(name).required => Err(missing(self, name)),
+            None => Ok(None),
+        }
+    }
+
+    fn string(&self, name: &str) -> Result<Option<(&'a str, &'a DeValue<'i>)>, ConfigError> {
+        match self.get(name)? {
+            None => Ok(None),
+            Some(v @ DeValue::String(s)) => Ok(Some((s.as_ref(), v))),
+            Some(v) => Err(self.invalid(
+                name,
+                v,
+                format!("expected a string, found {}", type_word(v)),
+                format!("write it like {name} = {}", pos_key(name).example),
+            )),
+        }
+    }
+
+    /// A price or quantity: a TOML integer (exact), float (rounded at 8 decimals) or a
+    /// decimal string (exact); always above zero.
+    fn units(&self, name: &str) -> Result<Option<i64>, ConfigError> {
+        let Some(v) = self.get(name)? else {
+            return Ok(None);
+        };
+        let fix = || {
+            format!(
+                "write a positive number like {name} = {} or a decimal string like {name} = \"{}\"",
+                pos_key(name).example,
+                pos_key(name).example
+            )
+        };
+        let units = match v {
+            DeValue::Integer(i) => i64::from_str_radix(i.as_str(), i.radix())
+                .ok()
+                .and_then(|n| n.checked_mul(SCALE))
+                .ok_or(DecimalError::Overflow),
+            DeValue::Float(f) => match f.as_str().parse::<f64>() {
+                Ok(x) => Price::from_f64(x, 8).map(Price::units),
+                Err(_) => Err(DecimalError::InvalidChar),
+            },
+            DeValue::String(s) => Price::parse(s).map(Price::units),
+            other => {
+                return Err(self.invalid(
+                    name,
+                    other,
+                    format!("expected a number or a decimal string, found {}", type_word(other)),
+                    fix(),
+                ));
+            }
+        };
+        let what = if name == "qty" { "quantity" } else { "price" };
+        let units = units.map_err(|e| self.invalid(name, v, format!("invalid {what}: {e}"), fix()))?;
+        if units <= 0 {
+            return Err(self.invalid(name, v, "must be above zero", fix()));
+        }
+        Ok(Some(units))
+    }
+}
+
+fn parse_position(i: usize, t: &DeTable<'_>) -> Result<PositionSpec, ConfigError> {
+    let p = PosTable { i, t };
+    for (k, _) in in_file_order(t) {
+        if !POSITION_KEYS.iter().any(|pk| pk.name == k) {
+            let near = nearest(k, POSITION_KEYS.iter().map(|pk| pk.name));
+            let names: Vec<&str> = POSITION_KEYS.iter().map(|pk| pk.name).collect();
+            let fix = match near {
+                Some(n) => format!(
+                    "did you mean positions[{i}].{n}? otherwise remove it (position keys: {})",
+                    names.join(", ")
+                ),
+                None => format!("remove it or fix its spelling (position keys: {})", names.join(", ")),
+            };
+            return Err(ConfigError::UnknownKey { key: p.key(k), fix });
+        }
+    }
+
+    let (id_text, id_v) = p.string("id")?.ok_or_else(|| missing(&p, "id"))?;
+    let id_ok = !id_text.is_empty()
+        && id_text.len() <= POSITION_ID_MAX
+        && id_text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    let id = PositionId::try_from(id_text).ok().filter(|_| id_ok).ok_or_else(|| {
+        p.invalid(
+            "id",
+            id_v,
+            format!("must be 1 to {POSITION_ID_MAX} characters of A-Z a-z 0-9 _ -"),
+            "write it like id = \"btc-1\"",
+        )
+    })?;
+
+    let (sym_text, sym_v) = p.string("symbol")?.ok_or_else(|| missing(&p, "symbol"))?;
+    let symbol = check_symbol(sym_text)
+        .and_then(|s| {
+            Symbol::try_from(s.as_str()).map_err(|_| bad(format!("symbol longer than {SYMBOL_MAX} bytes")))
+        })
+        .map_err(|b| {
+            p.invalid("symbol", sym_v, b.problem, "use the venue's symbol, like symbol = \"BTCUSDT\"")
+        })?;
+
+    let (side_text, side_v) = p.string("side")?.ok_or_else(|| missing(&p, "side"))?;
+    let side = Side::parse(side_text).ok_or_else(|| {
+        p.invalid("side", side_v, "must be long or short", "write side = \"long\" or side = \"short\"")
+    })?;
+
+    let qty = Qty::from_units(p.units("qty")?.ok_or_else(|| missing(&p, "qty"))?);
+    let entry = Price::from_units(p.units("entry")?.ok_or_else(|| missing(&p, "entry"))?);
+    let stop_loss = p.units("stop_loss")?.map(Price::from_units);
+    let take_profit = p.units("take_profit")?.map(Price::from_units);
+
+    let blind_policy = match p.string("blind_policy")? {
+        None => BlindPolicy::default(),
+        Some((text, v)) => BlindPolicy::parse(text).ok_or_else(|| {
+            p.invalid(
+                "blind_policy",
+                v,
+                "must be alert or flatten",
+                "write blind_policy = \"alert\" or blind_policy = \"flatten\"",
+            )
+        })?,
+    };
+
+    if let (Some(sl), Some(tp), Err(_)) = (stop_loss, take_profit, check_levels(side, stop_loss, take_profit))
+    {
+        let (problem, fix) = match side {
+            Side::Long => (
+                format!(
+                    "a long's stop_loss must be below its take_profit ({tp}); position {id} has them inverted"
+                ),
+                "lower stop_loss or raise take_profit (a long stops out below the market and takes profit above)",
+            ),
+            Side::Short => (
+                format!(
+                    "a short's stop_loss must be above its take_profit ({tp}); position {id} has them inverted"
+                ),
+                "raise stop_loss or lower take_profit (a short stops out above the market and takes profit below)",
+            ),
+        };
+        return Err(ConfigError::Invalid {
+            key: p.key("stop_loss"),
+            value: sl.to_string(),
+            problem,
+            fix: fix.into(),
+        });
+    }
+
+    let spec = PositionSpec { id, symbol, side, qty, entry, stop_loss, take_profit, blind_policy };
+    // Everything validate() checks has been checked above with the key named; this is the
+    // core's own word on it, in case the two ever disagree.
+    spec.validate().map_err(|e| ConfigError::Invalid {
+        key: format!("positions[{i}]"),
+        value: format!("id {:?}", spec.id.as_str()),
+        problem: e.to_string(),
+        fix: "fix the position's fields".into(),
+    })?;
+    Ok(spec)
+}
+
+fn missing(p: &PosTable<'_, '_>, name: &str) -> ConfigError {
+    ConfigError::Missing {
+        key: p.key(name),
+        fix: format!("add {name} = {} to this [[positions]] table", pos_key(name).example),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Cross-key checks
+
+fn check(cfg: &Config) -> Result<(), ConfigError> {
+    if cfg.cache.stale_after >= cfg.cache.expire_after {
+        return Err(ConfigError::Invalid {
+            key: "cache.stale_after_s".into(),
+            value: fmt_secs(cfg.cache.stale_after),
+            problem: format!("must be below cache.expire_after_s ({})", fmt_secs(cfg.cache.expire_after)),
+            fix: "lower stale_after_s or raise expire_after_s".into(),
+        });
+    }
+    if cfg.feed.reconnect_max < cfg.feed.reconnect_initial {
+        return Err(ConfigError::Invalid {
+            key: "feed.reconnect_max_s".into(),
+            value: fmt_secs(cfg.feed.reconnect_max),
+            problem: format!(
+                "must be at least feed.reconnect_initial_s ({})",
+                fmt_secs(cfg.feed.reconnect_initial)
+            ),
+            fix: "raise reconnect_max_s or lower reconnect_initial_s".into(),
+        });
+    }
+    if cfg.broker.retry_max < cfg.broker.retry_initial {
+        return Err(ConfigError::Invalid {
+            key: "broker.retry_max_s".into(),
+            value: fmt_secs(cfg.broker.retry_max),
+            problem: format!(
+                "must be at least broker.retry_initial_s ({})",
+                fmt_secs(cfg.broker.retry_initial)
+            ),
+            fix: "raise retry_max_s or lower retry_initial_s".into(),
+        });
+    }
+    if cfg.api.protect_reads && cfg.api.token_file.is_none() {
+        return Err(ConfigError::Invalid {
+            key: "api.protect_reads".into(),
+            value: "true".into(),
+            problem: "needs api.token_file: there is no token to protect reads with".into(),
+            fix: "set api.token_file or protect_reads = false".into(),
+        });
+    }
+    if !cfg.dns.use_system && cfg.dns.nameservers.is_empty() {
+        return Err(ConfigError::Invalid {
+            key: "dns.nameservers".into(),
+            value: "[]".into(),
+            problem: "empty while dns.use_system = false: nothing to resolve names with".into(),
+            fix: "list at least one nameserver or set use_system = true".into(),
+        });
+    }
+    let live_match = match cfg.broker.kind {
+        BrokerKind::Paper => true,
+        BrokerKind::Binance => cfg.feed.venue == Venue::Binance,
+        BrokerKind::Upstox => cfg.feed.venue == Venue::Upstox,
+    };
+    if !live_match {
+        return Err(ConfigError::Invalid {
+            key: "broker.kind".into(),
+            value: format!("{:?}", cfg.broker.kind.as_str()),
+            problem: format!(
+                "a live broker must trade the venue the prices come from, but feed.venue = {:?}",
+                cfg.feed.venue.as_str()
+            ),
+            fix: format!("set feed.venue = {:?} or broker.kind = \"paper\"", cfg.broker.kind.as_str()),
+        });
+    }
+    let watched = cfg.watched_symbols().len();
+    if watched > MAX_INSTRUMENTS {
+        return Err(ConfigError::Invalid {
+            key: "feed.instruments".into(),
+            value: format!("{watched} symbols with the positions' own"),
+            problem: format!("more than {MAX_INSTRUMENTS} instruments (limits::MAX_INSTRUMENTS)"),
+            fix: format!(
+                "watch at most {MAX_INSTRUMENTS} distinct symbols in feed.instruments and [[positions]] together"
+            ),
+        });
+    }
+    Ok(())
+}
+
+fn fmt_secs(d: Duration) -> String {
+    let micros = d.as_micros();
+    if micros % 1_000_000 == 0 {
+        format!("{}", micros / 1_000_000)
+    } else {
+        let s = format!("{}.{:06}", micros / 1_000_000, micros % 1_000_000);
+        s.trim_end_matches('0').to_string()
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Messages
+
+fn type_word(v: &DeValue<'_>) -> &'static str {
+    match v {
+        DeValue::String(_) => "a string",
+        DeValue::Integer(_) => "an integer",
+        DeValue::Float(_) => "a float",
+        DeValue::Boolean(_) => "a boolean",
+        DeValue::Datetime(_) => "a date-time",
+        DeValue::Array(_) => "a list",
+        DeValue::Table(_) => "a table",
+    }
+}
+
+/// The value as TOML writes it, shortened for a one-line message.
+fn render(v: &DeValue<'_>) -> String {
+    fn go(v: &DeValue<'_>, out: &mut String) {
+        use std::fmt::Write as _;
+        if out.len() > 120 {
+            return;
+        }
+        let _ = match v {
+            DeValue::String(s) => write!(out, "{:?}", s.as_ref()),
+            DeValue::Integer(i) => write!(out, "{i}"),
+            DeValue::Float(f) => write!(out, "{f}"),
+            DeValue::Boolean(b) => write!(out, "{b}"),
+            DeValue::Datetime(d) => write!(out, "{d}"),
+            DeValue::Array(a) => {
+                out.push('[');
+                for (n, item) in a.iter().enumerate() {
+                    if n > 0 {
+                        out.push_str(", ");
+                    }
+                    go(item.get_ref(), out);
+                }
+                out.push(']');
+                Ok(())
+            }
+            DeValue::Table(t) => {
+                out.push('{');
+                for (n, (k, item)) in in_file_order(t).into_iter().enumerate() {
+                    out.push_str(if n > 0 { ", " } else { " " });
+                    out.push_str(k);
+                    out.push_str(" = ");
+                    go(item.get_ref(), out);
+                }
+                out.push_str(" }");
+                Ok(())
+            }
+        };
+    }
+    let mut out = String::new();
+    go(v, &mut out);
+    shorten(&out)
+}
+
+fn shorten(s: &str) -> String {
+    const MAX: usize = 80;
+    if s.chars().count() <= MAX {
+        s.to_string()
+    } else {
+        let mut t: String = s.chars().take(MAX).collect();
+        t.push('…');
+        t
+    }
+}
+
+fn unknown_section(name: &str) -> ConfigError {
+    let mut all: Vec<&str> = SECTIONS.to_vec();
+    all.push("positions");
+    let fix = if let Some(spec) = KEYS.iter().find(|s| s.leaf() == name) {
+        format!("did you mean {}? put it under [{}]", spec.name, spec.section())
+    } else if let Some(n) = nearest(name, all.iter().copied()) {
+        format!("did you mean [{n}]? otherwise remove it (sections: {}, [[positions]])", SECTIONS.join(", "))
+    } else {
+        format!("remove it or fix its spelling (sections: {}, [[positions]])", SECTIONS.join(", "))
+    };
+    ConfigError::UnknownKey { key: name.to_string(), fix }
+}
+
+fn unknown_key(name: &str) -> ConfigError {
+    let (section, leaf) = name.split_once('.').unwrap_or(("", name));
+    let known: Vec<&str> = KEYS.iter().filter(|s| s.section() == section).map(KeySpec::leaf).collect();
+    let elsewhere = KEYS.iter().find(|s| s.leaf() == leaf);
+    let fix = if let Some(spec) = elsewhere {
+        format!("did you mean {}? it belongs in [{}]", spec.name, spec.section())
+    } else if let Some(n) = nearest(name, KEYS.iter().map(|s| s.name)) {
+        format!("did you mean {n}? otherwise remove it (keys of [{section}]: {})", known.join(", "))
+    } else {
+        format!("remove it or fix its spelling (keys of [{section}]: {})", known.join(", "))
+    };
+    ConfigError::UnknownKey { key: name.to_string(), fix }
+}
+
+/// The candidate closest to `word` by edit distance, if it is close enough to be a typo.
+fn nearest<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    let limit = (word.chars().count() / 3).clamp(1, 4);
+    candidates
+        .map(|c| (distance(word, c), c))
+        .filter(|(d, _)| *d <= limit)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+/// Levenshtein distance, case-insensitive.
+fn distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().map(|c| c.to_ascii_lowercase()).collect();
+    let b: Vec<char> = b.chars().map(|c| c.to_ascii_lowercase()).collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    let mut cur = vec![0; b.len() + 1];
+    for (i, ca) in a.iter().enumerate() {
+        cur[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != cb);
+            cur[j + 1] = sub.min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        std::mem::swap(&mut prev, &mut cur);
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DOCS: &str = include_str!("../docs/configuration.md");
+
+    /// Splits a markdown table row into trimmed cells, honouring `\|`.
+    fn cells(row: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut cur = String::new();
+        let mut chars = row.trim().trim_start_matches('|').chars().peekable();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' if chars.peek() == Some(&'|') => {
+                    cur.push('|');
+                    chars.next();
+                }
+                '|' => out.push(std::mem::take(&mut cur).trim().to_string()),
+                c => cur.push(c),
+            }
+        }
+        if !cur.trim().is_empty() {
+            out.push(cur.trim().to_string());
+        }
+        out
+    }
+
+    fn plain(cell: &str) -> String {
+        cell.replace('`', "")
+    }
+
+    fn doc_row(first: &str) -> Option<Vec<String>> {
+        DOCS.lines()
+            .filter(|l| l.trim_start().starts_with('|'))
+            .map(cells)
+            .find(|c| c.len() >= 4 && c.first().is_some_and(|k| plain(k) == first))
+    }
+
+    fn expected_row(s: &KeySpec) -> String {
+        let default =
+            if s.default.starts_with('(') { s.default.to_string() } else { format!("`{}`", s.default) };
+        let unit = if s.unit.is_empty() { "" } else { s.unit };
+        format!("| `{}` | {} | {} | {} | {} |", s.name, s.kind.type_name(), default, unit, s.meaning)
+    }
+
+    #[test]
+    fn docs_table_matches_schema() {
+        let mut missing = Vec::new();
+        for s in KEYS {
+            let ok = doc_row(s.name).is_some_and(|c| {
+                c.len() >= 5
+                    && plain(&c[1]) == s.kind.type_name()
+                    && plain(&c[2]) == s.default
+                    && plain(&c[3]) == s.unit
+            });
+            if !ok {
+                missing.push(expected_row(s));
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "docs/configuration.md is out of step with KEYS; expected rows:\n{}",
+            missing.join("\n")
+        );
+    }
+
+    #[test]
+    fn docs_position_table_matches_schema() {
+        for k in POSITION_KEYS {
+            let c = doc_row(k.name).unwrap_or_else(|| panic!("position key {} not documented", k.name));
+            assert_eq!(plain(&c[1]), k.type_name, "type of {}", k.name);
+            assert_eq!(plain(&c[2]), if k.required { "yes" } else { "no" }, "required of {}", k.name);
+            assert_eq!(plain(&c[3]), k.default, "default of {}", k.name);
+        }
+    }
+
+    #[test]
+    fn docs_examples_are_valid() {
+        let blocks: Vec<&str> =
+            DOCS.split("```toml\n").skip(1).map(|b| b.split("```").next().unwrap_or("")).collect();
+        assert!(!blocks.is_empty(), "docs/configuration.md has no toml example");
+        for text in blocks {
+            parse_str(text, "docs example", Vec::new())
+                .unwrap_or_else(|e| panic!("docs/configuration.md example: {e}"));
+        }
+    }
+
+    #[test]
+    fn defaults_in_schema_are_the_struct_defaults() {
+        let base = Config::default();
+        for s in KEYS {
+            let text = if s.default.starts_with('(') { "" } else { s.default };
+            let v = from_text(s, text).unwrap_or_else(|b| panic!("default of {}: {}", s.name, b.problem));
+            let mut cfg = base.clone();
+            assign(&mut cfg, s, v).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(cfg, base, "default text of {} differs from Config::default()", s.name);
+        }
+    }
+
+    #[test]
+    fn every_key_is_settable_from_its_example() {
+        for s in KEYS {
+            let v = DeValue::parse(s.example).unwrap_or_else(|e| panic!("example of {}: {e}", s.name));
+            let val =
+                from_toml(s, v.get_ref()).unwrap_or_else(|b| panic!("example of {}: {}", s.name, b.problem));
+            let mut cfg = Config::default();
+            assign(&mut cfg, s, val).unwrap_or_else(|e| panic!("{e}"));
+            assert_ne!(cfg, Config::default(), "example of {} does not change anything", s.name);
+            // The same example through the environment.
+            let val = from_text(s, &s.env_example())
+                .unwrap_or_else(|b| panic!("env example of {}: {}", s.name, b.problem));
+            let mut env_cfg = Config::default();
+            assign(&mut env_cfg, s, val).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(env_cfg, cfg, "env and file forms of {} disagree", s.name);
+        }
+    }
+
+    #[test]
+    fn position_examples_parse() {
+        let mut text = String::from("[[positions]]\n");
+        for k in POSITION_KEYS {
+            text.push_str(&format!("{} = {}\n", k.name, k.example));
+        }
+        let cfg = parse_str(&text, "t", Vec::new()).expect("examples form a valid position");
+        assert_eq!(cfg.positions.len(), 1);
+    }
+
+    #[test]
+    fn env_names() {
+        assert_eq!(env_var_name("feed.ws_url"), "TICKGUARD_FEED_WS_URL");
+        assert_eq!(env_var_name("cache.stale_after_s"), "TICKGUARD_CACHE_STALE_AFTER_S");
+        for s in KEYS {
+            assert!(SECTIONS.contains(&s.section()), "{} has an unknown section", s.name);
+            assert!(!s.section().contains('_'), "section names must not contain _ (env mapping)");
+        }
+    }
+
+    #[test]
+    fn distances() {
+        assert_eq!(distance("kitten", "sitting"), 3);
+        assert_eq!(nearest("cache.stale_after", KEYS.iter().map(|s| s.name)), Some("cache.stale_after_s"));
+        assert_eq!(nearest("zzz", KEYS.iter().map(|s| s.name)), None);
+    }
+
+    #[test]
+    fn seconds_round_to_microseconds() {
+        assert!(matches!(secs(0.2, false), Ok(Val::Secs(d)) if d == Duration::from_millis(200)));
+        assert!(matches!(secs(1.5, false), Ok(Val::Secs(d)) if d == Duration::from_millis(1500)));
+        assert!(secs(0.0, false).is_err());
+        assert!(matches!(secs(0.0, true), Ok(Val::Secs(d)) if d.is_zero()));
+        assert!(secs(-1.0, true).is_err());
+        assert!(secs(f64::NAN, true).is_err());
+        assert!(secs(MAX_SECS + 1.0, true).is_err());
+        assert_eq!(fmt_secs(Duration::from_millis(1500)), "1.5");
+        assert_eq!(fmt_secs(Duration::from_secs(300)), "300");
+    }
 }

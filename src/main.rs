@@ -17,7 +17,11 @@ const EXIT_CONFIG: u8 = 78;
 const EXIT_RUNTIME: u8 = 1;
 
 #[derive(Parser)]
-#[command(name = "tickguard", version, about = "Risk watchdog appliance: closes crossed stops when the bot or the network fails")]
+#[command(
+    name = "tickguard",
+    version,
+    about = "Risk watchdog appliance: closes crossed stops when the bot or the network fails"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -65,7 +69,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         "h" => v * 3600.0,
         _ => return Err(format!("unknown unit '{unit}' in '{s}' (use ms, s, m or h)")),
     };
-    if !secs.is_finite() || secs < 0.0 || secs > 1.0e9 {
+    if !secs.is_finite() || !(0.0..=1.0e9).contains(&secs) {
         return Err(format!("'{s}' is out of range"));
     }
     Ok(Duration::from_secs_f64(secs))

@@ -14,12 +14,10 @@
 
 use core::time::Duration;
 
+use super::CoreError;
 use super::price::{Price, Qty};
 use super::time::Timestamp;
-use super::types::{
-    BlindPolicy, ClientId, CloseReason, InstrumentId, PosIdx, PositionId, PriceSource, Side,
-};
-use super::CoreError;
+use super::types::{BlindPolicy, ClientId, CloseReason, InstrumentId, PosIdx, PositionId, PriceSource, Side};
 
 /// "No position" in the per-instrument lists.
 pub(crate) const NIL: u16 = u16::MAX;
@@ -175,8 +173,7 @@ impl PositionSpec {
     /// Checks the spec on its own: id charset and length, positive quantity and entry, and
     /// levels on the right sides of each other.
     pub fn validate(&self) -> Result<(), CoreError> {
-        if self.id.is_empty()
-            || !self.id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        if self.id.is_empty() || !self.id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
         {
             return Err(CoreError::BadId);
         }
@@ -235,6 +232,10 @@ pub struct Position {
     pub blind_since: Option<Timestamp>,
     /// True once its blind policy acted for the current blind spell.
     pub blind_acted: bool,
+    /// Close orders sent over the position's whole life, through every decision: the
+    /// attempts of a close that follows a re-judged blind flatten number on from it, so
+    /// client ids never repeat (persist it with the position).
+    pub attempts: u16,
     /// Sum of `price * qty` over fills (units of 10^-8), for the average exit price.
     pub exit_notional: i128,
     /// When it was registered.
@@ -260,6 +261,7 @@ impl Position {
             decision: None,
             blind_since: None,
             blind_acted: false,
+            attempts: 0,
             exit_notional: 0,
             registered_at: now,
             next: NIL,
@@ -329,10 +331,7 @@ impl<const M: usize> PositionBook<M> {
     }
     /// Every position with its slot.
     pub fn iter(&self) -> impl Iterator<Item = (PosIdx, &Position)> {
-        self.slots
-            .iter()
-            .enumerate()
-            .filter_map(|(i, p)| p.as_ref().map(|p| (PosIdx(i as u16), p)))
+        self.slots.iter().enumerate().filter_map(|(i, p)| p.as_ref().map(|p| (PosIdx(i as u16), p)))
     }
     /// Number of slots in use or once used (iteration bound).
     pub(crate) fn slot_count(&self) -> usize {

@@ -4,9 +4,9 @@ use core::time::Duration;
 
 use heapless::index_map::FnvIndexMap;
 
+use super::CoreError;
 use super::time::Timestamp;
 use super::types::{Band, InstrumentId, Quote, Symbol};
-use super::CoreError;
 
 /// One instrument's entry.
 #[derive(Clone, Debug)]
@@ -65,7 +65,9 @@ impl<const N: usize> PriceCache<N> {
         if self.entries.len() >= N {
             return Err(CoreError::CacheFull { capacity: N });
         }
-        let id = InstrumentId(u16::try_from(self.entries.len()).map_err(|_| CoreError::CacheFull { capacity: N })?);
+        let id = InstrumentId(
+            u16::try_from(self.entries.len()).map_err(|_| CoreError::CacheFull { capacity: N })?,
+        );
         self.index.insert(sym.clone(), id).map_err(|_| CoreError::CacheFull { capacity: N })?;
         self.entries
             .push(Entry { symbol: sym, quote: None })

@@ -22,19 +22,19 @@
 use core::fmt::Write;
 use core::time::Duration;
 
+use super::CoreError;
 use super::backoff::Rng;
 use super::book::{
-    check_levels, ClosedHow, Closing, Decision, OrderPhase, PosState, Position, PositionBook,
-    PositionSpec, NIL,
+    ClosedHow, Closing, Decision, NIL, OrderPhase, PosState, Position, PositionBook, PositionSpec,
+    check_levels,
 };
 use super::cache::PriceCache;
-use super::price::{notional, Price, Qty};
+use super::price::{Price, Qty, notional};
 use super::time::Timestamp;
 use super::types::{
-    Band, BlindPolicy, ClientId, CloseReason, InstrumentId, PosIdx, PositionId, PriceSource, Rung,
-    Side, Source, Symbol, Tick,
+    Band, BlindPolicy, ClientId, CloseReason, InstrumentId, PosIdx, PositionId, PriceSource, Rung, Side,
+    Source, Symbol, Tick,
 };
-use super::CoreError;
 use crate::limits::{NOTICE_CAP, RECENT_CLOSES, REST_FAILING_AFTER};
 
 /// Engine settings (from the configuration; shortened in the demo).
@@ -286,7 +286,8 @@ pub enum Outcome {
         price: Option<Price>,
     },
     /// Done, partly executed (e.g. EXPIRED with `executedQty` below the quantity): the
-    /// remainder is closed by the next attempt.
+    /// remainder is closed by the next attempt, at once. Done with nothing executed counts
+    /// as a failed attempt (backoff, `CloseFailed`), like `Rejected`.
     PartiallyFilled {
         /// Total executed by this attempt.
         executed: Qty,
@@ -565,7 +566,8 @@ impl<const N: usize, const M: usize> Engine<N, M> {
     pub fn add_instrument(&mut self, symbol: &str) -> Result<InstrumentId, CoreError> {
         let id = self.cache.intern(symbol)?;
         while self.inst.len() <= usize::from(id.0) {
-            let fresh = InstState { head: NIL, subscribed: false, rest_failures: 0, rung: Rung::Live, band: None };
+            let fresh =
+                InstState { head: NIL, subscribed: false, rest_failures: 0, rung: Rung::Live, band: None };
             self.inst.push(fresh).map_err(|_| CoreError::CacheFull { capacity: N })?;
         }
         Ok(id)
@@ -759,8 +761,19 @@ impl<const N: usize, const M: usize> Engine<N, M> {
             Outcome::Filled { executed, price } | Outcome::PartiallyFilled { executed, price } => {
                 self.apply_fill(idx, executed, price, out);
                 let done = self.book.get(idx).is_some_and(|p| !p.remaining().is_positive());
+                let nothing = self
+                    .book
+                    .get(idx)
+                    .and_then(|p| p.state.closing())
+                    .is_some_and(|c| !c.order_executed.is_positive());
                 if done {
                     self.finish(idx, now, ClosedHow::Filled, out);
+                } else if nothing {
+                    // Over with nothing executed (a market order EXPIRED unfilled, executedQty
+                    // 0): that is a failed attempt, not progress. Resending at once would loop
+                    // orders into a market with no liquidity without any backoff, and the
+                    // position would never reach CloseFailed, the loudest alarm.
+                    self.attempt_failed(idx, now, out);
                 } else if let Some(c) = self.closing_mut(idx) {
                     // The remainder goes at once: a partial fill is progress, not a failure.
                     c.order = OrderPhase::Waiting;
@@ -780,7 +793,12 @@ impl<const N: usize, const M: usize> Engine<N, M> {
     }
 
     /// A command from the API, the operator or the configuration.
-    pub fn on_command(&mut self, now: Timestamp, cmd: Command, out: &mut Actions<M>) -> Result<Reply, CoreError> {
+    pub fn on_command(
+        &mut self,
+        now: Timestamp,
+        cmd: Command,
+        out: &mut Actions<M>,
+    ) -> Result<Reply, CoreError> {
         out.clear();
         let r = match cmd {
             Command::Register(spec) => self.register(now, &spec, out),
@@ -845,13 +863,23 @@ impl<const N: usize, const M: usize> Engine<N, M> {
 
     // ----- internals ---------------------------------------------------------------------
 
-    fn register(&mut self, now: Timestamp, spec: &PositionSpec, out: &mut Actions<M>) -> Result<Reply, CoreError> {
+    fn register(
+        &mut self,
+        now: Timestamp,
+        spec: &PositionSpec,
+        out: &mut Actions<M>,
+    ) -> Result<Reply, CoreError> {
         spec.validate()?;
         if let Some(idx) = self.book.find(&spec.id) {
             let p = self.book.get(idx).ok_or(CoreError::UnknownPosition)?;
             let own = self.cache.symbol(p.instrument);
             return if p.matches(spec, &spec.symbol, own) {
-                Ok(Reply::Registered { pos: idx, instrument: p.instrument, new_instrument: false, existed: true })
+                Ok(Reply::Registered {
+                    pos: idx,
+                    instrument: p.instrument,
+                    new_instrument: false,
+                    existed: true,
+                })
             } else {
                 Err(CoreError::DuplicateId)
             };
@@ -871,7 +899,13 @@ impl<const N: usize, const M: usize> Engine<N, M> {
         Ok(Reply::Registered { pos: idx, instrument, new_instrument: !known, existed: false })
     }
 
-    fn close_now(&mut self, now: Timestamp, target: &CloseTarget, reason: CloseReason, out: &mut Actions<M>) -> Result<Reply, CoreError> {
+    fn close_now(
+        &mut self,
+        now: Timestamp,
+        target: &CloseTarget,
+        reason: CloseReason,
+        out: &mut Actions<M>,
+    ) -> Result<Reply, CoreError> {
         let mut decided = 0u16;
         let mut already = 0u16;
         let mut found = false;
@@ -1063,7 +1097,11 @@ impl<const N: usize, const M: usize> Engine<N, M> {
             return;
         }
         p.decision = Some(d);
-        let attempt = p.state.closing().map_or(0, |c| c.attempt);
+        // Number the attempts on from every order the position ever sent: a blind flatten
+        // re-judged back to open has sent orders already, and a client id must never be
+        // reused (the edge journals client ids and looks them up before any resend; a reused
+        // id would match the flatten's old order instead of this close's new one).
+        let attempt = p.attempts;
         p.state = PosState::Closing(Closing {
             attempt,
             client_id: ClientId::new(),
@@ -1094,6 +1132,7 @@ impl<const N: usize, const M: usize> Engine<N, M> {
             return;
         }
         c.attempt = c.attempt.saturating_add(1);
+        p.attempts = c.attempt;
         c.client_id = client_id(generation, &id, c.attempt);
         c.sent_at = now;
         c.order = OrderPhase::Sent;
@@ -1248,7 +1287,8 @@ impl<const N: usize, const M: usize> Engine<N, M> {
     fn sweep_blind(&mut self, idx: PosIdx, now: Timestamp, out: &mut Actions<M>) {
         let Some(p) = self.book.get(idx) else { return };
         let blind = self.rung(p.instrument, now) == Rung::Blind;
-        let grace_end = |since: Timestamp| (since + self.cfg.blind_grace).max(self.boot + self.cfg.expire_after);
+        let grace_end =
+            |since: Timestamp| (since + self.cfg.blind_grace).max(self.boot + self.cfg.expire_after);
         let Some(p) = self.book.get_mut(idx) else { return };
         match (blind, p.blind_since) {
             (true, None) => {

@@ -63,10 +63,7 @@ fn parse_units(s: &[u8], keep: u32, exact: bool) -> Result<i64, DecimalError> {
                 seen_digit = true;
                 let d = i64::from(c - b'0');
                 if !seen_point {
-                    int = int
-                        .checked_mul(10)
-                        .and_then(|v| v.checked_add(d))
-                        .ok_or(DecimalError::Overflow)?;
+                    int = int.checked_mul(10).and_then(|v| v.checked_add(d)).ok_or(DecimalError::Overflow)?;
                 } else if frac_digits < keep {
                     frac = frac * 10 + d;
                     frac_digits += 1;
@@ -246,11 +243,7 @@ fn write_fixed(f: &mut fmt::Formatter<'_>, units: i64, min: usize) -> fmt::Resul
     if neg {
         f.write_str("-")?;
     }
-    if digits == 0 {
-        write!(f, "{int}")
-    } else {
-        write!(f, "{int}.{frac:0digits$}")
-    }
+    if digits == 0 { write!(f, "{int}") } else { write!(f, "{int}.{frac:0digits$}") }
 }
 
 #[cfg(test)]

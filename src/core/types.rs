@@ -257,8 +257,7 @@ impl Quote {
     /// time, so on a tie the live price was received no earlier).
     pub fn supersedes(&self, older: &Quote) -> bool {
         self.dated > older.dated
-            || (self.dated == older.dated
-                && !(self.source == Source::Rest && older.source != Source::Rest))
+            || (self.dated == older.dated && !(self.source == Source::Rest && older.source != Source::Rest))
     }
 }
 

@@ -12,7 +12,7 @@
 //! `bookTicker` gives bid and ask and has no event time (staleness uses the receive time);
 //! trades give the last price and carry the event time `E`. Unknown fields are ignored.
 
-use super::json::{for_each_member, parse_i64, JsonError, Value};
+use super::json::{JsonError, Value, for_each_member, parse_i64};
 use crate::core::price::Price;
 
 /// A decoded frame. Borrowed from the frame bytes.
@@ -228,7 +228,13 @@ mod tests {
         let f = br#"{"stream":"bnbusdt@bookTicker","data":{"u":400900217,"s":"BNBUSDT","b":"25.35190000","B":"31.21000000","a":"25.36520000","A":"40.66000000"}}"#;
         assert_eq!(
             decode(f),
-            Ok(Frame::Quote { symbol: b"BNBUSDT", bid: p("25.3519"), ask: p("25.3652"), last: None, exch_ts: None })
+            Ok(Frame::Quote {
+                symbol: b"BNBUSDT",
+                bid: p("25.3519"),
+                ask: p("25.3652"),
+                last: None,
+                exch_ts: None
+            })
         );
     }
 
@@ -237,12 +243,24 @@ mod tests {
         let t = br#"{"stream":"bnbbtc@trade","data":{"e":"trade","E":1672515782136,"s":"BNBBTC","t":12345,"p":"0.001","q":"100","T":1672515782136,"m":true,"M":true}}"#;
         assert_eq!(
             decode(t),
-            Ok(Frame::Quote { symbol: b"BNBBTC", bid: None, ask: None, last: p("0.001"), exch_ts: Some(1_672_515_782_136) })
+            Ok(Frame::Quote {
+                symbol: b"BNBBTC",
+                bid: None,
+                ask: None,
+                last: p("0.001"),
+                exch_ts: Some(1_672_515_782_136)
+            })
         );
         let a = br#"{"stream":"bnbbtc@aggTrade","data":{"e":"aggTrade","E":1672515782136,"s":"BNBBTC","a":12345,"p":"0.001","q":"100","f":100,"l":105,"T":1672515782136,"m":true,"M":true}}"#;
         assert_eq!(
             decode(a),
-            Ok(Frame::Quote { symbol: b"BNBBTC", bid: None, ask: None, last: p("0.001"), exch_ts: Some(1_672_515_782_136) })
+            Ok(Frame::Quote {
+                symbol: b"BNBBTC",
+                bid: None,
+                ask: None,
+                last: p("0.001"),
+                exch_ts: Some(1_672_515_782_136)
+            })
         );
         // A raw-stream frame (no combined wrapper) decodes the same.
         let raw = br#"{"e":"trade","E":5,"s":"X","p":"1.5"}"#;
@@ -273,7 +291,10 @@ mod tests {
 
     #[test]
     fn malformed_frames_are_errors_not_panics() {
-        assert_eq!(decode(b"{\"stream\":\"x\",\"data\":{\"s\":\"X\",\"b\":\"1.0"), Err(DecodeError::Json(JsonError::Truncated)));
+        assert_eq!(
+            decode(b"{\"stream\":\"x\",\"data\":{\"s\":\"X\",\"b\":\"1.0"),
+            Err(DecodeError::Json(JsonError::Truncated))
+        );
         assert_eq!(decode(br#"{"data":{"s":"X","b":"abc"}}"#), Err(DecodeError::BadPrice));
         assert_eq!(decode(br#"{"data":{"s":"X","b":12.5}}"#), Err(DecodeError::BadPrice));
         assert_eq!(decode(br#"{"data":{"b":"1"}}"#), Err(DecodeError::MissingSymbol));

@@ -183,6 +183,30 @@ pub fn for_each_member<'a>(
     }
 }
 
+/// Calls `f(value)` for each element of the array `b`, stopping early when `f` returns
+/// `false`.
+pub fn for_each_element<'a>(b: &'a [u8], mut f: impl FnMut(Value<'a>) -> bool) -> Result<(), JsonError> {
+    let mut c = Cursor { b, i: 0 };
+    c.expect(b'[')?;
+    c.ws();
+    if c.peek() == Some(b']') {
+        return Ok(());
+    }
+    loop {
+        let v = c.value()?;
+        if !f(v) {
+            return Ok(());
+        }
+        c.ws();
+        match c.peek() {
+            Some(b',') => c.i += 1,
+            Some(b']') => return Ok(()),
+            Some(_) => return Err(JsonError::Syntax),
+            None => return Err(JsonError::Truncated),
+        }
+    }
+}
+
 /// Parses an unsigned or signed integer's text.
 pub fn parse_i64(b: &[u8]) -> Option<i64> {
     let (neg, digits) = match b.first() {
@@ -209,10 +233,13 @@ mod tests {
     #[test]
     fn walks_members_and_skips_nested() {
         let mut seen = Vec::new();
-        let r = for_each_member(br#" { "a" : "x\"y", "b":[1,{"c":"}"}], "d":-1.5e3, "e":true, "f":null, "g":{} } "#, |k, v| {
-            seen.push((k.to_vec(), v));
-            true
-        });
+        let r = for_each_member(
+            br#" { "a" : "x\"y", "b":[1,{"c":"}"}], "d":-1.5e3, "e":true, "f":null, "g":{} } "#,
+            |k, v| {
+                seen.push((k.to_vec(), v));
+                true
+            },
+        );
         assert_eq!(r, Ok(()));
         let keys: Vec<&[u8]> = seen.iter().map(|(k, _)| k.as_slice()).collect();
         assert_eq!(keys, [&b"a"[..], b"b", b"d", b"e", b"f", b"g"]);
@@ -224,9 +251,30 @@ mod tests {
 
     #[test]
     fn rejects_broken_input_without_panicking() {
-        for bad in [&b""[..], b"{", b"{\"a\"", b"{\"a\":", b"{\"a\":\"x", b"[1]", b"{\"a\":tru}", b"{\"a\":1 \"b\":2}", b"{\"a\":[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]}", b"\xff\xfe"] {
+        for bad in [
+            &b""[..],
+            b"{",
+            b"{\"a\"",
+            b"{\"a\":",
+            b"{\"a\":\"x",
+            b"[1]",
+            b"{\"a\":tru}",
+            b"{\"a\":1 \"b\":2}",
+            b"{\"a\":[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]}",
+            b"\xff\xfe",
+        ] {
             assert!(for_each_member(bad, |_, _| true).is_err(), "{:?}", String::from_utf8_lossy(bad));
         }
+        let mut n = 0;
+        assert_eq!(
+            for_each_element(br#"[{"a":1}, "x", 3]"#, |_| {
+                n += 1;
+                true
+            }),
+            Ok(())
+        );
+        assert_eq!(n, 3);
+        assert!(for_each_element(b"[1,", |_| true).is_err());
         assert_eq!(parse_i64(b"123"), Some(123));
         assert_eq!(parse_i64(b"-7"), Some(-7));
         assert_eq!(parse_i64(b"99999999999999999999"), None);

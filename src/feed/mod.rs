@@ -2,3 +2,4 @@
 
 pub mod binance;
 pub mod json;
+pub mod session;

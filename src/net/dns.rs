@@ -11,8 +11,8 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts};
@@ -73,7 +73,9 @@ pub struct Resolved {
 
 /// Resolution failed and no address was ever known for the host.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot resolve {host}: every resolver failed ({tried} tried) and no last-good address is known; check the network and dns.nameservers")]
+#[error(
+    "cannot resolve {host}: every resolver failed ({tried} tried) and no last-good address is known; check the network and dns.nameservers"
+)]
 pub struct DnsError {
     /// The host.
     pub host: String,
@@ -123,9 +125,7 @@ pub fn parse_resolv_conf(text: &str) -> Vec<SocketAddr> {
 
 /// `ip` (port 53), `ip:port` or `[v6]:port`.
 pub fn parse_server(s: &str) -> Option<SocketAddr> {
-    s.parse::<SocketAddr>()
-        .ok()
-        .or_else(|| s.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, 53)))
+    s.parse::<SocketAddr>().ok().or_else(|| s.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, 53)))
 }
 
 impl Resolver {

@@ -36,7 +36,12 @@ impl Endpoint {
             Some("http") | Some("ws") => false,
             _ => return Err(format!("{url}: scheme must be http, https, ws or wss")),
         };
-        let host = uri.host().ok_or_else(|| format!("{url}: no host"))?.trim_start_matches('[').trim_end_matches(']').to_string();
+        let host = uri
+            .host()
+            .ok_or_else(|| format!("{url}: no host"))?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
         let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
         let path = uri.path_and_query().map_or("/".to_string(), |p| p.as_str().to_string());
         Ok(Endpoint { tls, host, port, path })
@@ -121,7 +126,11 @@ pub struct Connector {
 impl Connector {
     /// Resolves (or forces a fresh resolution with `fresh_dns`) and connects, trying each
     /// address; returns the stream, the address used and how it was resolved.
-    pub async fn connect(&self, ep: &Endpoint, fresh_dns: bool) -> Result<(Stream, SocketAddr, Resolved), HttpError> {
+    pub async fn connect(
+        &self,
+        ep: &Endpoint,
+        fresh_dns: bool,
+    ) -> Result<(Stream, SocketAddr, Resolved), HttpError> {
         let resolved = if fresh_dns {
             self.resolver.resolve(&ep.host).await?
         } else {
@@ -148,18 +157,27 @@ impl Connector {
     }
 }
 
-/// Sends one request (`Connection: close`) and reads the answer, bounded by `timeout` as a
-/// whole and `max_body` bytes.
-pub async fn request(
-    conn: &Connector,
-    ep: &Endpoint,
-    method: &str,
-    path_and_query: &str,
-    headers: &[(&str, &str)],
-    body: Option<Bytes>,
-    timeout: Duration,
-    max_body: usize,
-) -> Result<Answer, HttpError> {
+/// One HTTP request.
+#[derive(Clone, Debug)]
+pub struct Req<'a> {
+    /// `GET`, `POST`, ...
+    pub method: &'a str,
+    /// Path and query.
+    pub path: &'a str,
+    /// Extra headers.
+    pub headers: &'a [(&'a str, &'a str)],
+    /// Body, if any.
+    pub body: Option<Bytes>,
+    /// Bound of the whole exchange.
+    pub timeout: Duration,
+    /// Largest body read.
+    pub max_body: usize,
+}
+
+/// Sends one request (`Connection: close`) and reads the answer, bounded by `req.timeout` as
+/// a whole and `req.max_body` bytes.
+pub async fn request(conn: &Connector, ep: &Endpoint, req: Req<'_>) -> Result<Answer, HttpError> {
+    let Req { method, path: path_and_query, headers, body, timeout, max_body } = req;
     let host = ep.host.clone();
     let (stream, _, _) = conn.connect(ep, false).await?;
     let exchange = async {
@@ -216,7 +234,10 @@ mod tests {
     #[test]
     fn endpoints() {
         let e = Endpoint::parse("wss://stream.binance.com:9443/stream").expect("valid");
-        assert_eq!((e.tls, e.host.as_str(), e.port, e.path.as_str()), (true, "stream.binance.com", 9443, "/stream"));
+        assert_eq!(
+            (e.tls, e.host.as_str(), e.port, e.path.as_str()),
+            (true, "stream.binance.com", 9443, "/stream")
+        );
         assert_eq!(e.host_header(), "stream.binance.com:9443");
         let e = Endpoint::parse("https://api.binance.com").expect("valid");
         assert_eq!((e.port, e.path.as_str(), e.host_header().as_str()), (443, "/", "api.binance.com"));

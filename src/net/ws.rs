@@ -26,7 +26,11 @@ pub enum Stream {
 }
 
 impl AsyncRead for Stream {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
@@ -230,7 +234,8 @@ impl WsConn {
                         }
                         0xA => return Ok(Event::Pong),
                         0x8 => {
-                            let code = (len >= 2).then(|| u16::from_be_bytes([self.buf[p0], self.buf[p0 + 1]]));
+                            let code =
+                                (len >= 2).then(|| u16::from_be_bytes([self.buf[p0], self.buf[p0 + 1]]));
                             self.control.clear();
                             push_frame_header(&mut self.control, 0x8, 2);
                             let mask = self.rng.next_u64() as u32;
@@ -239,7 +244,11 @@ impl WsConn {
                         }
                         0x1 | 0x2 if fin && self.frag_opcode.is_none() => {
                             let payload = &self.buf[p0..p0 + len];
-                            return Ok(if opcode == 0x1 { Event::Text(payload) } else { Event::Binary(payload) });
+                            return Ok(if opcode == 0x1 {
+                                Event::Text(payload)
+                            } else {
+                                Event::Binary(payload)
+                            });
                         }
                         0x1 | 0x2 if self.frag_opcode.is_none() => {
                             self.frag.clear();
@@ -256,7 +265,11 @@ impl WsConn {
                             self.frag.extend_from_slice(&self.buf[p0..p0 + len]);
                             if fin {
                                 self.frag_opcode = None;
-                                return Ok(if op == 0x1 { Event::Text(&self.frag) } else { Event::Binary(&self.frag) });
+                                return Ok(if op == 0x1 {
+                                    Event::Text(&self.frag)
+                                } else {
+                                    Event::Binary(&self.frag)
+                                });
                             }
                         }
                         _ => return Err(WsError::Protocol("unexpected opcode")),

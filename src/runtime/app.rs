@@ -3,8 +3,8 @@
 use std::fmt::Write as _;
 use std::path::Path;
 use std::process::ExitCode;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use tokio::sync::watch;
 
@@ -12,7 +12,7 @@ use super::board::PriceBoard;
 use super::clock::Clock;
 use super::paper::Paper;
 use super::sim::SimFeed;
-use super::{engine_task, AppEngine};
+use super::{AppEngine, engine_task};
 use crate::config::{BrokerKind, Config, Venue};
 use crate::core::engine::Command;
 use crate::core::price::Price;

@@ -16,8 +16,8 @@
 //! - 15 s [11:24:21]: the network returns; retries fill; RELIANCE ticks again.
 //! - 17 s: a one-screen summary; the next round starts at 18 s.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -27,11 +27,11 @@ use super::board::PriceBoard;
 use super::clock::Clock;
 use super::paper::Paper;
 use super::sim::publish;
-use super::{engine_task, AppEngine, EngineHandle};
+use super::{AppEngine, EngineHandle, engine_task};
 use crate::core::book::{PosState, PositionSpec};
 use crate::core::engine::{Command, EngineConfig, FeedEvent};
 use crate::core::price::{Price, Qty};
-use crate::core::time::{millis, Timestamp};
+use crate::core::time::{Timestamp, millis};
 use crate::core::types::{BlindPolicy, InstrumentId, PositionId, Side, Symbol};
 
 const ROUND: f64 = 18.0;
@@ -117,7 +117,9 @@ fn wall(t: f64) -> String {
 /// whose summary was printed.
 pub async fn run(run_for: Option<Duration>, mut shutdown: watch::Receiver<bool>) -> u32 {
     let cfg = demo_engine_config();
-    println!("tickguard demo: the seed incident (feed and network die at 11:24:16), replayed every {ROUND} s");
+    println!(
+        "tickguard demo: the seed incident (feed and network die at 11:24:16), replayed every {ROUND} s"
+    );
     println!(
         "  shortened thresholds: stale_after={}s expire_after={}s blind_grace={}s retry={}..{}s max_close_attempts={}",
         cfg.stale_after.as_secs_f64(),
@@ -140,7 +142,11 @@ pub async fn run(run_for: Option<Duration>, mut shutdown: watch::Receiver<bool>)
     let (task, handle, broker_rx) = engine_task(engine, clock, engine_shutdown);
     let board = Arc::new(PriceBoard::new(crate::limits::MAX_INSTRUMENTS));
     let network_up = Arc::new(AtomicBool::new(true));
-    let paper = Paper { fill_delay: Duration::from_millis(200), network_up: network_up.clone(), board: board.clone() };
+    let paper = Paper {
+        fill_delay: Duration::from_millis(200),
+        network_up: network_up.clone(),
+        board: board.clone(),
+    };
     let engine_join = tokio::spawn(task.run());
     let paper_join = tokio::spawn(paper.run(broker_rx, handle.clone()));
     handle.feed(FeedEvent::SubscribedAll).await;
@@ -167,7 +173,14 @@ pub async fn run(run_for: Option<Duration>, mut shutdown: watch::Receiver<bool>)
     rounds
 }
 
-async fn play_round(round: u32, handle: &EngineHandle, board: &PriceBoard, clock: &Clock, network_up: &AtomicBool, ids: &[InstrumentId; 4]) {
+async fn play_round(
+    round: u32,
+    handle: &EngineHandle,
+    board: &PriceBoard,
+    clock: &Clock,
+    network_up: &AtomicBool,
+    ids: &[InstrumentId; 4],
+) {
     let start = Instant::now();
     let at = |t: f64| start + Duration::from_secs_f64(t);
     let round_start = clock.now();
@@ -237,7 +250,14 @@ async fn play_round(round: u32, handle: &EngineHandle, board: &PriceBoard, clock
                         .filter_map(|(_, p)| {
                             p.blind_since.map(|s| {
                                 let how = if p.blind_acted { "alert raised" } else { "in grace" };
-                                (p.id.to_string(), format!("{} blind {:.1}s, {how}", e.cache().symbol(p.instrument), now.since(s).as_secs_f64()))
+                                (
+                                    p.id.to_string(),
+                                    format!(
+                                        "{} blind {:.1}s, {how}",
+                                        e.cache().symbol(p.instrument),
+                                        now.since(s).as_secs_f64()
+                                    ),
+                                )
                             })
                         })
                         .collect()
@@ -264,7 +284,8 @@ async fn play_round(round: u32, handle: &EngineHandle, board: &PriceBoard, clock
         }
         if !summarised && t >= SUMMARY_AT - 1e-9 {
             summarised = true;
-            let names: Vec<String> = ["bosch", "adani", "kaynes", "reliance"].iter().map(|n| pid(n)).collect();
+            let names: Vec<String> =
+                ["bosch", "adani", "kaynes", "reliance"].iter().map(|n| pid(n)).collect();
             let blind = std::mem::take(&mut blind_seen);
             let summary = handle
                 .inspect(move |e, now| summary(e, now, round, round_start, &names, &blind))
@@ -282,7 +303,14 @@ async fn play_round(round: u32, handle: &EngineHandle, board: &PriceBoard, clock
     tokio::time::sleep_until(at(ROUND)).await;
 }
 
-fn summary(e: &AppEngine, now: Timestamp, round: u32, round_start: Timestamp, ids: &[String], blind: &[(String, String)]) -> String {
+fn summary(
+    e: &AppEngine,
+    now: Timestamp,
+    round: u32,
+    round_start: Timestamp,
+    ids: &[String],
+    blind: &[(String, String)],
+) -> String {
     use std::fmt::Write;
     let rel = |t: Timestamp| t.since(round_start).as_secs_f64();
     let mut s = String::new();

@@ -26,11 +26,11 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::core::CoreError;
 use crate::core::engine::{Actions, BrokerReport, Command, Engine, FeedEvent, OrderAction, Reply};
 use crate::core::price::Qty;
 use crate::core::time::Timestamp;
 use crate::core::types::{ClientId, CloseReason, InstrumentId, PosIdx, Side, Symbol, Tick};
-use crate::core::CoreError;
 use crate::limits::{COMMAND_QUEUE, MAX_INSTRUMENTS, MAX_POSITIONS};
 use clock::Clock;
 use queue::TickQueue;
@@ -228,7 +228,9 @@ impl EngineTask {
                     let symbol = Symbol::try_from(self.engine.cache().symbol(instrument)).unwrap_or_default();
                     BrokerRequest::Place { pos, client_id, instrument, symbol, side, qty, reason }
                 }
-                OrderAction::Lookup { pos, client_id, sent_at } => BrokerRequest::Lookup { pos, client_id, sent_at },
+                OrderAction::Lookup { pos, client_id, sent_at } => {
+                    BrokerRequest::Lookup { pos, client_id, sent_at }
+                }
             };
             // Back-pressure, never a drop: an order that cannot be handed over would leave a
             // crossed stop open.

@@ -3,8 +3,8 @@
 //! which the engine treats as *rejected*). Used by the demo and `run` with `broker.kind = paper`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::sync::mpsc;

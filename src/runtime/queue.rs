@@ -123,7 +123,8 @@ mod tests {
 
     fn tick(id: u16, bid: &str, at: u64, source: Source) -> Tick {
         let b = Price::parse(bid).ok();
-        let q = Quote { bid: b, ask: b, last: None, source, exch_ts: None, dated: Timestamp::from_millis(at) };
+        let q =
+            Quote { bid: b, ask: b, last: None, source, exch_ts: None, dated: Timestamp::from_millis(at) };
         Tick::new(InstrumentId(id), q)
     }
 

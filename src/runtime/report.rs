@@ -6,7 +6,7 @@ use log::{error, info, warn};
 
 use crate::core::book::ClosedHow;
 use crate::core::engine::{Engine, Notice, OrderAction};
-use crate::core::time::{millis, Timestamp};
+use crate::core::time::{Timestamp, millis};
 use crate::core::types::{BlindPolicy, CloseReason, PosIdx, Rung};
 
 /// `id=<id> symbol=<symbol>` of a position, or `pos=<slot>` if it is gone.
@@ -84,19 +84,13 @@ pub fn log_notice<const N: usize, const M: usize>(e: &Engine<N, M>, now: Timesta
             "[BLIND] {} state=rejudged price={price} (flatten never reached the venue; position protected again)",
             who(e, *pos)
         ),
-        Notice::Fill { pos, qty, price, remaining } => info!(
-            "[CLOSE] {} event=fill qty={qty} price={} remaining={remaining}",
-            who(e, *pos),
-            opt(*price)
-        ),
+        Notice::Fill { pos, qty, price, remaining } => {
+            info!("[CLOSE] {} event=fill qty={qty} price={} remaining={remaining}", who(e, *pos), opt(*price))
+        }
         Notice::Closed { pos, how } => {
             let mut line = format!("[CLOSE] {} event=closed how={}", who(e, *pos), how.as_str());
             if let Some(p) = e.book().get(*pos) {
-                let attempts = e
-                    .recent_closes()
-                    .rev()
-                    .find(|r| r.id == p.id)
-                    .map_or(0, |r| r.attempts);
+                let attempts = e.recent_closes().rev().find(|r| r.id == p.id).map_or(0, |r| r.attempts);
                 if *how == ClosedHow::Filled {
                     let _ = write!(line, " qty={} exit={} attempts={attempts}", p.filled, opt(p.avg_exit()));
                 }
@@ -106,11 +100,9 @@ pub fn log_notice<const N: usize, const M: usize>(e: &Engine<N, M>, now: Timesta
             }
             info!("{line}");
         }
-        Notice::Retry { pos, attempt, delay } => warn!(
-            "[CLOSE] {} event=retry failed_attempt={attempt} delay_ms={}",
-            who(e, *pos),
-            millis(*delay)
-        ),
+        Notice::Retry { pos, attempt, delay } => {
+            warn!("[CLOSE] {} event=retry failed_attempt={attempt} delay_ms={}", who(e, *pos), millis(*delay))
+        }
         Notice::Unknown { pos, attempt } => warn!(
             "[CLOSE] {} event=unknown attempt={attempt} (looking it up before any new order)",
             who(e, *pos)

@@ -4,7 +4,7 @@ use tokio::sync::watch;
 
 /// Flips `tx` to `true` on the first SIGINT or SIGTERM.
 pub async fn stop_on_signal(tx: watch::Sender<bool>) {
-    use tokio::signal::unix::{signal, SignalKind};
+    use tokio::signal::unix::{SignalKind, signal};
     match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {

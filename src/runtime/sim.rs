@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use super::EngineHandle;
 use super::board::PriceBoard;
 use super::clock::Clock;
-use super::EngineHandle;
 use crate::core::backoff::Rng;
 use crate::core::engine::FeedEvent;
 use crate::core::price::Price;
@@ -17,7 +17,14 @@ use crate::core::types::{InstrumentId, Quote, Source, Tick};
 /// A live quote with this bid and a one-tick-wide ask, dated now.
 pub fn live_quote(clock: &Clock, bid: Price, spread: Price) -> Quote {
     let ask = bid.checked_add(spread).unwrap_or(bid);
-    Quote { bid: Some(bid), ask: Some(ask), last: Some(bid), source: Source::Live, exch_ts: None, dated: clock.now() }
+    Quote {
+        bid: Some(bid),
+        ask: Some(ask),
+        last: Some(bid),
+        source: Source::Live,
+        exch_ts: None,
+        dated: clock.now(),
+    }
 }
 
 /// Publishes one simulated quote to the engine and the board.
@@ -41,9 +48,16 @@ pub struct SimFeed {
 impl SimFeed {
     /// Runs until shutdown: subscribes everything, then ticks every instrument each interval,
     /// each step within ±0.1 %.
-    pub async fn run(self, handle: EngineHandle, board: Arc<PriceBoard>, clock: Clock, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(
+        self,
+        handle: EngineHandle,
+        board: Arc<PriceBoard>,
+        clock: Clock,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         let mut rng = Rng::new(self.seed);
-        let mut prices: Vec<(InstrumentId, i64)> = self.instruments.iter().map(|(i, p)| (*i, p.units().max(1))).collect();
+        let mut prices: Vec<(InstrumentId, i64)> =
+            self.instruments.iter().map(|(i, p)| (*i, p.units().max(1))).collect();
         handle.feed(FeedEvent::SubscribedAll).await;
         let mut every = tokio::time::interval(self.interval.max(Duration::from_millis(10)));
         loop {
