@@ -2,4 +2,5 @@
 
 pub mod binance;
 pub mod json;
+pub mod rest;
 pub mod session;

@@ -40,54 +40,48 @@ pub fn summary(cfg: &Config) -> String {
     s
 }
 
+fn config_error(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("config error: {msg}");
+    ExitCode::from(EXIT_CONFIG)
+}
+
 /// Runs the appliance until SIGINT / SIGTERM.
 pub async fn run(path: &Path) -> ExitCode {
     let cfg = match crate::config::load(Some(path), std::env::vars()) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("config error: {e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
+        Err(e) => return config_error(e),
     };
-    if cfg.feed.venue != Venue::Sim {
-        eprintln!(
-            "config error: feed.venue = {:?}: this build serves only the simulated venue (\"sim\"); set feed.venue = \"sim\"",
-            cfg.feed.venue
+    let (sig_tx, sig_rx) = watch::channel(false);
+    tokio::spawn(super::signals::stop_on_signal(sig_tx));
+    run_config(cfg, sig_rx).await
+}
+
+/// Runs the appliance on a loaded configuration until `stop` fires.
+pub async fn run_config(cfg: Config, mut stop: watch::Receiver<bool>) -> ExitCode {
+    if cfg.feed.venue == Venue::Upstox {
+        return config_error(
+            "feed.venue = \"upstox\": the Upstox feed is not in this build; use \"binance\" or \"sim\"",
         );
-        return ExitCode::from(EXIT_CONFIG);
     }
     if cfg.broker.kind != BrokerKind::Paper {
-        eprintln!(
-            "config error: broker.kind = {:?}: this build has only the paper broker; set broker.kind = \"paper\"",
-            cfg.broker.kind
-        );
-        return ExitCode::from(EXIT_CONFIG);
+        return config_error(format!(
+            "broker.kind = \"{}\": this build closes through the paper broker only; set broker.kind = \"paper\"",
+            cfg.broker.kind.as_str()
+        ));
     }
-    log::info!("tickguard {} starting with {}", env!("CARGO_PKG_VERSION"), path.display());
-    for line in summary(&cfg).lines() {
-        log::info!("{}", line.trim_start());
-    }
+    log::info!("tickguard {} starting: {}", env!("CARGO_PKG_VERSION"), cfg.summary());
     let clock = Clock::new();
     let mut engine: Box<AppEngine> = Box::new(AppEngine::new(cfg.engine_config(), clock.now()));
     let mut instruments = Vec::new();
     for sym in cfg.watched_symbols() {
         match engine.add_instrument(&sym) {
-            Ok(id) => {
-                let start = cfg
-                    .positions
-                    .iter()
-                    .find(|p| p.symbol.as_str() == sym)
-                    .map_or(Price::from_units(100 * crate::core::price::SCALE), |p| p.entry);
-                instruments.push((id, start));
-            }
-            Err(e) => {
-                eprintln!("config error: feed.instruments: {sym}: {e}");
-                return ExitCode::from(EXIT_CONFIG);
-            }
+            Ok(id) => instruments.push((id, sym)),
+            Err(e) => return config_error(format!("feed.instruments: {sym}: {e}")),
         }
     }
     let (stop_tx, stop_rx) = watch::channel(false);
-    let (task, handle, broker_rx) = engine_task(engine, clock, stop_rx.clone());
+    let (mut task, handle, broker_rx) = engine_task(engine, clock, stop_rx.clone());
+    let added = task.subscribe_new_instruments();
     let board = Arc::new(PriceBoard::new(crate::limits::MAX_INSTRUMENTS));
     let paper = Paper {
         fill_delay: cfg.broker.paper_fill_delay,
@@ -97,21 +91,47 @@ pub async fn run(path: &Path) -> ExitCode {
     let engine_join = tokio::spawn(task.run());
     let paper_join = tokio::spawn(paper.run(broker_rx, handle.clone()));
     let seed = cfg.sim.seed.unwrap_or_else(entropy_seed);
-    log::info!("sim: random walk over {} instruments, seed={seed}", instruments.len());
-    let sim = SimFeed { instruments, interval: cfg.sim.tick_interval, seed };
-    let sim_join = tokio::spawn(sim.run(handle.clone(), board, clock, stop_rx.clone()));
-    for spec in &cfg.positions {
-        if let Err(e) = handle.command(Command::Register(spec.clone())).await {
-            eprintln!("config error: positions: id={}: {e}", spec.id);
-            let _ = stop_tx.send(true);
-            return ExitCode::from(EXIT_CONFIG);
+    let mut jobs = Vec::new();
+    match cfg.feed.venue {
+        Venue::Sim => {
+            let starts = instruments
+                .iter()
+                .map(|(id, sym)| {
+                    let start = cfg
+                        .positions
+                        .iter()
+                        .find(|p| p.symbol.as_str() == sym)
+                        .map_or(Price::from_units(100 * crate::core::price::SCALE), |p| p.entry);
+                    (*id, start)
+                })
+                .collect::<Vec<_>>();
+            log::info!("sim: random walk over {} instruments, seed={seed}", starts.len());
+            let sim = SimFeed { instruments: starts, interval: cfg.sim.tick_interval, seed };
+            jobs.push(tokio::spawn(sim.run(handle.clone(), board, clock, stop_rx.clone())));
+            drop(added);
+        }
+        Venue::Binance | Venue::Upstox => {
+            let edge = match super::edge::Edge::new(&cfg, seed) {
+                Ok(e) => e,
+                Err(e) => {
+                    let _ = stop_tx.send(true);
+                    return config_error(e);
+                }
+            };
+            jobs.extend(edge.spawn(&cfg, &instruments, handle.clone(), clock, added, stop_rx.clone()));
         }
     }
-    let (sig_tx, mut sig_rx) = watch::channel(false);
-    tokio::spawn(super::signals::stop_on_signal(sig_tx));
-    let _ = sig_rx.changed().await;
+    for spec in &cfg.positions {
+        if let Err(e) = handle.command(Command::Register(spec.clone())).await {
+            let _ = stop_tx.send(true);
+            return config_error(format!("positions: id={}: {e}", spec.id));
+        }
+    }
+    let _ = stop.changed().await;
     let _ = stop_tx.send(true);
-    let _ = sim_join.await;
+    for j in jobs {
+        let _ = j.await;
+    }
     let _ = engine_join.await;
     paper_join.abort();
     log::info!("stopped");

@@ -16,6 +16,7 @@ pub mod app;
 pub mod board;
 pub mod clock;
 pub mod demo;
+pub mod edge;
 pub mod paper;
 pub mod queue;
 pub mod report;
@@ -136,6 +137,9 @@ pub struct EngineTask {
     shutdown: watch::Receiver<bool>,
     drained: Vec<Tick>,
     out: Box<Actions<MAX_POSITIONS>>,
+    /// Instruments first seen in a registration go here so the feed subscribes them live.
+    /// Capacity `MAX_INSTRUMENTS`: each instrument is sent at most once, so it never fills.
+    new_instruments: Option<mpsc::Sender<(InstrumentId, Symbol)>>,
 }
 
 /// Builds the engine task and the handle the edges use. Orders come out of `broker_rx`.
@@ -156,11 +160,19 @@ pub fn engine_task(
         shutdown,
         drained: Vec::with_capacity(MAX_INSTRUMENTS),
         out: Box::new(Actions::new()),
+        new_instruments: None,
     };
     (task, EngineHandle { ticks, requests: req_tx }, broker_rx)
 }
 
 impl EngineTask {
+    /// Returns the receiver of instruments first seen in registrations (for the feed).
+    pub fn subscribe_new_instruments(&mut self) -> mpsc::Receiver<(InstrumentId, Symbol)> {
+        let (tx, rx) = mpsc::channel(MAX_INSTRUMENTS);
+        self.new_instruments = Some(tx);
+        rx
+    }
+
     /// Runs until shutdown is signalled; returns the engine for a final look.
     pub async fn run(mut self) -> Box<AppEngine> {
         loop {
@@ -201,6 +213,12 @@ impl EngineTask {
         match req {
             Request::Command { cmd, reply } => {
                 let r = self.engine.on_command(now, cmd, &mut self.out);
+                if let (Ok(Reply::Registered { instrument, new_instrument: true, .. }), Some(tx)) =
+                    (&r, &self.new_instruments)
+                {
+                    let sym = Symbol::try_from(self.engine.cache().symbol(*instrument)).unwrap_or_default();
+                    let _ = tx.try_send((*instrument, sym));
+                }
                 if let Some(tx) = reply {
                     let _ = tx.send(r);
                 }

@@ -1,0 +1,95 @@
+//! Wiring of the real network edge: resolver (with background refresh of every host the
+//! appliance needs), TLS, the feed session and the REST poller.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use super::EngineHandle;
+use super::clock::Clock;
+use crate::config::Config;
+use crate::core::types::{InstrumentId, Symbol};
+use crate::feed::rest::{self, RestConfig};
+use crate::feed::session::{self, Ctx, FeedShared, SessionConfig};
+use crate::net::dns::{DnsConfig, Resolver};
+use crate::net::http::{Connector, Endpoint};
+use crate::net::tls::TlsClient;
+
+/// Every host is re-resolved this often in the background.
+pub const DNS_REFRESH: Duration = Duration::from_secs(120);
+
+/// The network edge, ready to spawn.
+pub struct Edge {
+    /// Connections through the resolver and TLS.
+    pub connector: Connector,
+    /// Feed state shared with the status views.
+    pub shared: Arc<FeedShared>,
+    ws: Endpoint,
+    rest: Endpoint,
+    seed: u64,
+}
+
+impl Edge {
+    /// Builds the resolver, TLS client and endpoints from the configuration.
+    pub fn new(cfg: &Config, seed: u64) -> Result<Edge, String> {
+        let ws = Endpoint::parse(&cfg.feed.ws_url).map_err(|e| format!("feed.ws_url = {e}"))?;
+        let rest = Endpoint::parse(&cfg.feed.rest_url).map_err(|e| format!("feed.rest_url = {e}"))?;
+        let dns = DnsConfig {
+            use_system: cfg.dns.use_system,
+            resolv_conf: cfg.dns.resolv_conf.clone(),
+            nameservers: cfg.dns.nameservers.clone(),
+            timeout: cfg.dns.timeout,
+            // One whole resolution never takes more than twice a single try (and never more
+            // than 10 s): a dead resolver list must not stall a reconnect.
+            cap: (cfg.dns.timeout * 2).min(Duration::from_secs(10)),
+        };
+        let tls = TlsClient::new(cfg.tls.extra_ca.as_deref()).map_err(|e| e.to_string())?;
+        let connector = Connector {
+            resolver: Arc::new(Resolver::new(dns)),
+            tls,
+            connect_timeout: Duration::from_secs(5),
+            fresh: DNS_REFRESH + Duration::from_secs(30),
+        };
+        Ok(Edge { connector, shared: Arc::new(FeedShared::default()), ws, rest, seed })
+    }
+
+    /// Spawns the DNS refresher, the feed session and the REST poller.
+    pub fn spawn(
+        self,
+        cfg: &Config,
+        instruments: &[(InstrumentId, String)],
+        engine: EngineHandle,
+        clock: Clock,
+        added: mpsc::Receiver<(InstrumentId, Symbol)>,
+        stop: watch::Receiver<bool>,
+    ) -> Vec<JoinHandle<()>> {
+        for (id, sym) in instruments {
+            self.shared.add(*id, Symbol::try_from(sym.as_str()).unwrap_or_default());
+        }
+        let mut hosts = vec![self.ws.host.clone(), self.rest.host.clone()];
+        if let Ok(b) = Endpoint::parse(&cfg.broker.rest_url) {
+            if cfg.broker.kind != crate::config::BrokerKind::Paper {
+                hosts.push(b.host);
+            }
+        }
+        hosts.sort();
+        hosts.dedup();
+        let ctx = Ctx { shared: self.shared.clone(), engine, clock };
+        let mut scfg = SessionConfig::binance(self.ws.clone(), self.seed);
+        scfg.silence_timeout = cfg.feed.silence_timeout;
+        scfg.reconnect_initial = cfg.feed.reconnect_initial;
+        scfg.reconnect_max = cfg.feed.reconnect_max;
+        let rcfg = RestConfig {
+            endpoint: self.rest.clone(),
+            every: cfg.feed.rest_poll,
+            timeout: cfg.feed.rest_poll.max(Duration::from_secs(2)),
+        };
+        vec![
+            tokio::spawn(self.connector.resolver.clone().refresh_loop(hosts, DNS_REFRESH, stop.clone())),
+            tokio::spawn(session::run(scfg, self.connector.clone(), ctx.clone(), added, stop.clone())),
+            tokio::spawn(rest::run(rcfg, self.connector.clone(), ctx, stop)),
+        ]
+    }
+}
