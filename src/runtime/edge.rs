@@ -76,6 +76,8 @@ impl Edge {
         }
         hosts.sort();
         hosts.dedup();
+        let _ = engine.status.feed.set(self.shared.clone());
+        let _ = engine.status.resolver.set(self.connector.resolver.clone());
         let ctx = Ctx { shared: self.shared.clone(), engine, clock };
         let mut scfg = SessionConfig::binance(self.ws.clone(), self.seed);
         scfg.silence_timeout = cfg.feed.silence_timeout;

@@ -22,6 +22,7 @@ pub mod queue;
 pub mod report;
 pub mod signals;
 pub mod sim;
+pub mod status;
 
 use std::sync::Arc;
 
@@ -97,6 +98,8 @@ pub struct EngineHandle {
     pub ticks: Arc<TickQueue>,
     /// Everything else (bounded; senders wait when full).
     pub requests: mpsc::Sender<Request>,
+    /// Status of the edges (feed, DNS, latency, engine heartbeat).
+    pub status: Arc<status::Status>,
 }
 
 impl EngineHandle {
@@ -137,6 +140,7 @@ pub struct EngineTask {
     shutdown: watch::Receiver<bool>,
     drained: Vec<Tick>,
     out: Box<Actions<MAX_POSITIONS>>,
+    status: Arc<status::Status>,
     /// Instruments first seen in a registration go here so the feed subscribes them live.
     /// Capacity `MAX_INSTRUMENTS`: each instrument is sent at most once, so it never fills.
     new_instruments: Option<mpsc::Sender<(InstrumentId, Symbol)>>,
@@ -149,6 +153,7 @@ pub fn engine_task(
     shutdown: watch::Receiver<bool>,
 ) -> (EngineTask, EngineHandle, mpsc::Receiver<BrokerRequest>) {
     let ticks = Arc::new(TickQueue::new(MAX_INSTRUMENTS));
+    let status = Arc::new(status::Status::default());
     let (req_tx, req_rx) = mpsc::channel(COMMAND_QUEUE);
     let (broker_tx, broker_rx) = mpsc::channel(COMMAND_QUEUE);
     let task = EngineTask {
@@ -161,8 +166,9 @@ pub fn engine_task(
         drained: Vec::with_capacity(MAX_INSTRUMENTS),
         out: Box::new(Actions::new()),
         new_instruments: None,
+        status: status.clone(),
     };
-    (task, EngineHandle { ticks, requests: req_tx }, broker_rx)
+    (task, EngineHandle { ticks, requests: req_tx, status }, broker_rx)
 }
 
 impl EngineTask {
@@ -176,6 +182,7 @@ impl EngineTask {
     /// Runs until shutdown is signalled; returns the engine for a final look.
     pub async fn run(mut self) -> Box<AppEngine> {
         loop {
+            self.status.engine_turns.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let wake = self.clock.instant(self.engine.poll_timeout());
             tokio::select! {
                 biased;
@@ -202,6 +209,11 @@ impl EngineTask {
             let tick = self.drained[i];
             let now = self.clock.now();
             self.engine.on_tick(now, &tick, &mut self.out);
+            if !self.out.orders.is_empty() && tick.quote.source == crate::core::types::Source::Live {
+                // Frame received (the tick's date) to close action emitted.
+                let latency = self.clock.now().since(tick.quote.dated);
+                self.status.tick_to_action.observe(latency);
+            }
             if !self.out.is_empty() {
                 self.dispatch(now).await;
             }
@@ -252,6 +264,7 @@ impl EngineTask {
             };
             // Back-pressure, never a drop: an order that cannot be handed over would leave a
             // crossed stop open.
+            self.status.orders_sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             if self.broker.send(req).await.is_err() {
                 log::error!("[CLOSE] event=broker_gone (broker task stopped; orders cannot be sent)");
             }

@@ -1,0 +1,71 @@
+//! Shared, lock-free status of the edges for the control plane, metrics and the indicator.
+//! The engine's own state is read through [`super::EngineHandle::inspect`]; this holds what
+//! lives outside the engine.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use crate::feed::session::FeedShared;
+use crate::net::dns::Resolver;
+
+/// Upper bounds (µs) of the tick-to-action latency histogram buckets.
+pub const LATENCY_BUCKETS_US: [u64; 12] =
+    [10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 50_000, 250_000];
+
+/// A fixed-bucket histogram with atomic counters (Prometheus style, cumulative on export).
+#[derive(Debug, Default)]
+pub struct Histogram {
+    counts: [AtomicU64; 13],
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one observation.
+    pub fn observe(&self, d: Duration) {
+        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        let i = LATENCY_BUCKETS_US.iter().position(|b| us <= *b).unwrap_or(LATENCY_BUCKETS_US.len());
+        self.counts[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+    /// Per-bucket counts (not cumulative; the last is `+Inf`), and the sum in µs.
+    pub fn snapshot(&self) -> ([u64; 13], u64) {
+        let mut c = [0u64; 13];
+        for (o, a) in c.iter_mut().zip(self.counts.iter()) {
+            *o = a.load(Ordering::Relaxed);
+        }
+        (c, self.sum_us.load(Ordering::Relaxed))
+    }
+    /// Approximate quantile `q` (0..1) as the upper bound of its bucket, in µs.
+    pub fn quantile_us(&self, q: f64) -> Option<u64> {
+        let (c, _) = self.snapshot();
+        let total: u64 = c.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let want = ((total as f64) * q).ceil() as u64;
+        let mut acc = 0;
+        for (i, n) in c.iter().enumerate() {
+            acc += n;
+            if acc >= want.max(1) {
+                return Some(LATENCY_BUCKETS_US.get(i).copied().unwrap_or(u64::MAX));
+            }
+        }
+        None
+    }
+}
+
+/// Status shared by the runtime's parts.
+#[derive(Default)]
+pub struct Status {
+    /// The live feed's state, when the venue is a real one.
+    pub feed: OnceLock<Arc<FeedShared>>,
+    /// The resolver, when the venue is a real one.
+    pub resolver: OnceLock<Arc<Resolver>>,
+    /// Frame received → close order emitted.
+    pub tick_to_action: Histogram,
+    /// Turns of the engine loop (the watchdog and the LED heartbeat follow it).
+    pub engine_turns: AtomicU64,
+    /// Orders handed to the broker.
+    pub orders_sent: AtomicU64,
+}
