@@ -42,7 +42,14 @@ fn demo_for_20s_exits_0_and_summarises_the_incident() {
 
     assert!(stdout.contains("RELIANCE blind"), "the blind instrument is reported:\n{stdout}");
     // The log lines operators grep for.
-    for tag in ["[SL] id=bosch-1 symbol=BOSCHLTD price=575.00 source=live", "[TP] id=adani-1", "[FALLBACK] symbol=KAYNES", "[SL] id=kaynes-1 symbol=KAYNES price=204.10 source=cache", "[BLIND] id=reliance-1 symbol=RELIANCE state=acting policy=alert", "event=retry"] {
+    for tag in [
+        "[SL] id=bosch-1 symbol=BOSCHLTD price=575.00 source=live",
+        "[TP] id=adani-1",
+        "[FALLBACK] symbol=KAYNES",
+        "[SL] id=kaynes-1 symbol=KAYNES price=204.10 source=cache",
+        "[BLIND] id=reliance-1 symbol=RELIANCE state=acting policy=alert",
+        "event=retry",
+    ] {
         assert!(stderr.contains(tag), "missing {tag} in logs:\n{stderr}");
     }
     // Exactly one close decision per crossed position.

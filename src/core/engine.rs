@@ -784,9 +784,13 @@ impl<const N: usize, const M: usize> Engine<N, M> {
             Outcome::Rejected => self.attempt_failed(idx, now, out),
             Outcome::Unknown => {
                 let attempt = c.attempt;
+                let first = c.order != OrderPhase::Unknown;
                 c.order = OrderPhase::Unknown;
                 c.next_at = now + self.cfg.lookup_every;
-                out.notice(Notice::Unknown { pos: idx, attempt });
+                if first {
+                    // Said once per attempt; the look-ups that follow are logged by the edge.
+                    out.notice(Notice::Unknown { pos: idx, attempt });
+                }
             }
         }
         self.flush_dropped(out);

@@ -10,9 +10,9 @@ use tokio::sync::watch;
 
 use super::board::PriceBoard;
 use super::clock::Clock;
-use super::paper::Paper;
 use super::sim::SimFeed;
 use super::{AppEngine, engine_task};
+use crate::broker::paper::Paper;
 use crate::config::{BrokerKind, Config, Venue};
 use crate::core::engine::Command;
 use crate::core::price::Price;
@@ -83,13 +83,10 @@ pub async fn run_config(cfg: Config, mut stop: watch::Receiver<bool>) -> ExitCod
     let (mut task, handle, broker_rx) = engine_task(engine, clock, stop_rx.clone());
     let added = task.subscribe_new_instruments();
     let board = Arc::new(PriceBoard::new(crate::limits::MAX_INSTRUMENTS));
-    let paper = Paper {
-        fill_delay: cfg.broker.paper_fill_delay,
-        network_up: Arc::new(AtomicBool::new(true)),
-        board: board.clone(),
-    };
     let engine_join = tokio::spawn(task.run());
-    let paper_join = tokio::spawn(paper.run(broker_rx, handle.clone()));
+    let paper =
+        Arc::new(Paper::new(cfg.broker.paper_fill_delay, Arc::new(AtomicBool::new(true)), board.clone()));
+    let paper_join = tokio::spawn(crate::broker::run_executor(paper, broker_rx, handle.clone(), None, clock));
     let seed = cfg.sim.seed.unwrap_or_else(entropy_seed);
     let mut jobs = Vec::new();
     match cfg.feed.venue {

@@ -25,9 +25,9 @@ use tokio::time::Instant;
 
 use super::board::PriceBoard;
 use super::clock::Clock;
-use super::paper::Paper;
 use super::sim::publish;
 use super::{AppEngine, EngineHandle, engine_task};
+use crate::broker::paper::Paper;
 use crate::core::book::{PosState, PositionSpec};
 use crate::core::engine::{Command, EngineConfig, FeedEvent};
 use crate::core::price::{Price, Qty};
@@ -142,13 +142,9 @@ pub async fn run(run_for: Option<Duration>, mut shutdown: watch::Receiver<bool>)
     let (task, handle, broker_rx) = engine_task(engine, clock, engine_shutdown);
     let board = Arc::new(PriceBoard::new(crate::limits::MAX_INSTRUMENTS));
     let network_up = Arc::new(AtomicBool::new(true));
-    let paper = Paper {
-        fill_delay: Duration::from_millis(200),
-        network_up: network_up.clone(),
-        board: board.clone(),
-    };
     let engine_join = tokio::spawn(task.run());
-    let paper_join = tokio::spawn(paper.run(broker_rx, handle.clone()));
+    let paper = Arc::new(Paper::new(Duration::from_millis(200), network_up.clone(), board.clone()));
+    let paper_join = tokio::spawn(crate::broker::run_executor(paper, broker_rx, handle.clone(), None, clock));
     handle.feed(FeedEvent::SubscribedAll).await;
 
     let start = Instant::now();

@@ -17,7 +17,6 @@ pub mod board;
 pub mod clock;
 pub mod demo;
 pub mod edge;
-pub mod paper;
 pub mod queue;
 pub mod report;
 pub mod signals;
@@ -30,9 +29,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::core::CoreError;
 use crate::core::engine::{Actions, BrokerReport, Command, Engine, FeedEvent, OrderAction, Reply};
-use crate::core::price::Qty;
 use crate::core::time::Timestamp;
-use crate::core::types::{ClientId, CloseReason, InstrumentId, PosIdx, Side, Symbol, Tick};
+use crate::core::types::{ClientId, InstrumentId, PosIdx, Symbol, Tick};
 use crate::limits::{COMMAND_QUEUE, MAX_INSTRUMENTS, MAX_POSITIONS};
 use clock::Clock;
 use queue::TickQueue;
@@ -60,32 +58,26 @@ pub enum Request {
     Inspect(Inspect),
 }
 
-/// An order for the broker task, with the symbol resolved.
+/// An order for the broker executor, with names resolved.
 #[derive(Clone, Debug)]
 pub enum BrokerRequest {
-    /// Send a closing market order.
+    /// Journal, then send a closing market order.
     Place {
         /// Position slot (echoed in the report).
         pos: PosIdx,
-        /// Client id of this attempt.
-        client_id: ClientId,
-        /// Instrument id.
-        instrument: InstrumentId,
-        /// Symbol.
-        symbol: Symbol,
-        /// Position side (the order goes the other way).
-        side: Side,
-        /// Quantity.
-        qty: Qty,
-        /// Why.
-        reason: CloseReason,
+        /// The order.
+        order: crate::broker::CloseOrder,
     },
     /// Look an attempt up.
     Lookup {
         /// Position slot.
         pos: PosIdx,
+        /// Position id (for the journal).
+        pos_id: crate::core::types::PositionId,
         /// Client id.
         client_id: ClientId,
+        /// Venue symbol.
+        symbol: Symbol,
         /// When it was sent.
         sent_at: Timestamp,
     },
@@ -254,12 +246,28 @@ impl EngineTask {
             let o = self.out.orders[i].clone();
             report::log_order(&self.engine, &o);
             let req = match o {
-                OrderAction::Place { pos, client_id, instrument, side, qty, reason, .. } => {
+                OrderAction::Place { pos, client_id, instrument, side, qty, reason, attempt } => {
                     let symbol = Symbol::try_from(self.engine.cache().symbol(instrument)).unwrap_or_default();
-                    BrokerRequest::Place { pos, client_id, instrument, symbol, side, qty, reason }
+                    let pos_id = self.engine.book().get(pos).map(|p| p.id.clone()).unwrap_or_default();
+                    let order = crate::broker::CloseOrder {
+                        client_id,
+                        pos_id,
+                        attempt,
+                        instrument,
+                        symbol,
+                        side,
+                        qty,
+                        reason,
+                    };
+                    BrokerRequest::Place { pos, order }
                 }
                 OrderAction::Lookup { pos, client_id, sent_at } => {
-                    BrokerRequest::Lookup { pos, client_id, sent_at }
+                    let p = self.engine.book().get(pos);
+                    let pos_id = p.map(|p| p.id.clone()).unwrap_or_default();
+                    let symbol = p
+                        .and_then(|p| Symbol::try_from(self.engine.cache().symbol(p.instrument)).ok())
+                        .unwrap_or_default();
+                    BrokerRequest::Lookup { pos, pos_id, client_id, symbol, sent_at }
                 }
             };
             // Back-pressure, never a drop: an order that cannot be handed over would leave a

@@ -1,0 +1,174 @@
+//! Brokers: one trait (place a closing order, look an order up, read what the account holds)
+//! and the executor that carries the engine's order actions out through it.
+//!
+//! The executor journals every attempt's intent **before** the order is sent and its outcome
+//! after, and resolves unknown outcomes by look-up only: an attempt counts as absent (so that
+//! a new one may be sent) only once the venue can no longer accept it
+//! ([`Broker::absent_after`] past its send time) **and** two look-ups at most 1 s apart agree.
+
+pub mod paper;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use crate::core::engine::{BrokerReport, Outcome};
+use crate::core::price::Qty;
+use crate::core::time::Timestamp;
+use crate::core::types::{ClientId, CloseReason, InstrumentId, PositionId, Side, Symbol};
+use crate::runtime::clock::Clock;
+use crate::runtime::{BrokerRequest, EngineHandle, Request};
+
+/// A market order closing (part of) a position.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CloseOrder {
+    /// Client id of this attempt (journaled before sending).
+    pub client_id: ClientId,
+    /// Position id.
+    pub pos_id: PositionId,
+    /// Attempt number.
+    pub attempt: u16,
+    /// Instrument id.
+    pub instrument: InstrumentId,
+    /// Venue symbol.
+    pub symbol: Symbol,
+    /// Side of the position (the order goes the other way).
+    pub side: Side,
+    /// Quantity to close.
+    pub qty: Qty,
+    /// Why.
+    pub reason: CloseReason,
+}
+
+/// What a look-up found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Lookup {
+    /// The venue knows the order; this is its state.
+    Found(Outcome),
+    /// The venue says it has no such order.
+    Absent,
+    /// The look-up itself failed (network, 5xx): nothing learned.
+    Failed(String),
+}
+
+/// A venue's order API.
+pub trait Broker: Send + Sync + 'static {
+    /// Sends a market order closing `order.qty`. Never fails: a failure before the request
+    /// can have reached the venue is [`Outcome::Rejected`]; anything after sending whose
+    /// result is not known (timeout, 5xx, connection lost) is [`Outcome::Unknown`].
+    fn place(&self, order: &CloseOrder) -> impl Future<Output = Outcome> + Send;
+    /// Looks an attempt up by its client id.
+    fn lookup(&self, symbol: &str, client_id: &str) -> impl Future<Output = Lookup> + Send;
+    /// What the account holds, per symbol (for reconciliation).
+    fn holdings(&self) -> impl Future<Output = Result<Vec<(Symbol, Qty)>, String>> + Send;
+    /// How long after its send time an order can still be accepted by the venue
+    /// (Binance: `recvWindow` plus a margin); a look-up that finds nothing earlier proves
+    /// nothing.
+    fn absent_after(&self) -> Duration;
+}
+
+/// Where intents and outcomes are recorded before and after each order.
+pub trait OrderJournal: Send + Sync + 'static {
+    /// Records that `order` is about to be sent; must be durable before returning `Ok`.
+    fn intent(&self, order: &CloseOrder, sent_at: Timestamp) -> Result<(), String>;
+    /// Records what became of an attempt.
+    fn outcome(&self, pos_id: &str, client_id: &str, outcome: &Outcome) -> Result<(), String>;
+}
+
+/// Resolves an attempt by look-up with the absent-only-after rule: returns the venue's state,
+/// [`Outcome::Rejected`] when it is proven absent, or [`Outcome::Unknown`] when nothing can be
+/// concluded yet.
+pub async fn resolve<B: Broker>(
+    broker: &B,
+    clock: &Clock,
+    symbol: &str,
+    client_id: &str,
+    sent_at: Timestamp,
+) -> Outcome {
+    match broker.lookup(symbol, client_id).await {
+        Lookup::Found(o) => o,
+        Lookup::Failed(why) => {
+            log::warn!("[CLOSE] event=lookup_failed client_id={client_id} cause=\"{why}\"");
+            Outcome::Unknown
+        }
+        Lookup::Absent => {
+            let earliest = sent_at + broker.absent_after();
+            let now = clock.now();
+            if now < earliest {
+                // The venue could still accept it: absence now proves nothing.
+                return Outcome::Unknown;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            match broker.lookup(symbol, client_id).await {
+                Lookup::Absent => {
+                    log::info!(
+                        "[CLOSE] event=proven_absent client_id={client_id} (two look-ups agree, {} ms after send)",
+                        clock.now().since(sent_at).as_millis()
+                    );
+                    Outcome::Rejected
+                }
+                Lookup::Found(o) => o,
+                Lookup::Failed(_) => Outcome::Unknown,
+            }
+        }
+    }
+}
+
+/// Carries the engine's order actions out through `broker`, journaling each attempt.
+pub async fn run_executor<B: Broker>(
+    broker: Arc<B>,
+    mut rx: mpsc::Receiver<BrokerRequest>,
+    engine: EngineHandle,
+    journal: Option<Arc<dyn OrderJournal>>,
+    clock: Clock,
+) {
+    while let Some(req) = rx.recv().await {
+        let broker = broker.clone();
+        let engine = engine.clone();
+        let journal = journal.clone();
+        // Each order runs on its own task, so this loop never waits on the venue or the engine.
+        tokio::spawn(async move {
+            let report = match req {
+                BrokerRequest::Place { pos, order } => {
+                    let sent_at = clock.now();
+                    let journaled = journal.as_ref().map_or(Ok(()), |j| j.intent(&order, sent_at));
+                    let outcome = match journaled {
+                        Ok(()) => broker.place(&order).await,
+                        Err(e) => {
+                            // Not sent: nothing can have executed. The engine backs off and retries.
+                            log::error!(
+                                "[STORE] event=intent_not_written id={} client_id={} error=\"{e}\" (order not sent)",
+                                order.pos_id,
+                                order.client_id
+                            );
+                            Outcome::Rejected
+                        }
+                    };
+                    if let Some(j) = &journal {
+                        if let Err(e) = j.outcome(&order.pos_id, &order.client_id, &outcome) {
+                            log::error!(
+                                "[STORE] event=outcome_not_written id={} error=\"{e}\"",
+                                order.pos_id
+                            );
+                        }
+                    }
+                    BrokerReport { pos, client_id: order.client_id, outcome }
+                }
+                BrokerRequest::Lookup { pos, pos_id, client_id, symbol, sent_at } => {
+                    let outcome = resolve(broker.as_ref(), &clock, &symbol, &client_id, sent_at).await;
+                    if outcome != Outcome::Unknown {
+                        if let Some(j) = &journal {
+                            if let Err(e) = j.outcome(&pos_id, &client_id, &outcome) {
+                                log::error!("[STORE] event=outcome_not_written id={pos_id} error=\"{e}\"");
+                            }
+                        }
+                    }
+                    BrokerReport { pos, client_id, outcome }
+                }
+            };
+            let _ = engine.requests.send(Request::Broker(report)).await;
+        });
+    }
+}
