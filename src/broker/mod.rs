@@ -40,6 +40,9 @@ pub struct CloseOrder {
     pub qty: Qty,
     /// Why.
     pub reason: CloseReason,
+    /// The price the position is judged on now (the paper broker fills at it when it has no
+    /// simulated price of its own).
+    pub price_hint: Option<crate::core::price::Price>,
 }
 
 /// What a look-up found.

@@ -40,7 +40,7 @@ impl Broker for Paper {
             return Outcome::Rejected;
         }
         tokio::time::sleep(self.fill_delay).await;
-        let outcome = match self.board.fill_price(order.instrument, order.side) {
+        let outcome = match self.board.fill_price(order.instrument, order.side).or(order.price_hint) {
             Some(price) if self.fill_percent >= 100 => {
                 Outcome::Filled { executed: order.qty, price: Some(price) }
             }
