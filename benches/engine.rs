@@ -17,14 +17,16 @@ use scenario::{F64_INPUTS, PARSE_INPUTS, Ring, Scenario};
 fn on_tick(c: &mut Criterion) {
     let mut g = c.benchmark_group("on_tick");
     g.throughput(Throughput::Elements(1));
-    for (name, ring) in [
-        ("1024i_256p/all_instruments", Ring::All),
-        ("1024i_256p/held_instruments", Ring::Held),
-    ] {
+    for (name, ring) in
+        [("1024i_256p/all_instruments", Ring::All), ("1024i_256p/held_instruments", Ring::Held)]
+    {
         let mut s = Scenario::new(ring);
         g.bench_function(name, |b| b.iter(|| s.step()));
         s.check();
     }
+    // The same loop without the engine call: the harness's own share.
+    let mut s = Scenario::new(Ring::All);
+    g.bench_function("harness_only", |b| b.iter(|| s.step_noop()));
     g.finish();
 }
 
@@ -32,14 +34,10 @@ fn price(c: &mut Criterion) {
     let mut g = c.benchmark_group("price");
     g.throughput(Throughput::Elements(1));
     for text in PARSE_INPUTS {
-        g.bench_function(format!("parse/{text}"), |b| {
-            b.iter(|| Price::parse(black_box(text)))
-        });
+        g.bench_function(format!("parse/{text}"), |b| b.iter(|| Price::parse(black_box(text))));
     }
     for v in F64_INPUTS {
-        g.bench_function(format!("from_f64/{v}"), |b| {
-            b.iter(|| Price::from_f64(black_box(v), black_box(8)))
-        });
+        g.bench_function(format!("from_f64/{v}"), |b| b.iter(|| Price::from_f64(black_box(v), black_box(8))));
     }
     g.finish();
 }

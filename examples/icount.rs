@@ -57,18 +57,13 @@ fn run_from_f64(steps: u64) -> i64 {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
-    let (Some(mode), Some(steps)) = (args.get(1), args.get(2).and_then(|n| n.parse::<u64>().ok()))
-    else {
+    let (Some(mode), Some(steps)) = (args.get(1), args.get(2).and_then(|n| n.parse::<u64>().ok())) else {
         eprintln!("usage: icount <tick|held|noop|parse|from_f64> <steps>");
         return ExitCode::from(2);
     };
     match mode.as_str() {
         "tick" | "held" | "noop" => {
-            let ring = if mode == "held" {
-                Ring::Held
-            } else {
-                Ring::All
-            };
+            let ring = if mode == "held" { Ring::Held } else { Ring::All };
             let mut s = Scenario::new(ring);
             let before = s.ticks_accepted();
             if mode == "noop" {
@@ -78,10 +73,7 @@ fn main() -> ExitCode {
             }
             s.check();
             let accepted = s.ticks_accepted() - before;
-            println!(
-                "mode={mode} steps={steps} ring={} accepted={accepted}",
-                s.ring_len()
-            );
+            println!("mode={mode} steps={steps} ring={} accepted={accepted}", s.ring_len());
         }
         "parse" => println!("mode=parse steps={steps} acc={}", run_parse(steps)),
         "from_f64" => println!("mode=from_f64 steps={steps} acc={}", run_from_f64(steps)),

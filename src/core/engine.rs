@@ -667,7 +667,16 @@ impl<const N: usize, const M: usize> Engine<N, M> {
         if age > self.cfg.expire_after {
             return;
         }
-        self.note_instrument(id, now, out);
+        // While the feed is live for the instrument and its band was live, this fresh tick
+        // cannot change rung or band: skip the re-classification (the hot path).
+        let steady = self.feed_connected
+            && st.subscribed
+            && st.rung == Rung::Live
+            && st.band == Some(Band::Live)
+            && age < self.cfg.stale_after;
+        if !steady {
+            self.note_instrument(id, now, out);
+        }
         let source = match tick.quote.source {
             Source::Live => PriceSource::Live,
             Source::Rest => PriceSource::Rest,
@@ -676,12 +685,22 @@ impl<const N: usize, const M: usize> Engine<N, M> {
         let mut cur = st.head;
         while cur != NIL {
             let idx = PosIdx(cur);
-            let next = self.book.get(idx).map_or(NIL, |p| p.next);
-            let (lo, hi) = match self.book.get(idx) {
-                Some(p) => tick.extremes.range(p.side),
-                None => (None, None),
+            let Some(p) = self.book.get(idx) else { break };
+            let next = p.next;
+            let (lo, hi) = tick.extremes.range(p.side);
+            // Inline pre-check: an open position whose levels are not touched needs nothing.
+            let touched = match (p.side, lo, hi) {
+                (Side::Long, Some(lo), Some(hi)) => {
+                    p.stop_loss.is_some_and(|s| lo <= s) || p.take_profit.is_some_and(|t| hi >= t)
+                }
+                (Side::Short, Some(lo), Some(hi)) => {
+                    p.stop_loss.is_some_and(|s| hi >= s) || p.take_profit.is_some_and(|t| lo <= t)
+                }
+                _ => false,
             };
-            self.judge(idx, now, lo, hi, source, age, tick.quote.dated, out);
+            if touched || p.state != PosState::Open {
+                self.judge(idx, now, lo, hi, source, age, tick.quote.dated, out);
+            }
             cur = next;
         }
         self.flush_dropped(out);

@@ -249,6 +249,7 @@ impl EngineTask {
                 OrderAction::Place { pos, client_id, instrument, side, qty, reason, attempt } => {
                     let symbol = Symbol::try_from(self.engine.cache().symbol(instrument)).unwrap_or_default();
                     let pos_id = self.engine.book().get(pos).map(|p| p.id.clone()).unwrap_or_default();
+                    let price_hint = self.engine.cache().quote(instrument).and_then(|q| q.price_for(side));
                     let order = crate::broker::CloseOrder {
                         client_id,
                         pos_id,
@@ -258,6 +259,7 @@ impl EngineTask {
                         side,
                         qty,
                         reason,
+                        price_hint,
                     };
                     BrokerRequest::Place { pos, order }
                 }
