@@ -28,3 +28,4 @@ pub mod feed;
 pub mod limits;
 pub mod net;
 pub mod runtime;
+pub mod store;

@@ -24,3 +24,10 @@ pub const RECENT_CLOSES: usize = 32;
 pub const COMMAND_QUEUE: usize = 64;
 /// Consecutive REST errors or timeouts after which an instrument's REST source counts as failing.
 pub const REST_FAILING_AFTER: u8 = 3;
+/// Closed positions the journal remembers (so a configured position closed before a restart
+/// is never reopened); the oldest are forgotten first.
+pub const CLOSED_REMEMBERED: usize = 4096;
+/// Largest journal record accepted when reading (a larger length field is a torn tail).
+pub const MAX_RECORD: usize = 4096;
+/// Journal size past which it is compacted into a snapshot.
+pub const MAX_JOURNAL_BYTES: u64 = 1024 * 1024;

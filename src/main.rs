@@ -52,6 +52,24 @@ enum Cmd {
         /// Configuration file (TOML).
         file: PathBuf,
     },
+    /// Read the durable state (journal and snapshot).
+    Journal {
+        #[command(subcommand)]
+        cmd: JournalCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum JournalCmd {
+    /// Print every record of the store (snapshot summary, then journal records).
+    Dump {
+        /// State directory (default: store.dir of --config, else ./tickguard-state).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Configuration file whose store.dir to read.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
 }
 
 /// Parses `20s`, `1.5s`, `2m`, `1h`, `1500ms` or a plain number of seconds.
@@ -80,6 +98,7 @@ fn main() -> ExitCode {
     runtime::report::init_logging();
     match cli.cmd {
         Cmd::CheckConfig { file } => check_config(&file),
+        Cmd::Journal { cmd: JournalCmd::Dump { dir, config } } => journal_dump(dir, config),
         Cmd::Demo { run_for, listen, config } => with_runtime(|| async move {
             if let Some(path) = &config {
                 if let Err(e) = tickguard::config::load(Some(path), std::env::vars()) {
@@ -96,6 +115,28 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }),
         Cmd::Run { config } => with_runtime(|| async move { runtime::app::run(&config).await }),
+    }
+}
+
+fn journal_dump(dir: Option<PathBuf>, config: Option<PathBuf>) -> ExitCode {
+    let dir = match (dir, config) {
+        (Some(d), _) => d,
+        (None, Some(c)) => match tickguard::config::load(Some(&c), std::env::vars()) {
+            Ok(cfg) => cfg.store.dir,
+            Err(e) => {
+                eprintln!("config error: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        },
+        (None, None) => tickguard::config::Config::default().store.dir,
+    };
+    let stdout = std::io::stdout();
+    match tickguard::store::dump(&dir, &mut stdout.lock()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(EXIT_RUNTIME)
+        }
     }
 }
 

@@ -333,6 +333,47 @@ pub enum FeedEvent {
     RestError(InstrumentId),
 }
 
+/// How a recovered position stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RestoredPhase {
+    /// Protected, no decision.
+    Open,
+    /// Decided; the last attempt is in `order` (`Waiting`: none may be working).
+    Closing {
+        /// Client id of the last attempt (empty when none was sent).
+        client_id: ClientId,
+        /// Where it stands.
+        order: OrderPhase,
+        /// Quantity it asked for.
+        order_qty: Qty,
+        /// Quantity it is known to have executed.
+        order_executed: Qty,
+        /// Attempts that failed.
+        failures: u16,
+    },
+    /// Ended.
+    Closed(ClosedHow),
+}
+
+/// A position recovered from the journal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Restored {
+    /// What was registered (with the current levels).
+    pub spec: PositionSpec,
+    /// Its registration number.
+    pub generation: u32,
+    /// Executed by our closes so far.
+    pub filled: Qty,
+    /// Sum of price × qty of those fills.
+    pub exit_notional: i128,
+    /// Orders sent so far.
+    pub attempts: u16,
+    /// The decision, if made.
+    pub decision: Option<Decision>,
+    /// Where it stands.
+    pub phase: RestoredPhase,
+}
+
 /// Which positions a manual close is for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CloseTarget {
@@ -882,6 +923,60 @@ impl<const N: usize, const M: usize> Engine<N, M> {
         };
         self.flush_dropped(out);
         r
+    }
+
+    /// Puts a position recovered from the journal back into the book (before the engine
+    /// starts acting). An attempt whose outcome is unknown comes back as `Unknown` and is
+    /// looked up before anything else is sent; its send time on this boot's clock is taken
+    /// as `now`, which only ever makes the absent-only-after rule wait longer.
+    pub fn restore(&mut self, now: Timestamp, r: &Restored) -> Result<PosIdx, CoreError> {
+        r.spec.validate()?;
+        if self.book.find(&r.spec.id).is_some() {
+            return Err(CoreError::DuplicateId);
+        }
+        let instrument = self.add_instrument(&r.spec.symbol)?;
+        let mut pos = Position::new(&r.spec, instrument, r.generation, now);
+        pos.filled = r.filled.min(pos.qty);
+        pos.exit_notional = r.exit_notional;
+        pos.attempts = r.attempts;
+        pos.decision = r.decision;
+        let max_attempts = self.cfg.max_close_attempts.max(1);
+        let terminal = matches!(r.phase, RestoredPhase::Closed(_));
+        pos.state = match &r.phase {
+            RestoredPhase::Open => PosState::Open,
+            RestoredPhase::Closed(how) => PosState::Closed { at: now, how: *how },
+            RestoredPhase::Closing { client_id, order, order_qty, order_executed, failures } => {
+                let c = Closing {
+                    attempt: r.attempts,
+                    client_id: client_id.clone(),
+                    sent_at: now,
+                    order: *order,
+                    order_qty: *order_qty,
+                    order_executed: *order_executed,
+                    failures: *failures,
+                    next_at: now,
+                };
+                if *failures >= max_attempts { PosState::CloseFailed(c) } else { PosState::Closing(c) }
+            }
+        };
+        if pos.decision.is_none() && pos.state.closing().is_some() {
+            // A close in flight always has a decision; without one keep it closing anyway
+            // (safe side: never forget a close that may have been sent).
+            pos.decision = Some(Decision {
+                reason: CloseReason::Emergency,
+                price: None,
+                source: PriceSource::None,
+                age: Duration::ZERO,
+                level: None,
+                at: now,
+            });
+        }
+        let idx = self.book.insert(pos)?;
+        self.ensure_generation_above(r.generation);
+        if !terminal {
+            self.link(idx);
+        }
+        Ok(idx)
     }
 
     // ----- internals ---------------------------------------------------------------------

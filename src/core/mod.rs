@@ -49,6 +49,9 @@ pub enum CoreError {
     NotCloseFailed,
     /// An order for the position may still be working.
     OrderInFlight,
+    /// Accepted, but the journal could not record it: not acknowledged as durable (the
+    /// position is protected in memory; retry the request).
+    NotDurable,
 }
 
 impl fmt::Display for CoreError {
@@ -73,6 +76,9 @@ impl fmt::Display for CoreError {
             CoreError::NotOpen => write!(f, "position is not open (closing or closed)"),
             CoreError::NotCloseFailed => write!(f, "position is not in close_failed"),
             CoreError::OrderInFlight => write!(f, "an order for this position may still be working"),
+            CoreError::NotDurable => {
+                write!(f, "protected in memory but not written to the journal (store failing); retry")
+            }
         }
     }
 }

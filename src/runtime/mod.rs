@@ -28,12 +28,20 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::core::CoreError;
-use crate::core::engine::{Actions, BrokerReport, Command, Engine, FeedEvent, OrderAction, Reply};
+use crate::core::engine::{Actions, BrokerReport, Command, Engine, FeedEvent, Notice, OrderAction, Reply};
 use crate::core::time::Timestamp;
 use crate::core::types::{ClientId, InstrumentId, PosIdx, Symbol, Tick};
 use crate::limits::{COMMAND_QUEUE, MAX_INSTRUMENTS, MAX_POSITIONS};
 use clock::Clock;
 use queue::TickQueue;
+
+/// Faults injected on purpose, for tests of the watchdog and the indicator
+/// (`--fault engine-hang@DURATION`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Faults {
+    /// Stall the engine loop for ever this long after start-up.
+    pub engine_hang: Option<std::time::Duration>,
+}
 
 /// The engine at the appliance's capacities.
 pub type AppEngine = Engine<MAX_INSTRUMENTS, MAX_POSITIONS>;
@@ -133,9 +141,13 @@ pub struct EngineTask {
     drained: Vec<Tick>,
     out: Box<Actions<MAX_POSITIONS>>,
     status: Arc<status::Status>,
+    /// The journal, when the store is enabled.
+    journal: Option<Arc<crate::store::Journal>>,
     /// Instruments first seen in a registration go here so the feed subscribes them live.
     /// Capacity `MAX_INSTRUMENTS`: each instrument is sent at most once, so it never fills.
     new_instruments: Option<mpsc::Sender<(InstrumentId, Symbol)>>,
+    /// Fault injection: the loop stops turning at this time (`--fault engine-hang@...`).
+    hang_at: Option<Timestamp>,
 }
 
 /// Builds the engine task and the handle the edges use. Orders come out of `broker_rx`.
@@ -158,12 +170,19 @@ pub fn engine_task(
         drained: Vec::with_capacity(MAX_INSTRUMENTS),
         out: Box::new(Actions::new()),
         new_instruments: None,
+        hang_at: None,
+        journal: None,
         status: status.clone(),
     };
     (task, EngineHandle { ticks, requests: req_tx, status }, broker_rx)
 }
 
 impl EngineTask {
+    /// Journals commands and decisions to `journal` from now on.
+    pub fn set_journal(&mut self, journal: Arc<crate::store::Journal>) {
+        self.journal = Some(journal);
+    }
+
     /// Returns the receiver of instruments first seen in registrations (for the feed).
     pub fn subscribe_new_instruments(&mut self) -> mpsc::Receiver<(InstrumentId, Symbol)> {
         let (tx, rx) = mpsc::channel(MAX_INSTRUMENTS);
@@ -171,9 +190,22 @@ impl EngineTask {
         rx
     }
 
+    /// Fault injection: the loop stops turning for ever `after` from now (at its first turn
+    /// past that time, within one sweep). The process stays up; only the watchdog (or a kill)
+    /// ends it.
+    pub fn hang_after(&mut self, after: std::time::Duration) {
+        let now = self.clock.now().as_nanos();
+        let after = u64::try_from(after.as_nanos()).unwrap_or(u64::MAX);
+        self.hang_at = Some(Timestamp::from_nanos(now.saturating_add(after)));
+    }
+
     /// Runs until shutdown is signalled; returns the engine for a final look.
     pub async fn run(mut self) -> Box<AppEngine> {
         loop {
+            if self.hang_at.is_some_and(|t| self.clock.now() >= t) {
+                log::error!("[FAULT] event=engine_hang (--fault engine-hang: the engine loop stops turning for ever)");
+                std::future::pending::<()>().await;
+            }
             self.status.engine_turns.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let wake = self.clock.instant(self.engine.poll_timeout());
             tokio::select! {
@@ -216,16 +248,56 @@ impl EngineTask {
         let now = self.clock.now();
         match req {
             Request::Command { cmd, reply } => {
-                let r = self.engine.on_command(now, cmd, &mut self.out);
+                let modify = matches!(cmd, Command::Modify { .. });
+                let mut r = self.engine.on_command(now, cmd, &mut self.out);
+                // The command's own record goes to the journal before the reply: a
+                // registration is acknowledged only once it is on disk.
+                if let Some(j) = &self.journal {
+                    let rec = match &r {
+                        Ok(Reply::Registered { pos, existed: false, .. }) => {
+                            self.engine.book().get(*pos).map(|p| {
+                                let spec = crate::core::book::PositionSpec {
+                                    id: p.id.clone(),
+                                    symbol: Symbol::try_from(self.engine.cache().symbol(p.instrument))
+                                        .unwrap_or_default(),
+                                    side: p.side,
+                                    qty: p.qty,
+                                    entry: p.entry,
+                                    stop_loss: p.stop_loss,
+                                    take_profit: p.take_profit,
+                                    blind_policy: p.blind_policy,
+                                };
+                                crate::store::registered(&spec, p.generation)
+                            })
+                        }
+                        Ok(Reply::Done { pos }) if modify => {
+                            self.engine.book().get(*pos).map(|p| crate::store::Record::Levels {
+                                id: p.id.to_string(),
+                                stop_loss: p.stop_loss.map(|v| v.units()),
+                                take_profit: p.take_profit.map(|v| v.units()),
+                            })
+                        }
+                        _ => None,
+                    };
+                    if let Some(rec) = rec {
+                        if let Err(e) = j.append(&rec) {
+                            log::error!("[STORE] event=write_failed id={} error=\"{e}\"", rec.id());
+                            r = Err(CoreError::NotDurable);
+                        }
+                    }
+                }
                 if let (Ok(Reply::Registered { instrument, new_instrument: true, .. }), Some(tx)) =
                     (&r, &self.new_instruments)
                 {
                     let sym = Symbol::try_from(self.engine.cache().symbol(*instrument)).unwrap_or_default();
                     let _ = tx.try_send((*instrument, sym));
                 }
+                // Decisions and orders of the command (journaled in dispatch) before the reply.
+                self.dispatch(now).await;
                 if let Some(tx) = reply {
                     let _ = tx.send(r);
                 }
+                return;
             }
             Request::Feed(ev) => self.engine.on_feed(now, ev, &mut self.out),
             Request::Broker(rep) => self.engine.on_broker(now, &rep, &mut self.out),
@@ -241,6 +313,33 @@ impl EngineTask {
     async fn dispatch(&mut self, now: Timestamp) {
         for n in self.out.notices.iter() {
             report::log_notice(&self.engine, now, n);
+        }
+        if let Some(j) = &self.journal {
+            // Decisions before their orders: the executor journals each order's intent next.
+            for n in self.out.notices.iter() {
+                let rec = match n {
+                    Notice::Decision { pos, decision } => {
+                        self.engine.book().get(*pos).map(|p| crate::store::decided(&p.id, decision))
+                    }
+                    Notice::Rejudged { pos, .. } => self
+                        .engine
+                        .book()
+                        .get(*pos)
+                        .map(|p| crate::store::Record::Reopened { id: p.id.to_string() }),
+                    Notice::Closed { pos, how } => {
+                        self.engine.book().get(*pos).map(|p| crate::store::Record::Closed {
+                            id: p.id.to_string(),
+                            how: crate::store::how_code(*how),
+                        })
+                    }
+                    _ => None,
+                };
+                if let Some(rec) = rec {
+                    if let Err(e) = j.append(&rec) {
+                        log::error!("[STORE] event=write_failed id={} error=\"{e}\"", rec.id());
+                    }
+                }
+            }
         }
         for i in 0..self.out.orders.len() {
             let o = self.out.orders[i].clone();
