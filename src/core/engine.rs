@@ -220,6 +220,11 @@ pub enum Notice {
         /// Attempts so far.
         attempts: u16,
     },
+    /// A close was decided while the market is closed: held until it opens (`[CLOSE]`).
+    HeldForMarket {
+        /// Which position.
+        pos: PosIdx,
+    },
     /// A broker report did not match the position's current attempt; ignored (`[CLOSE]`).
     StrayReport {
         /// Which position.
@@ -331,6 +336,11 @@ pub enum FeedEvent {
     RestOk(InstrumentId),
     /// A REST request for the instrument failed or timed out.
     RestError(InstrumentId),
+    /// The market opened (`true`) or closed (`false`), from the venue's market status or the
+    /// calendar (an unsynced clock must report open). While closed, a quiet feed is normal:
+    /// prices are not stale, positions are not blind, and a close decided is held, with its
+    /// own alert, until the open instead of being retried into rejections.
+    Market(bool),
 }
 
 /// How a recovered position stands.
@@ -525,6 +535,7 @@ pub struct Engine<const N: usize, const M: usize> {
     inst: heapless::Vec<InstState, N>,
     book: PositionBook<M>,
     feed_connected: bool,
+    market_open: bool,
     boot: Timestamp,
     next_sweep: Timestamp,
     rng: Rng,
@@ -544,6 +555,7 @@ impl<const N: usize, const M: usize> Engine<N, M> {
             inst: heapless::Vec::new(),
             book: PositionBook::new(),
             feed_connected: false,
+            market_open: true,
             boot,
             next_sweep: boot,
             rng,
@@ -579,6 +591,10 @@ impl<const N: usize, const M: usize> Engine<N, M> {
     /// True while the feed session is up.
     pub fn feed_connected(&self) -> bool {
         self.feed_connected
+    }
+    /// True unless the venue or the calendar says the market is closed.
+    pub fn market_open(&self) -> bool {
+        self.market_open
     }
     /// When the engine booted.
     pub fn boot(&self) -> Timestamp {
@@ -640,12 +656,14 @@ impl<const N: usize, const M: usize> Engine<N, M> {
         } else if blind > 0 {
             Alarm::Blind
         } else if !self.feed_connected
-            || self.book.iter().any(|(_, p)| {
-                !p.state.is_terminal()
-                    && (self.rung(p.instrument, now) != Rung::Live
-                        || self.band(p.instrument, now).is_some_and(|b| b != Band::Live))
-            })
+            || (self.market_open
+                && self.book.iter().any(|(_, p)| {
+                    !p.state.is_terminal()
+                        && (self.rung(p.instrument, now) != Rung::Live
+                            || self.band(p.instrument, now).is_some_and(|b| b != Band::Live))
+                }))
         {
+            // A closed market's quiet feed is normal: only a feed that is down is a fault then.
             Alarm::Stale
         } else {
             Alarm::Live
@@ -788,6 +806,22 @@ impl<const N: usize, const M: usize> Engine<N, M> {
             FeedEvent::RestError(id) => {
                 if let Some(s) = self.inst.get_mut(usize::from(id.0)) {
                     s.rest_failures = s.rest_failures.saturating_add(1);
+                }
+            }
+            FeedEvent::Market(open) => {
+                let opened = open && !self.market_open;
+                self.market_open = open;
+                if opened {
+                    // Held closes go now.
+                    for i in 0..self.book.slot_count() {
+                        if let Some(c) =
+                            self.book.get_mut(PosIdx(i as u16)).and_then(|p| p.state.closing_mut())
+                        {
+                            if c.order == OrderPhase::Waiting {
+                                c.next_at = now;
+                            }
+                        }
+                    }
                 }
             }
         }
@@ -1249,6 +1283,14 @@ impl<const N: usize, const M: usize> Engine<N, M> {
             self.finish(idx, now, ClosedHow::Filled, out);
             return;
         }
+        if !self.market_open {
+            // The venue would reject it: hold the decided close until the market opens.
+            if c.next_at != Timestamp::NEVER {
+                c.next_at = Timestamp::NEVER;
+                out.notice(Notice::HeldForMarket { pos: idx });
+            }
+            return;
+        }
         c.attempt = c.attempt.saturating_add(1);
         p.attempts = c.attempt;
         c.client_id = client_id(generation, &id, c.attempt);
@@ -1368,7 +1410,8 @@ impl<const N: usize, const M: usize> Engine<N, M> {
         }
         if st.band != band {
             if let (Some(b), Some(a)) = (band, age) {
-                if st.band.is_some() || b != Band::Live {
+                // While the market is closed, prices ageing is normal: no stale warnings.
+                if (st.band.is_some() || b != Band::Live) && (self.market_open || b == Band::Live) {
                     out.notice(Notice::Band { instrument: id, band: b, age: a });
                 }
             }
@@ -1404,7 +1447,8 @@ impl<const N: usize, const M: usize> Engine<N, M> {
 
     fn sweep_blind(&mut self, idx: PosIdx, now: Timestamp, out: &mut Actions<M>) {
         let Some(p) = self.book.get(idx) else { return };
-        let blind = self.rung(p.instrument, now) == Rung::Blind;
+        // A closed market has no prices to miss: nobody is blind until it opens.
+        let blind = self.market_open && self.rung(p.instrument, now) == Rung::Blind;
         let grace_end =
             |since: Timestamp| (since + self.cfg.blind_grace).max(self.boot + self.cfg.expire_after);
         let Some(p) = self.book.get_mut(idx) else { return };

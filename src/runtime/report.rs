@@ -111,6 +111,10 @@ pub fn log_notice<const N: usize, const M: usize>(e: &Engine<N, M>, now: Timesta
             "[CLOSE] {} event=close_failed attempts={attempts} (still retrying at the slowest backoff; operator action needed)",
             who(e, *pos)
         ),
+        Notice::HeldForMarket { pos } => warn!(
+            "[CLOSE] {} event=held_for_market (market closed: the close goes at the open)",
+            who(e, *pos)
+        ),
         Notice::StrayReport { pos } => {
             warn!("[CLOSE] {} event=stray_report (not the current attempt; ignored)", who(e, *pos))
         }
