@@ -3,6 +3,7 @@
 //! intraday square-off) is marked closed externally and never closed again.
 //!
 //! Conservative by design: only a holding of zero for a symbol ends its open positions (a
+//! symbol missing from a non-exhaustive holdings list is unknown, not zero; a
 //! partial holding could be another strategy's), positions with an order that may be working
 //! are left to their order's outcome, and a failing reconciliation is retried and alerted on
 //! but never blocks a close: it runs on its own task.
@@ -55,6 +56,7 @@ pub async fn run<B: Broker>(
 /// One comparison; returns how many positions were marked closed externally.
 pub async fn once<B: Broker>(broker: &B, engine: &EngineHandle) -> Result<usize, String> {
     let held = broker.holdings().await?;
+    let exhaustive = broker.holdings_exhaustive();
     let open: Vec<(PositionId, String)> = engine
         .inspect(|e, _| {
             e.book()
@@ -68,7 +70,12 @@ pub async fn once<B: Broker>(broker: &B, engine: &EngineHandle) -> Result<usize,
     let mut n = 0;
     for (id, symbol) in open {
         let holding = held.iter().find(|(s, _)| s.as_str() == symbol).map(|(_, q)| *q);
-        if holding.is_some_and(|q| q.is_positive()) {
+        let none_held = match holding {
+            Some(q) => !q.is_positive(),
+            // Missing: zero only where the list is exhaustive; otherwise unknown, leave it.
+            None => exhaustive,
+        };
+        if !none_held {
             continue;
         }
         match engine.command(Command::ClosedExternally { id: id.clone() }).await {
