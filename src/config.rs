@@ -33,7 +33,8 @@ pub const ENV_PREFIX: &str = "TICKGUARD_";
 pub const MAX_SECS: f64 = 86_400.0;
 
 /// The sections of the file, in documentation order (`[[positions]]` comes on top of these).
-pub const SECTIONS: &[&str] = &["api", "feed", "dns", "tls", "cache", "broker", "store", "sim"];
+pub const SECTIONS: &[&str] =
+    &["api", "feed", "dns", "tls", "cache", "broker", "store", "sim", "indicator", "notify"];
 
 /// A configuration problem. The process exits with code 78 (`EX_CONFIG`) on any of them.
 #[derive(Debug, thiserror::Error)]
@@ -152,6 +153,27 @@ pub enum Kind {
     Choice(&'static [&'static str]),
     /// An optional non-negative integer seed.
     Seed,
+    /// An optional label: 1 to 31 bytes of printable ASCII (a GPIO chip label).
+    Label,
+    /// An optional integer in `min..=max`.
+    OptCount {
+        /// Smallest accepted.
+        min: u16,
+        /// Largest accepted.
+        max: u16,
+    },
+    /// `true`, `false`, or absent.
+    OptBool,
+    /// A URL whose scheme is one of these, or absent.
+    OptUrl(&'static [&'static str]),
+    /// A Telegram chat id (`-1001234567890`, `@channel`), or absent.
+    ChatId,
+    /// A table of symbol = instrument key (`[feed.instrument_keys]`).
+    KeyMap,
+    /// A market-hours specification (`feed.market_hours`, see `feed::calendar`).
+    MarketHours,
+    /// A list of dates `YYYY-MM-DD`.
+    Dates,
 }
 
 impl Kind {
@@ -170,6 +192,14 @@ impl Kind {
             Kind::Nameservers => "list of addresses".into(),
             Kind::Choice(words) => words.join(" / "),
             Kind::Seed => "integer ≥ 0, optional".into(),
+            Kind::Label => "string, optional".into(),
+            Kind::OptUrl(schemes) => format!("url ({}), optional", schemes.join(", ")),
+            Kind::ChatId => "chat id, optional".into(),
+            Kind::KeyMap => "table of symbol = key".into(),
+            Kind::MarketHours => "hours zone days".into(),
+            Kind::Dates => "list of dates".into(),
+            Kind::OptCount { min, max } => format!("integer {min} to {max}, optional"),
+            Kind::OptBool => "bool, optional".into(),
         }
     }
 
@@ -186,6 +216,14 @@ impl Kind {
             Kind::Nameservers => "a list of address strings".into(),
             Kind::Choice(words) => format!("one of the strings {}", words.join(", ")),
             Kind::Seed => "a non-negative integer".into(),
+            Kind::Label => "a string of printable ASCII".into(),
+            Kind::OptUrl(_) => "a URL string".into(),
+            Kind::ChatId => "a chat id (an integer, or a string like \"@channel\")".into(),
+            Kind::KeyMap => "a table of SYMBOL = \"SEGMENT|KEY\" strings".into(),
+            Kind::MarketHours => "a string like \"09:15-15:30 Asia/Kolkata Mon-Fri\" or \"always\"".into(),
+            Kind::Dates => "a list of date strings like \"2026-01-26\"".into(),
+            Kind::OptCount { min, max } => format!("an integer from {min} to {max}"),
+            Kind::OptBool => "true or false".into(),
         }
     }
 }
@@ -278,6 +316,22 @@ pub static KEYS: &[KeySpec] = &[
         "true",
     ),
     key(
+        "api.tls_cert",
+        Kind::OptPath,
+        "(none)",
+        "",
+        "PEM certificate chain: serve the API over HTTPS; needs `api.tls_key`.",
+        "\"/etc/tickguard/api.crt\"",
+    ),
+    key(
+        "api.tls_key",
+        Kind::OptPath,
+        "(none)",
+        "",
+        "PEM private key of `api.tls_cert`.",
+        "\"/etc/tickguard/api.key\"",
+    ),
+    key(
         "feed.venue",
         Kind::Choice(&["sim", "binance", "upstox"]),
         "sim",
@@ -336,11 +390,51 @@ pub static KEYS: &[KeySpec] = &[
         "\"/etc/tickguard/feed.token\"",
     ),
     key(
+        "feed.instrument_keys",
+        Kind::KeyMap,
+        "(empty)",
+        "",
+        "Upstox: the instrument key of each symbol used in `feed.instruments`, `[[positions]]` and the API (a symbol that already is a key maps to itself).",
+        "{ BOSCHLTD = \"NSE_EQ|INE323A01026\" }",
+    ),
+    key(
+        "feed.mode",
+        Kind::Choice(&["ltpc", "full", "option_greeks"]),
+        "ltpc",
+        "",
+        "Upstox subscription mode; the last price is read in every mode, `ltpc` is the lightest.",
+        "\"full\"",
+    ),
+    key(
+        "feed.max_subscriptions",
+        Kind::OptCount { min: 1, max: 5000 },
+        "(mode cap)",
+        "",
+        "Upstox: instruments one connection may subscribe; at most the venue's cap for `feed.mode` (ltpc 5000, option_greeks 3000, full 2000). More instruments than this is a start-up error.",
+        "1500",
+    ),
+    key(
+        "feed.market_hours",
+        Kind::MarketHours,
+        "09:15-15:30 Asia/Kolkata Mon-Fri",
+        "",
+        "When the market trades (Upstox): `HH:MM-HH:MM[,…] ZONE DAYS`, or `always` to turn the calendar off; the venue's market status overrides it while the feed is up.",
+        "\"09:00-23:30 Asia/Kolkata Mon-Fri\"",
+    ),
+    key(
+        "feed.holidays",
+        Kind::Dates,
+        "(empty)",
+        "",
+        "Exchange holidays (local dates) on which the calendar keeps the market closed.",
+        "[\"2026-01-26\", \"2026-03-03\"]",
+    ),
+    key(
         "dns.use_system",
         Kind::Bool,
         "true",
         "",
-        "Use the nameservers of `dns.resolv_conf`; when false, use `dns.nameservers`.",
+        "Try the nameservers of `dns.resolv_conf` first; `dns.nameservers` are tried after them either way (only them when false).",
         "false",
     ),
     key(
@@ -356,7 +450,7 @@ pub static KEYS: &[KeySpec] = &[
         Kind::Nameservers,
         "8.8.8.8, 1.1.1.1, 8.8.4.4, 1.0.0.1",
         "",
-        "DNS servers used when `dns.use_system` is false: `ip` (port 53) or `ip:port`; IPv6 bare or as `[v6]:port`.",
+        "Fallback DNS servers, tried in order after the system resolver (or alone when `dns.use_system` is false): `ip` (port 53) or `ip:port`; IPv6 bare or as `[v6]:port`.",
         "[\"9.9.9.9\", \"[2620:fe::fe]:53\"]",
     ),
     key("dns.timeout_s", SECS, "5", "s", "Timeout of one DNS query.", "3"),
@@ -402,6 +496,14 @@ pub static KEYS: &[KeySpec] = &[
         "\"https://api1.binance.com\"",
     ),
     key(
+        "broker.order_url",
+        HTTP,
+        "https://api-hft.upstox.com",
+        "",
+        "Upstox: base URL of the v3 place-order API (order history and portfolio use `broker.rest_url`).",
+        "\"https://api-sandbox.upstox.com\"",
+    ),
+    key(
         "broker.key_file",
         Kind::OptPath,
         "(none)",
@@ -416,6 +518,22 @@ pub static KEYS: &[KeySpec] = &[
         "",
         "File holding the broker API secret (Binance request signing).",
         "\"/etc/tickguard/broker.secret\"",
+    ),
+    key(
+        "broker.token_file",
+        Kind::OptPath,
+        "(feed.token_file)",
+        "",
+        "Upstox: file holding the access token for orders; read again after a 401. Default: `feed.token_file`.",
+        "\"/etc/tickguard/upstox.token\"",
+    ),
+    key(
+        "broker.recv_window_ms",
+        Kind::Count { min: 500, max: 5000 },
+        "5000",
+        "ms",
+        "Binance: `recvWindow` of signed requests; an unknown close is proven absent only this long plus 2 s after its send.",
+        "3000",
     ),
     key(
         "broker.max_close_attempts",
@@ -459,6 +577,86 @@ pub static KEYS: &[KeySpec] = &[
         "42",
     ),
     key("sim.tick_interval_s", SECS, "0.2", "s", "Period between two simulated ticks of an instrument.", "1"),
+    key(
+        "indicator.enabled",
+        Kind::Bool,
+        "false",
+        "",
+        "Drive the status LED and buzzer through the GPIO character device; when true a missing or busy chip is a start-up error.",
+        "true",
+    ),
+    key(
+        "indicator.board",
+        Kind::Choice(&["auto", "rpi4", "rpi5", "qemu-virt", "custom"]),
+        "auto",
+        "",
+        "Board profile naming the chip label and lines (see docs/board.md); `auto` reads the device tree; `custom` takes every line from the keys below.",
+        "\"rpi5\"",
+    ),
+    key(
+        "indicator.chip_label",
+        Kind::Label,
+        "(board)",
+        "",
+        "Label of the GPIO chip (`gpiodetect` shows it); overrides the board profile.",
+        "\"pinctrl-rp1\"",
+    ),
+    key(
+        "indicator.led_line",
+        Kind::OptCount { min: 0, max: 1023 },
+        "(board)",
+        "",
+        "Line offset of the status LED on that chip; overrides the board profile.",
+        "17",
+    ),
+    key(
+        "indicator.buzzer_line",
+        Kind::OptCount { min: 0, max: 1023 },
+        "(board)",
+        "",
+        "Line offset of the buzzer on that chip; overrides the board profile (`custom` without it: no buzzer).",
+        "27",
+    ),
+    key(
+        "indicator.active_low",
+        Kind::OptBool,
+        "(board)",
+        "",
+        "Whether the LED and buzzer are on when their lines are low; overrides the board profile.",
+        "true",
+    ),
+    key(
+        "notify.webhook_url",
+        Kind::OptUrl(&["http", "https"]),
+        "(none)",
+        "",
+        "POST a JSON event here on feed down/up, DNS fallback, blind, close done and close failed.",
+        "\"https://hooks.example.com/tickguard\"",
+    ),
+    key(
+        "notify.telegram_token_file",
+        Kind::OptPath,
+        "(none)",
+        "",
+        "File holding a Telegram bot token; with `notify.telegram_chat_id`, the same events go to that chat.",
+        "\"/etc/tickguard/telegram.token\"",
+    ),
+    key(
+        "notify.telegram_chat_id",
+        Kind::ChatId,
+        "(none)",
+        "",
+        "Telegram chat the bot writes to; needs `notify.telegram_token_file`.",
+        "\"-1001234567890\"",
+    ),
+    key(
+        "notify.telegram_api_url",
+        HTTP,
+        "https://api.telegram.org",
+        "",
+        "Base URL of the Telegram Bot API.",
+        "\"https://tg-proxy.example.com\"",
+    ),
 ];
 
 /// One key of a `[[positions]]` table.
@@ -512,6 +710,14 @@ pub static POSITION_KEYS: &[PositionKey] = &[
         "alert",
         "What the position does once blind past `cache.blind_grace_s`: keep alerting, or close at market.",
         "\"flatten\"",
+    ),
+    pkey(
+        "product",
+        "D / I / MTF",
+        false,
+        "D",
+        "Upstox product the position was opened with: delivery, intraday or margin trading facility (closing orders use it; other brokers ignore it).",
+        "\"I\"",
     ),
 ];
 
@@ -588,11 +794,45 @@ pub struct ApiConfig {
     pub token_file: Option<PathBuf>,
     /// `api.protect_reads`.
     pub protect_reads: bool,
+    /// `api.tls_cert`.
+    pub tls_cert: Option<PathBuf>,
+    /// `api.tls_key`.
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        ApiConfig { listen: SocketAddr::from(([127, 0, 0, 1], 8000)), token_file: None, protect_reads: false }
+        ApiConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
+            token_file: None,
+            protect_reads: false,
+            tls_cert: None,
+            tls_key: None,
+        }
+    }
+}
+
+/// `[notify]`: where notifications go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NotifyConfig {
+    /// `notify.webhook_url`.
+    pub webhook_url: Option<String>,
+    /// `notify.telegram_token_file`.
+    pub telegram_token_file: Option<PathBuf>,
+    /// `notify.telegram_chat_id`.
+    pub telegram_chat_id: Option<String>,
+    /// `notify.telegram_api_url`.
+    pub telegram_api_url: String,
+}
+
+impl Default for NotifyConfig {
+    fn default() -> Self {
+        NotifyConfig {
+            webhook_url: None,
+            telegram_token_file: None,
+            telegram_chat_id: None,
+            telegram_api_url: "https://api.telegram.org".into(),
+        }
     }
 }
 
@@ -617,6 +857,27 @@ pub struct FeedConfig {
     pub rest_poll: Duration,
     /// `feed.token_file`.
     pub token_file: Option<PathBuf>,
+    /// `[feed.instrument_keys]`: symbol → Upstox instrument key.
+    pub instrument_keys: std::collections::BTreeMap<String, String>,
+    /// `feed.mode` (Upstox).
+    pub mode: String,
+    /// `feed.max_subscriptions`; `None`: the mode's cap.
+    pub max_subscriptions: Option<u16>,
+    /// `feed.market_hours`, as written (validated by `feed::calendar::Calendar::parse`).
+    pub market_hours: String,
+    /// `feed.holidays`.
+    pub holidays: Vec<crate::feed::calendar::Date>,
+}
+
+impl FeedConfig {
+    /// The Upstox instrument key of `symbol`: its `[feed.instrument_keys]` entry, or the symbol
+    /// itself when it already is a key (`NSE_EQ|INE323A01026`).
+    pub fn instrument_key<'a>(&'a self, symbol: &'a str) -> Option<&'a str> {
+        self.instrument_keys
+            .get(symbol)
+            .map(String::as_str)
+            .or_else(|| symbol.contains('|').then_some(symbol))
+    }
 }
 
 impl Default for FeedConfig {
@@ -631,6 +892,11 @@ impl Default for FeedConfig {
             reconnect_max: Duration::from_secs(30),
             rest_poll: Duration::from_secs(2),
             token_file: None,
+            instrument_keys: std::collections::BTreeMap::new(),
+            mode: "ltpc".into(),
+            max_subscriptions: None,
+            market_hours: "09:15-15:30 Asia/Kolkata Mon-Fri".into(),
+            holidays: Vec::new(),
         }
     }
 }
@@ -699,10 +965,16 @@ pub struct BrokerConfig {
     pub kind: BrokerKind,
     /// `broker.rest_url`.
     pub rest_url: String,
+    /// `broker.order_url`.
+    pub order_url: String,
     /// `broker.key_file`.
     pub key_file: Option<PathBuf>,
     /// `broker.secret_file`.
     pub secret_file: Option<PathBuf>,
+    /// `broker.token_file` (`None`: `feed.token_file`).
+    pub token_file: Option<PathBuf>,
+    /// `broker.recv_window_ms`.
+    pub recv_window: Duration,
     /// `broker.max_close_attempts`.
     pub max_close_attempts: u16,
     /// `broker.retry_initial_s`.
@@ -718,8 +990,11 @@ impl Default for BrokerConfig {
         BrokerConfig {
             kind: BrokerKind::Paper,
             rest_url: "https://api.binance.com".into(),
+            order_url: "https://api-hft.upstox.com".into(),
             key_file: None,
             secret_file: None,
+            token_file: None,
+            recv_window: Duration::from_millis(5000),
             max_close_attempts: 5,
             retry_initial: Duration::from_secs(1),
             retry_max: Duration::from_secs(30),
@@ -756,6 +1031,63 @@ impl Default for SimConfig {
     }
 }
 
+/// `[indicator]`: the status LED and buzzer (see docs/indicator.md and docs/board.md).
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct IndicatorConfig {
+    /// `indicator.enabled`.
+    pub enabled: bool,
+    /// `indicator.board`: `auto`, `rpi4`, `rpi5`, `qemu-virt` or `custom`.
+    pub board: IndicatorBoard,
+    /// `indicator.chip_label`; `None`: the board's.
+    pub chip_label: Option<String>,
+    /// `indicator.led_line`; `None`: the board's.
+    pub led_line: Option<u16>,
+    /// `indicator.buzzer_line`; `None`: the board's.
+    pub buzzer_line: Option<u16>,
+    /// `indicator.active_low`; `None`: the board's.
+    pub active_low: Option<bool>,
+}
+
+/// `indicator.board`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum IndicatorBoard {
+    /// Read the device tree's `compatible` and pick the matching profile.
+    #[default]
+    Auto,
+    /// Raspberry Pi 4 / 400 / CM4.
+    Rpi4,
+    /// Raspberry Pi 5.
+    Rpi5,
+    /// QEMU's arm64 `virt` machine with a `gpio-sim` chip (the board test).
+    QemuVirt,
+    /// No profile: `indicator.chip_label` and `indicator.led_line` are required.
+    Custom,
+}
+
+impl IndicatorBoard {
+    /// Parses the word of `indicator.board`.
+    pub fn parse(s: &str) -> Option<IndicatorBoard> {
+        match s {
+            "auto" => Some(IndicatorBoard::Auto),
+            "rpi4" => Some(IndicatorBoard::Rpi4),
+            "rpi5" => Some(IndicatorBoard::Rpi5),
+            "qemu-virt" => Some(IndicatorBoard::QemuVirt),
+            "custom" => Some(IndicatorBoard::Custom),
+            _ => None,
+        }
+    }
+    /// The word of `indicator.board`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IndicatorBoard::Auto => "auto",
+            IndicatorBoard::Rpi4 => "rpi4",
+            IndicatorBoard::Rpi5 => "rpi5",
+            IndicatorBoard::QemuVirt => "qemu-virt",
+            IndicatorBoard::Custom => "custom",
+        }
+    }
+}
+
 /// The validated configuration.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct Config {
@@ -775,8 +1107,14 @@ pub struct Config {
     pub store: StoreConfig,
     /// `[sim]`.
     pub sim: SimConfig,
+    /// `[indicator]`.
+    pub indicator: IndicatorConfig,
+    /// `[notify]`.
+    pub notify: NotifyConfig,
     /// `[[positions]]`, in file order.
     pub positions: Vec<PositionSpec>,
+    /// `[[positions]] product`, for the positions that set it (id, product).
+    pub position_products: Vec<(PositionId, crate::broker::upstox::Product)>,
 }
 
 impl Config {
@@ -913,6 +1251,11 @@ enum Val {
     Addr(SocketAddr),
     Addrs(Vec<SocketAddr>),
     Seed(Option<u64>),
+    OptText(Option<String>),
+    OptCount(Option<u16>),
+    OptBool(Option<bool>),
+    KeyMap(std::collections::BTreeMap<String, String>),
+    Dates(Vec<crate::feed::calendar::Date>),
 }
 
 fn spec_of(name: &str) -> Option<&'static KeySpec> {
@@ -931,6 +1274,7 @@ fn apply_file(cfg: &mut Config, root: &DeTable<'_>) -> Result<(), ConfigError> {
     for (section, value) in in_file_order(root) {
         if section == "positions" {
             cfg.positions = parse_positions(value.get_ref())?;
+            cfg.position_products = parse_products(value.get_ref(), &cfg.positions)?;
             continue;
         }
         if !SECTIONS.contains(&section) {
@@ -1052,12 +1396,64 @@ fn from_toml(spec: &KeySpec, v: &DeValue<'_>) -> Result<Val, Bad> {
             }
             Ok(Val::Addrs(out))
         }
-        (Kind::Url(_) | Kind::Choice(_) | Kind::Path | Kind::OptPath | Kind::Addr, DeValue::String(s)) => {
+        (Kind::OptCount { min, max }, DeValue::Integer(i)) => match count(int_of(i)?, min, max)? {
+            Val::Count(n) => Ok(Val::OptCount(Some(n))),
+            _ => Err(bad(format!("must be from {min} to {max}"))),
+        },
+        (Kind::OptBool, DeValue::Boolean(b)) => Ok(Val::OptBool(Some(*b))),
+        (Kind::Label, DeValue::String(s)) if s.is_empty() => {
+            Err(bad("must not be empty (remove the key to use the board's)"))
+        }
+        (
+            Kind::Url(_) | Kind::Choice(_) | Kind::Path | Kind::OptPath | Kind::Addr | Kind::Label,
+            DeValue::String(s),
+        ) => {
             if s.is_empty() {
                 let absent = if spec.kind == Kind::OptPath { "remove the key for none, or " } else { "" };
                 return Err(bad(format!("must not be empty ({absent}give a value)")));
             }
             from_text(spec, s)
+        }
+        (Kind::OptUrl(_) | Kind::ChatId, DeValue::String(s)) if s.is_empty() => {
+            Err(bad("must not be empty (remove the key for none, or give a value)"))
+        }
+        (Kind::OptUrl(_) | Kind::ChatId, DeValue::String(s)) => from_text(spec, s),
+        (Kind::ChatId, DeValue::Integer(i)) => from_text(spec, &int_of(i)?.to_string()),
+        (Kind::KeyMap, DeValue::Table(t)) => {
+            let mut out = std::collections::BTreeMap::new();
+            for (sym, v) in in_file_order(t) {
+                let DeValue::String(k) = v.get_ref() else {
+                    return Err(Bad {
+                        at: format!(".{sym}"),
+                        item: Some(render(v.get_ref())),
+                        problem: format!(
+                            "expected an instrument key string, found {}",
+                            type_word(v.get_ref())
+                        ),
+                    });
+                };
+                let (sym, k) = instrument_key_pair(sym, k).map_err(|b| Bad { at: format!(".{sym}"), ..b })?;
+                out.insert(sym, k);
+            }
+            Ok(Val::KeyMap(out))
+        }
+        (Kind::MarketHours, DeValue::String(s)) => from_text(spec, s),
+        (Kind::Dates, DeValue::Array(items)) => {
+            let mut out = Vec::with_capacity(items.len());
+            for (i, item) in items.iter().enumerate() {
+                let shown = render(item.get_ref());
+                let text = match item.get_ref() {
+                    DeValue::String(s) => s.to_string(),
+                    DeValue::Datetime(d) => d.to_string(),
+                    other => {
+                        let problem =
+                            format!("expected a date like \"2026-01-26\", found {}", type_word(other));
+                        return Err(bad_item(i, shown, problem));
+                    }
+                };
+                out.push(crate::feed::calendar::Date::parse(&text).map_err(|e| bad_item(i, shown, e))?);
+            }
+            Ok(Val::Dates(out))
         }
         (kind, v) => Err(bad(format!("expected {}, found {}", kind.expects(), type_word(v)))),
     }
@@ -1119,6 +1515,77 @@ fn from_text(spec: &KeySpec, text: &str) -> Result<Val, Bad> {
                 .map(|n| Val::Seed(Some(n)))
                 .map_err(|_| bad("expected a non-negative integer")),
         },
+        Kind::OptUrl(schemes) => match text.trim() {
+            "" => Ok(Val::OptText(None)),
+            t => url(t, schemes).map(|u| Val::OptText(Some(u))),
+        },
+        Kind::ChatId => match text.trim() {
+            "" => Ok(Val::OptText(None)),
+            t => {
+                let digits = t.strip_prefix('-').unwrap_or(t);
+                let numeric =
+                    !digits.is_empty() && digits.len() <= 20 && digits.bytes().all(|b| b.is_ascii_digit());
+                let name = t.strip_prefix('@').is_some_and(|n| {
+                    (5..=32).contains(&n.len()) && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                });
+                if numeric || name {
+                    Ok(Val::OptText(Some(t.to_string())))
+                } else {
+                    Err(bad("not a Telegram chat id: an integer (-1001234567890) or @channelname"))
+                }
+            }
+        },
+        Kind::KeyMap => {
+            let body = text.trim().trim_start_matches('{').trim_end_matches('}');
+            let mut out = std::collections::BTreeMap::new();
+            for (i, item) in list_items(body).enumerate() {
+                let Some((sym, k)) = item.split_once('=') else {
+                    return Err(bad_item(i, format!("{item:?}"), "expected SYMBOL=SEGMENT|KEY".into()));
+                };
+                let (sym, k) = instrument_key_pair(sym.trim(), k.trim().trim_matches('"'))
+                    .map_err(|b| bad_item(i, format!("{item:?}"), b.problem))?;
+                out.insert(sym, k);
+            }
+            Ok(Val::KeyMap(out))
+        }
+        Kind::MarketHours => crate::feed::calendar::Calendar::parse(text, &[])
+            .map(|_| Val::Text(text.trim().to_string()))
+            .map_err(bad),
+        Kind::Dates => {
+            let mut out = Vec::new();
+            for (i, item) in list_items(text).enumerate() {
+                out.push(
+                    crate::feed::calendar::Date::parse(item)
+                        .map_err(|e| bad_item(i, format!("{item:?}"), e))?,
+                );
+            }
+            Ok(Val::Dates(out))
+        }
+        Kind::Label => {
+            if text.is_empty() {
+                Ok(Val::OptText(None))
+            } else if text.len() > 31 || !text.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
+                Err(bad("must be 1 to 31 bytes of printable ASCII (a GPIO chip label)"))
+            } else {
+                Ok(Val::OptText(Some(text.to_string())))
+            }
+        }
+        Kind::OptCount { min, max } => match text.trim() {
+            "" => Ok(Val::OptCount(None)),
+            t => {
+                let n: i64 = t.parse().map_err(|_| bad(format!("expected {}", spec.kind.expects())))?;
+                match count(n, min, max)? {
+                    Val::Count(n) => Ok(Val::OptCount(Some(n))),
+                    _ => Err(bad(format!("must be from {min} to {max}"))),
+                }
+            }
+        },
+        Kind::OptBool => match text.trim() {
+            "" => Ok(Val::OptBool(None)),
+            "true" | "1" => Ok(Val::OptBool(Some(true))),
+            "false" | "0" => Ok(Val::OptBool(Some(false))),
+            _ => Err(bad("expected true or false")),
+        },
     }
 }
 
@@ -1167,6 +1634,23 @@ fn check_symbol(s: &str) -> Result<String, Bad> {
     Ok(s.to_string())
 }
 
+/// One `SYMBOL = "SEGMENT|KEY"` pair of `[feed.instrument_keys]`.
+fn instrument_key_pair(sym: &str, key: &str) -> Result<(String, String), Bad> {
+    let sym = check_symbol(sym)?;
+    let ok = key.split_once('|').is_some_and(|(seg, rest)| {
+        !seg.is_empty()
+            && seg.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+            && !rest.is_empty()
+    }) && key.len() <= 64
+        && key.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\' || b == b' ');
+    if !ok {
+        return Err(bad(format!(
+            "{key:?} is not an Upstox instrument key: SEGMENT|ID, at most 64 printable bytes (\"NSE_EQ|INE323A01026\", \"NSE_INDEX|Nifty 50\")"
+        )));
+    }
+    Ok((sym, key.to_string()))
+}
+
 fn nameserver(s: &str) -> Result<SocketAddr, Bad> {
     let s = s.trim();
     let addr =
@@ -1204,6 +1688,8 @@ fn assign(cfg: &mut Config, spec: &KeySpec, v: Val) -> Result<(), ConfigError> {
         ("api.listen", Val::Addr(a)) => cfg.api.listen = a,
         ("api.token_file", Val::OptPath(p)) => cfg.api.token_file = p,
         ("api.protect_reads", Val::Bool(b)) => cfg.api.protect_reads = b,
+        ("api.tls_cert", Val::OptPath(p)) => cfg.api.tls_cert = p,
+        ("api.tls_key", Val::OptPath(p)) => cfg.api.tls_key = p,
         ("feed.venue", Val::Text(t)) => cfg.feed.venue = Venue::parse(&t).ok_or_else(|| mismatch(spec))?,
         ("feed.ws_url", Val::Text(t)) => cfg.feed.ws_url = t,
         ("feed.rest_url", Val::Text(t)) => cfg.feed.rest_url = t,
@@ -1213,6 +1699,11 @@ fn assign(cfg: &mut Config, spec: &KeySpec, v: Val) -> Result<(), ConfigError> {
         ("feed.reconnect_max_s", Val::Secs(d)) => cfg.feed.reconnect_max = d,
         ("feed.rest_poll_s", Val::Secs(d)) => cfg.feed.rest_poll = d,
         ("feed.token_file", Val::OptPath(p)) => cfg.feed.token_file = p,
+        ("feed.instrument_keys", Val::KeyMap(m)) => cfg.feed.instrument_keys = m,
+        ("feed.mode", Val::Text(t)) => cfg.feed.mode = t,
+        ("feed.max_subscriptions", Val::OptCount(n)) => cfg.feed.max_subscriptions = n,
+        ("feed.market_hours", Val::Text(t)) => cfg.feed.market_hours = t,
+        ("feed.holidays", Val::Dates(d)) => cfg.feed.holidays = d,
         ("dns.use_system", Val::Bool(b)) => cfg.dns.use_system = b,
         ("dns.resolv_conf", Val::Path(p)) => cfg.dns.resolv_conf = p,
         ("dns.nameservers", Val::Addrs(a)) => cfg.dns.nameservers = a,
@@ -1227,6 +1718,11 @@ fn assign(cfg: &mut Config, spec: &KeySpec, v: Val) -> Result<(), ConfigError> {
         ("broker.rest_url", Val::Text(t)) => cfg.broker.rest_url = t,
         ("broker.key_file", Val::OptPath(p)) => cfg.broker.key_file = p,
         ("broker.secret_file", Val::OptPath(p)) => cfg.broker.secret_file = p,
+        ("broker.order_url", Val::Text(t)) => cfg.broker.order_url = t,
+        ("broker.token_file", Val::OptPath(p)) => cfg.broker.token_file = p,
+        ("broker.recv_window_ms", Val::Count(n)) => {
+            cfg.broker.recv_window = Duration::from_millis(u64::from(n))
+        }
         ("broker.max_close_attempts", Val::Count(n)) => cfg.broker.max_close_attempts = n,
         ("broker.retry_initial_s", Val::Secs(d)) => cfg.broker.retry_initial = d,
         ("broker.retry_max_s", Val::Secs(d)) => cfg.broker.retry_max = d,
@@ -1234,6 +1730,18 @@ fn assign(cfg: &mut Config, spec: &KeySpec, v: Val) -> Result<(), ConfigError> {
         ("store.dir", Val::Path(p)) => cfg.store.dir = p,
         ("sim.seed", Val::Seed(s)) => cfg.sim.seed = s,
         ("sim.tick_interval_s", Val::Secs(d)) => cfg.sim.tick_interval = d,
+        ("indicator.enabled", Val::Bool(b)) => cfg.indicator.enabled = b,
+        ("indicator.board", Val::Text(t)) => {
+            cfg.indicator.board = IndicatorBoard::parse(&t).ok_or_else(|| mismatch(spec))?
+        }
+        ("indicator.chip_label", Val::OptText(t)) => cfg.indicator.chip_label = t,
+        ("indicator.led_line", Val::OptCount(n)) => cfg.indicator.led_line = n,
+        ("indicator.buzzer_line", Val::OptCount(n)) => cfg.indicator.buzzer_line = n,
+        ("indicator.active_low", Val::OptBool(b)) => cfg.indicator.active_low = b,
+        ("notify.webhook_url", Val::OptText(u)) => cfg.notify.webhook_url = u,
+        ("notify.telegram_token_file", Val::OptPath(p)) => cfg.notify.telegram_token_file = p,
+        ("notify.telegram_chat_id", Val::OptText(c)) => cfg.notify.telegram_chat_id = c,
+        ("notify.telegram_api_url", Val::Text(u)) => cfg.notify.telegram_api_url = u,
         // Unreachable while the schema and this table agree (a unit test checks every key).
         _ => return Err(mismatch(spec)),
     }
@@ -1290,6 +1798,32 @@ fn parse_positions(v: &DeValue<'_>) -> Result<Vec<PositionSpec>, ConfigError> {
             });
         }
         out.push(spec);
+    }
+    Ok(out)
+}
+
+/// The `product` of each `[[positions]]` table that sets one (the tables were checked by
+/// [`parse_positions`], in the same order as `positions`).
+fn parse_products(
+    v: &DeValue<'_>,
+    positions: &[PositionSpec],
+) -> Result<Vec<(PositionId, crate::broker::upstox::Product)>, ConfigError> {
+    let DeValue::Array(items) = v else { return Ok(Vec::new()) };
+    let mut out = Vec::new();
+    for (i, (item, spec)) in items.iter().zip(positions).enumerate() {
+        let DeValue::Table(t) = item.get_ref() else { continue };
+        let p = PosTable { i, t };
+        if let Some((text, v)) = p.string("product")? {
+            let product = crate::broker::upstox::Product::parse(text).ok_or_else(|| {
+                p.invalid(
+                    "product",
+                    v,
+                    "must be D, I or MTF (delivery, intraday, margin trading facility)",
+                    "write product = \"D\", product = \"I\" or product = \"MTF\"",
+                )
+            })?;
+            out.push((spec.id.clone(), product));
+        }
     }
     Ok(out)
 }
@@ -1495,6 +2029,26 @@ fn missing(p: &PosTable<'_, '_>, name: &str) -> ConfigError {
 // Cross-key checks
 
 fn check(cfg: &Config) -> Result<(), ConfigError> {
+    let ind = &cfg.indicator;
+    if ind.enabled && ind.board == IndicatorBoard::Custom {
+        let missing = if ind.chip_label.is_none() {
+            Some(("indicator.chip_label", "chip_label = \"pinctrl-rp1\""))
+        } else if ind.led_line.is_none() {
+            Some(("indicator.led_line", "led_line = 17"))
+        } else {
+            None
+        };
+        if let Some((key, example)) = missing {
+            return Err(ConfigError::Invalid {
+                key: key.into(),
+                value: "(none)".into(),
+                problem: "indicator.board = \"custom\" has no profile to take it from".into(),
+                fix: format!(
+                    "set {example} under [indicator], or choose a board (rpi4, rpi5, qemu-virt, auto)"
+                ),
+            });
+        }
+    }
     if cfg.cache.stale_after >= cfg.cache.expire_after {
         return Err(ConfigError::Invalid {
             key: "cache.stale_after_s".into(),
@@ -1533,6 +2087,32 @@ fn check(cfg: &Config) -> Result<(), ConfigError> {
             fix: "set api.token_file or protect_reads = false".into(),
         });
     }
+    if cfg.api.tls_cert.is_some() != cfg.api.tls_key.is_some() {
+        let (key, other) = if cfg.api.tls_cert.is_some() {
+            ("api.tls_cert", "api.tls_key")
+        } else {
+            ("api.tls_key", "api.tls_cert")
+        };
+        return Err(ConfigError::Invalid {
+            key: key.into(),
+            value: "set".into(),
+            problem: format!("needs {other}: HTTPS takes a certificate and its key"),
+            fix: "set both api.tls_cert and api.tls_key, or neither (plain HTTP)".into(),
+        });
+    }
+    if cfg.notify.telegram_token_file.is_some() != cfg.notify.telegram_chat_id.is_some() {
+        let (key, other) = if cfg.notify.telegram_token_file.is_some() {
+            ("notify.telegram_token_file", "notify.telegram_chat_id")
+        } else {
+            ("notify.telegram_chat_id", "notify.telegram_token_file")
+        };
+        return Err(ConfigError::Invalid {
+            key: key.into(),
+            value: "set".into(),
+            problem: format!("needs {other}: a Telegram bot writes to one chat"),
+            fix: "set both notify.telegram_token_file and notify.telegram_chat_id, or neither".into(),
+        });
+    }
     if !cfg.dns.use_system && cfg.dns.nameservers.is_empty() {
         return Err(ConfigError::Invalid {
             key: "dns.nameservers".into(),
@@ -1557,6 +2137,9 @@ fn check(cfg: &Config) -> Result<(), ConfigError> {
             fix: format!("set feed.venue = {:?} or broker.kind = \"paper\"", cfg.broker.kind.as_str()),
         });
     }
+    if cfg.feed.venue == Venue::Upstox {
+        check_upstox(cfg)?;
+    }
     let watched = cfg.watched_symbols().len();
     if watched > MAX_INSTRUMENTS {
         return Err(ConfigError::Invalid {
@@ -1566,6 +2149,54 @@ fn check(cfg: &Config) -> Result<(), ConfigError> {
             fix: format!(
                 "watch at most {MAX_INSTRUMENTS} distinct symbols in feed.instruments and [[positions]] together"
             ),
+        });
+    }
+    Ok(())
+}
+
+/// Upstox feed checks: an instrument key for every symbol, the subscription cap. (The token
+/// file is checked by `tickguard run`, which reads it.)
+fn check_upstox(cfg: &Config) -> Result<(), ConfigError> {
+    for sym in cfg.watched_symbols() {
+        if cfg.feed.instrument_key(&sym).is_none() {
+            return Err(ConfigError::Invalid {
+                key: "feed.instrument_keys".into(),
+                value: format!("(no key for {sym})"),
+                problem: format!("symbol {sym} has no Upstox instrument key"),
+                fix: format!("add {sym} = \"NSE_EQ|<ISIN>\" under [feed.instrument_keys]"),
+            });
+        }
+    }
+    let mode = crate::feed::upstox::Mode::parse(&cfg.feed.mode).unwrap_or_default();
+    let venue_cap = mode.cap();
+    if let Some(n) = cfg.feed.max_subscriptions {
+        if usize::from(n) > venue_cap {
+            return Err(ConfigError::Invalid {
+                key: "feed.max_subscriptions".into(),
+                value: n.to_string(),
+                problem: format!(
+                    "above Upstox's cap of {venue_cap} instrument keys per connection in mode {}",
+                    mode.as_str()
+                ),
+                fix: format!("set max_subscriptions to at most {venue_cap}, or remove it"),
+            });
+        }
+    }
+    let cap = cfg.feed.max_subscriptions.map_or(venue_cap, usize::from);
+    let watched = cfg.watched_symbols().len();
+    if watched > cap {
+        let (key, which) = match cfg.feed.max_subscriptions {
+            Some(_) => ("feed.max_subscriptions", "feed.max_subscriptions"),
+            None => ("feed.instruments", "Upstox's cap for the mode"),
+        };
+        return Err(ConfigError::Invalid {
+            key: key.into(),
+            value: format!("{watched} instruments with the positions' own"),
+            problem: format!(
+                "more than the subscription cap of {cap} instrument keys per connection (mode {}, {which})",
+                mode.as_str()
+            ),
+            fix: format!("watch at most {cap} instruments in feed.instruments and [[positions]] together"),
         });
     }
     Ok(())

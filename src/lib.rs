@@ -23,8 +23,10 @@
 
 pub mod broker;
 pub mod config;
+pub mod control;
 pub mod core;
 pub mod feed;
+pub mod indicator;
 pub mod limits;
 pub mod net;
 pub mod runtime;

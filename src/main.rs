@@ -34,6 +34,9 @@ enum Cmd {
         /// Configuration file (TOML).
         #[arg(long)]
         config: PathBuf,
+        /// Inject a fault for tests: `engine-hang@10s` stalls the engine loop 10 s after start.
+        #[arg(long, value_parser = parse_fault)]
+        fault: Option<runtime::Faults>,
     },
     /// Replay the seed incident on a simulated feed and a paper broker; no network needed.
     Demo {
@@ -46,6 +49,9 @@ enum Cmd {
         /// Configuration file for settings other than the scripted thresholds.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Inject a fault for tests: `engine-hang@10s` stalls the engine loop 10 s after start.
+        #[arg(long, value_parser = parse_fault)]
+        fault: Option<runtime::Faults>,
     },
     /// Validate a configuration file (with TICKGUARD_* overrides) and print a summary.
     CheckConfig {
@@ -70,6 +76,14 @@ enum JournalCmd {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+}
+
+/// Parses `engine-hang@DURATION` (the only fault so far).
+fn parse_fault(s: &str) -> Result<runtime::Faults, String> {
+    match s.trim().split_once('@') {
+        Some(("engine-hang", d)) => Ok(runtime::Faults { engine_hang: Some(parse_duration(d)?) }),
+        _ => Err(format!("unknown fault '{s}' (known: engine-hang@DURATION, e.g. engine-hang@10s)")),
+    }
 }
 
 /// Parses `20s`, `1.5s`, `2m`, `1h`, `1500ms` or a plain number of seconds.
@@ -99,22 +113,38 @@ fn main() -> ExitCode {
     match cli.cmd {
         Cmd::CheckConfig { file } => check_config(&file),
         Cmd::Journal { cmd: JournalCmd::Dump { dir, config } } => journal_dump(dir, config),
-        Cmd::Demo { run_for, listen, config } => with_runtime(|| async move {
-            if let Some(path) = &config {
-                if let Err(e) = tickguard::config::load(Some(path), std::env::vars()) {
+        Cmd::Demo { run_for, listen, config, fault } => with_runtime(|| async move {
+            // The file (if any) and the TICKGUARD_* overrides: the demo takes its indicator
+            // settings from them.
+            let cfg = match tickguard::config::load(config.as_deref(), std::env::vars()) {
+                Ok(c) => c,
+                Err(e) => {
                     eprintln!("config error: {e}");
                     return ExitCode::from(EXIT_CONFIG);
                 }
+            };
+            if let Some(f) = fault {
+                runtime::arm_faults(f);
             }
-            if let Some(addr) = listen {
-                log::info!("demo: status page address {addr} is served once the control plane is built in");
-            }
+            let indicator = match tickguard::indicator::Indicator::start(&cfg.indicator) {
+                Ok(i) => i,
+                Err(e) => {
+                    eprintln!("start-up error: {e}");
+                    return ExitCode::from(e.exit_code());
+                }
+            };
             let (tx, rx) = tokio::sync::watch::channel(false);
             tokio::spawn(runtime::signals::stop_on_signal(tx));
-            runtime::demo::run(run_for, rx).await;
+            let listen = listen.unwrap_or(cfg.api.listen);
+            runtime::demo::run_with(run_for, rx, indicator, Some(listen)).await;
             ExitCode::SUCCESS
         }),
-        Cmd::Run { config } => with_runtime(|| async move { runtime::app::run(&config).await }),
+        Cmd::Run { config, fault } => with_runtime(|| async move {
+            if let Some(f) = fault {
+                runtime::arm_faults(f);
+            }
+            runtime::app::run(&config).await
+        }),
     }
 }
 
@@ -181,5 +211,15 @@ mod tests {
         assert!(parse_duration("abc").is_err());
         assert!(parse_duration("5x").is_err());
         assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn faults() {
+        let hang = |s| parse_fault(s).map(|f| f.engine_hang);
+        assert_eq!(hang("engine-hang@10s"), Ok(Some(Duration::from_secs(10))));
+        assert_eq!(hang("engine-hang@1500ms"), Ok(Some(Duration::from_millis(1500))));
+        assert!(parse_fault("engine-hang").is_err());
+        assert!(parse_fault("feed-drop@1s").is_err());
+        assert!(parse_fault("engine-hang@soon").is_err());
     }
 }

@@ -6,7 +6,9 @@
 //! a new one may be sent) only once the venue can no longer accept it
 //! ([`Broker::absent_after`] past its send time) **and** two look-ups at most 1 s apart agree.
 
+pub mod binance;
 pub mod paper;
+pub mod upstox;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -70,6 +72,85 @@ pub trait Broker: Send + Sync + 'static {
     /// (Binance: `recvWindow` plus a margin); a look-up that finds nothing earlier proves
     /// nothing.
     fn absent_after(&self) -> Duration;
+    /// True when [`Broker::holdings`] lists every instrument the account could hold, so that
+    /// a symbol missing from it is held at zero (Upstox's positions). Binance balances are
+    /// per asset and only known for the symbols the broker has looked up: missing means
+    /// unknown there, and reconciliation must then leave the position alone.
+    fn holdings_exhaustive(&self) -> bool {
+        false
+    }
+}
+
+/// A credential read from a file (`config::read_secret`): its `Debug` never shows it, and
+/// nothing in the brokers formats it into a log line or an error.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a credential.
+    pub fn new(s: impl Into<String>) -> Secret {
+        Secret(s.into())
+    }
+    /// The credential itself, for a request header or a signing key only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// One of the brokers, chosen at start-up by `broker.kind` ([`Broker`] is not object-safe:
+/// its methods return `impl Future`, so the runtime holds this enum instead of a trait object).
+pub enum AnyBroker {
+    /// Simulated fills.
+    Paper(paper::Paper),
+    /// Binance spot.
+    Binance(binance::Binance),
+    /// Upstox.
+    Upstox(upstox::Upstox),
+}
+
+impl Broker for AnyBroker {
+    async fn place(&self, order: &CloseOrder) -> Outcome {
+        match self {
+            AnyBroker::Paper(b) => b.place(order).await,
+            AnyBroker::Binance(b) => b.place(order).await,
+            AnyBroker::Upstox(b) => b.place(order).await,
+        }
+    }
+    async fn lookup(&self, symbol: &str, client_id: &str) -> Lookup {
+        match self {
+            AnyBroker::Paper(b) => b.lookup(symbol, client_id).await,
+            AnyBroker::Binance(b) => b.lookup(symbol, client_id).await,
+            AnyBroker::Upstox(b) => b.lookup(symbol, client_id).await,
+        }
+    }
+    async fn holdings(&self) -> Result<Vec<(Symbol, Qty)>, String> {
+        match self {
+            AnyBroker::Paper(b) => b.holdings().await,
+            AnyBroker::Binance(b) => b.holdings().await,
+            AnyBroker::Upstox(b) => b.holdings().await,
+        }
+    }
+    fn absent_after(&self) -> Duration {
+        match self {
+            AnyBroker::Paper(b) => b.absent_after(),
+            AnyBroker::Binance(b) => b.absent_after(),
+            AnyBroker::Upstox(b) => b.absent_after(),
+        }
+    }
+
+    fn holdings_exhaustive(&self) -> bool {
+        match self {
+            AnyBroker::Paper(b) => b.holdings_exhaustive(),
+            AnyBroker::Binance(b) => b.holdings_exhaustive(),
+            AnyBroker::Upstox(b) => b.holdings_exhaustive(),
+        }
+    }
 }
 
 /// Where intents and outcomes are recorded before and after each order.

@@ -155,15 +155,21 @@ impl<'a> Cursor<'a> {
 /// Calls `f(key, value)` for each member of the object `b`, stopping early when `f` returns
 /// `false`. Errors on anything that is not one well-formed object (trailing bytes after it
 /// other than whitespace are ignored).
-pub fn for_each_member<'a>(
+pub fn for_each_member<'a>(b: &'a [u8], f: impl FnMut(&'a [u8], Value<'a>) -> bool) -> Result<(), JsonError> {
+    walk_members(b, f).map(|_| ())
+}
+
+/// As [`for_each_member`], returning how many bytes of `b` the walk consumed: up to and
+/// including the object's closing brace, or up to the member where `f` stopped it.
+pub fn walk_members<'a>(
     b: &'a [u8],
     mut f: impl FnMut(&'a [u8], Value<'a>) -> bool,
-) -> Result<(), JsonError> {
+) -> Result<usize, JsonError> {
     let mut c = Cursor { b, i: 0 };
     c.expect(b'{')?;
     c.ws();
     if c.peek() == Some(b'}') {
-        return Ok(());
+        return Ok(c.i + 1);
     }
     loop {
         c.expect(b'"')?;
@@ -171,12 +177,12 @@ pub fn for_each_member<'a>(
         c.expect(b':')?;
         let v = c.value()?;
         if !f(key, v) {
-            return Ok(());
+            return Ok(c.i);
         }
         c.ws();
         match c.peek() {
             Some(b',') => c.i += 1,
-            Some(b'}') => return Ok(()),
+            Some(b'}') => return Ok(c.i + 1),
             Some(_) => return Err(JsonError::Syntax),
             None => return Err(JsonError::Truncated),
         }

@@ -1,6 +1,9 @@
 //! Venue feeds: decoders (sans-IO) and, later, the sessions that carry them.
 
 pub mod binance;
+pub mod calendar;
 pub mod json;
 pub mod rest;
 pub mod session;
+pub mod upstox;
+pub mod upstox_proto;

@@ -81,12 +81,16 @@ pub fn parse_prices(body: &[u8], mut f: impl FnMut(&[u8], Price)) -> Result<(), 
 pub async fn run(cfg: RestConfig, connector: Connector, ctx: Ctx, mut stop: watch::Receiver<bool>) {
     let mut breaker = CircuitBreaker::new(3, Duration::from_secs(5), Duration::from_secs(120));
     let mut rng = Rng::new(ctx.clock.now().as_nanos());
+    // Whether this outage's first answer was announced (with the address and how it was
+    // resolved, so an operator sees REST working through a last-good address).
+    let mut announced = false;
     loop {
         tokio::select! {
             _ = stop.changed() => return,
             _ = tokio::time::sleep(cfg.every) => {}
         }
         if ctx.shared.live.load(Ordering::Relaxed) {
+            announced = false;
             continue;
         }
         let wanted: Vec<(InstrumentId, String)> = ctx
@@ -107,7 +111,9 @@ pub async fn run(cfg: RestConfig, connector: Connector, ctx: Ctx, mut stop: watc
         if wanted.is_empty() {
             continue;
         }
-        if !breaker.allow(ctx.clock.now()) {
+        let open = !breaker.allow(ctx.clock.now());
+        ctx.engine.status.rest.breaker_open.store(open, Ordering::Relaxed);
+        if open {
             continue;
         }
         let symbols: Vec<&str> = wanted.iter().map(|(_, s)| s.as_str()).collect();
@@ -115,6 +121,7 @@ pub async fn run(cfg: RestConfig, connector: Connector, ctx: Ctx, mut stop: watc
         let epoch = ctx.shared.epoch.load(Ordering::Relaxed);
         let sent_at = ctx.clock.now();
         let t0 = tokio::time::Instant::now();
+        ctx.engine.status.rest.polls.fetch_add(1, Ordering::Relaxed);
         let req = Req {
             method: "GET",
             path: &path,
@@ -134,6 +141,17 @@ pub async fn run(cfg: RestConfig, connector: Connector, ctx: Ctx, mut stop: watc
                     continue;
                 }
                 breaker.on_success();
+                if !announced {
+                    announced = true;
+                    log::info!(
+                        "[FALLBACK] event=rest_polling host={} addr={} dns={} every_ms={} instruments={} time_ms={ms}",
+                        cfg.endpoint.host,
+                        ans.addr,
+                        ans.dns.label(),
+                        cfg.every.as_millis(),
+                        wanted.len()
+                    );
+                }
                 let mut got: Vec<InstrumentId> = Vec::with_capacity(wanted.len());
                 let parsed = parse_prices(&ans.body, |sym, price| {
                     if let Some((id, _)) = wanted.iter().find(|(_, s)| s.as_bytes() == sym) {
@@ -182,6 +200,7 @@ pub async fn run(cfg: RestConfig, connector: Connector, ctx: Ctx, mut stop: watc
             }
         };
         if let Some(cause) = failed {
+            ctx.engine.status.rest.errors.fetch_add(1, Ordering::Relaxed);
             log::warn!(
                 "[FALLBACK] event=rest_error instruments={} cause=\"{}\" time_ms={ms}",
                 wanted.len(),

@@ -3,8 +3,9 @@
 //! - Answers pings, sends its own every third of `silence_timeout`, and declares the feed
 //!   silent when no frame of any kind arrives within `silence_timeout` (a half-open TCP
 //!   connection is caught, not waited out).
-//! - Reconnects with the core's jittered exponential backoff (reset after a successful
-//!   subscribe), checks DNS afresh on every third attempt, and resubscribes everything.
+//! - Reconnects with the core's jittered exponential backoff (reset once a connection has been
+//!   subscribed and up for `reconnect_max`), checks DNS afresh on every third attempt, and
+//!   resubscribes everything.
 //! - Paces control frames (subscribes) `control_spacing` apart, within Binance's 5 messages/s.
 //! - Rotates before the venue's connection lifetime (24 h) or on `serverShutdown` without a
 //!   gap: the next connection is opened and subscribed before the old one is closed.
@@ -14,6 +15,7 @@
 //! The per-frame path (bytes → decode → symbol lookup → tick queue) does not allocate.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::BuildHasherDefault;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -104,7 +106,16 @@ pub struct FeedShared {
     pub rotations: AtomicU64,
     /// Instruments subscribed on the live connection.
     pub subscribed: AtomicU64,
-    symbols: RwLock<HashMap<Symbol, InstrumentId>>,
+    /// Authorization failures (Upstox: HTTP 401, an expired or revoked access token) since
+    /// start; each raised an `[AUTH]` alert.
+    pub auth_failures: AtomicU64,
+    /// True while the feed waits for a new token: the network is not retried until the token
+    /// file changes (metrics and the status page show it).
+    pub auth_blocked: AtomicBool,
+    /// Subscribed symbols by their bytes (as frames carry them), FNV-hashed: the per-frame
+    /// look-up neither checks UTF-8 nor runs SipHash (together some 270 instructions a frame
+    /// of the 1 200 budget; scripts/bench-peers).
+    symbols: RwLock<HashMap<Box<[u8]>, InstrumentId, BuildHasherDefault<Fnv>>>,
     malformed_logged: Mutex<HashSet<&'static str>>,
 }
 
@@ -114,7 +125,7 @@ impl FeedShared {
         let s = FeedShared::default();
         if let Ok(mut m) = s.symbols.write() {
             for (id, sym) in instruments {
-                m.insert(sym.clone(), *id);
+                m.insert(sym.as_bytes().into(), *id);
             }
         }
         s
@@ -122,19 +133,56 @@ impl FeedShared {
     /// Adds an instrument to subscribe.
     pub fn add(&self, id: InstrumentId, sym: Symbol) {
         if let Ok(mut m) = self.symbols.write() {
-            m.insert(sym, id);
+            m.insert(sym.as_bytes().into(), id);
         }
     }
     /// Instruments to subscribe, in id order.
     pub fn instruments(&self) -> Vec<(InstrumentId, Symbol)> {
-        let mut v: Vec<(InstrumentId, Symbol)> =
-            self.symbols.read().map(|m| m.iter().map(|(s, i)| (*i, s.clone())).collect()).unwrap_or_default();
+        let mut v: Vec<(InstrumentId, Symbol)> = self
+            .symbols
+            .read()
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(s, i)| {
+                        let s = std::str::from_utf8(s).ok()?;
+                        Some((*i, Symbol::try_from(s).ok()?))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         v.sort_by_key(|(i, _)| *i);
         v
     }
-    fn lookup(&self, sym: &[u8]) -> Option<InstrumentId> {
-        let s = std::str::from_utf8(sym).ok()?;
-        self.symbols.read().ok()?.get(s).copied()
+    /// The instrument subscribed under `sym` (the per-frame look-up; benchmarks call it too).
+    pub fn lookup(&self, sym: &[u8]) -> Option<InstrumentId> {
+        self.symbols.read().ok()?.get(sym).copied()
+    }
+}
+
+/// FNV-1a: a few instructions a byte for short keys such as symbols (not for untrusted keys
+/// an attacker chooses: the map only holds the symbols we subscribed, and an unknown symbol
+/// in a frame costs one probe).
+#[derive(Clone, Copy)]
+pub struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl std::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    /// The length prefix of a byte-slice key: one step, not eight.
+    fn write_usize(&mut self, n: usize) {
+        self.0 = (self.0 ^ n as u64).wrapping_mul(0x0100_0000_01b3);
     }
 }
 
@@ -159,7 +207,12 @@ struct Conn {
 
 enum Ended {
     Stop,
-    Lost { cause: String, subscribed: bool },
+    /// The connection is gone; `healthy` when it had been subscribed and up for at least
+    /// `reconnect_max` (only then is the backoff reset).
+    Lost {
+        cause: String,
+        healthy: bool,
+    },
 }
 
 impl Ctx {
@@ -212,7 +265,8 @@ impl Ctx {
         false
     }
 
-    fn malformed(&self, kind: &'static str) {
+    /// Counts a frame that could not be decoded; logs the first of each kind.
+    pub(crate) fn malformed(&self, kind: &'static str) {
         self.shared.malformed.fetch_add(1, Ordering::Relaxed);
         let first = self.shared.malformed_logged.lock().map(|mut s| s.insert(kind)).unwrap_or(false);
         if first {
@@ -323,9 +377,12 @@ pub async fn run(
 ) {
     let mut backoff = Backoff::new(cfg.reconnect_initial, cfg.reconnect_max, cfg.jitter);
     let mut rng = Rng::new(cfg.seed);
-    let mut attempt: u32 = 0;
     loop {
-        attempt += 1;
+        // The logged attempt, the backoff step and the every-third DNS check count the same
+        // thing: failures since the last healthy connection. (A separate counter, zeroed after
+        // a subscribed connection, logged "attempt=1" twice and ran one step behind the
+        // backoff; found by tests/network_edge.rs.)
+        let attempt = backoff.attempt() + 1;
         let fresh_dns = attempt % 3 == 0;
         if fresh_dns {
             log::info!("[DNS] event=health_check host={} attempt={attempt}", cfg.endpoint.host);
@@ -333,10 +390,9 @@ pub async fn run(
         let cause = match open(&cfg, &connector, fresh_dns, &ctx).await {
             Ok(conn) => match read_loop(&cfg, &connector, &ctx, conn, &mut added, &mut stop).await {
                 Ended::Stop => return,
-                Ended::Lost { cause, subscribed } => {
-                    if subscribed {
+                Ended::Lost { cause, healthy } => {
+                    if healthy {
                         backoff.reset();
-                        attempt = 0;
                     }
                     cause
                 }
@@ -347,12 +403,12 @@ pub async fn run(
         ctx.shared.subscribed.store(0, Ordering::Relaxed);
         ctx.shared.network_errors.fetch_add(1, Ordering::Relaxed);
         ctx.shared.reconnects.fetch_add(1, Ordering::Relaxed);
-        ctx.shared.attempts.store(u64::from(attempt.max(1)), Ordering::Relaxed);
         ctx.engine.feed(FeedEvent::Disconnected).await;
         let delay = backoff.next_delay(&mut rng);
+        ctx.shared.attempts.store(u64::from(backoff.attempt()), Ordering::Relaxed);
         log::warn!(
             "[RECONNECT] attempt={} delay_ms={} cause=\"{}\"",
-            attempt.max(1),
+            backoff.attempt(),
             delay.as_millis(),
             cause.replace('"', "'")
         );
@@ -361,6 +417,17 @@ pub async fn run(
             _ = tokio::time::sleep(delay) => {}
         }
     }
+}
+
+/// Frames the read loop handles before it lets other tasks (the engine) run.
+const YIELD_EVERY: u32 = 64;
+
+/// A connection that was subscribed and stayed up for `reconnect_max` resets the backoff. A
+/// server that accepts the subscriptions and then drops every connection at once (e.g. closing
+/// with 1008 over the message budget) must not be redialled at the first delay for ever:
+/// Binance bans an IP past 300 connection attempts in 5 minutes.
+fn healthy(cfg: &SessionConfig, conn: &Conn) -> bool {
+    conn.subscribed_any && conn.opened.elapsed() >= cfg.reconnect_max
 }
 
 async fn read_loop(
@@ -378,7 +445,18 @@ async fn read_loop(
     let mut rotation: Option<tokio::task::JoinHandle<Result<Conn, String>>> = None;
     let mut outbox: VecDeque<(i64, Vec<InstrumentId>, String)> = VecDeque::new();
     let mut next_send = Instant::now();
+    // Frames handled since this task last yielded. While frames are buffered `next()` never
+    // waits, and tokio's budget only forces a yield every 128 socket reads (some 10 000
+    // frames), so under a flood the engine task, which shares the thread, ran a crossing tick
+    // tens of milliseconds late (p99 ≤ 50 ms in scripts/bench-feed). Yielding every
+    // `YIELD_EVERY` frames bounds that wait to a few hundred microseconds.
+    let mut since_yield = 0u32;
     loop {
+        since_yield += 1;
+        if since_yield >= YIELD_EVERY {
+            since_yield = 0;
+            tokio::task::yield_now().await;
+        }
         let silence_at = last_frame + cfg.silence_timeout;
         let mut wake = silence_at.min(next_ping);
         if rotation.is_none() {
@@ -444,11 +522,11 @@ async fn read_loop(
             if conn.ws.flush_control().await.is_ok() {
                 conn.ws.close(1000).await;
             }
-            return Ended::Lost { cause, subscribed: conn.subscribed_any };
+            return Ended::Lost { cause, healthy: healthy(cfg, &conn) };
         }
         if ping {
             if let Err(e) = conn.ws.flush_control().await {
-                return Ended::Lost { cause: format!("pong: {e}"), subscribed: conn.subscribed_any };
+                return Ended::Lost { cause: format!("pong: {e}"), healthy: healthy(cfg, &conn) };
             }
         }
         let now = Instant::now();
@@ -458,20 +536,20 @@ async fn read_loop(
                     "silent for {} ms (no frame, no pong)",
                     now.saturating_duration_since(last_frame).as_millis()
                 ),
-                subscribed: conn.subscribed_any,
+                healthy: healthy(cfg, &conn),
             };
         }
         if now >= next_ping {
             next_ping = now + ping_every;
             if let Err(e) = conn.ws.send_ping(b"tg").await {
-                return Ended::Lost { cause: format!("ping: {e}"), subscribed: conn.subscribed_any };
+                return Ended::Lost { cause: format!("ping: {e}"), healthy: healthy(cfg, &conn) };
             }
         }
         if !outbox.is_empty() && now >= next_send {
             if let Some((id, ids, msg)) = outbox.pop_front() {
                 conn.pending.insert(id, ids);
                 if let Err(e) = conn.ws.send_text(msg.as_bytes()).await {
-                    return Ended::Lost { cause: format!("subscribe: {e}"), subscribed: conn.subscribed_any };
+                    return Ended::Lost { cause: format!("subscribe: {e}"), healthy: healthy(cfg, &conn) };
                 }
                 next_send = now + cfg.control_spacing;
             }

@@ -158,6 +158,11 @@ impl Resolver {
         opts.cache_size = 0;
         opts.use_hosts_file = hickory_resolver::config::ResolveHosts::Never;
         opts.ndots = 0;
+        // A and AAAA in parallel. hickory's default (A, then AAAA when A fails) sends a second
+        // query after the first one timed out, so a dead resolver cost two `dns.timeout_s`
+        // instead of one, and a dead first fallback ate the whole cap before the second was
+        // ever asked (found by tests/network_edge.rs).
+        opts.ip_strategy = hickory_resolver::config::LookupIpStrategy::Ipv4AndIpv6;
         let r = hickory_resolver::Resolver::builder_with_config(
             ResolverConfig::from_name_servers(vec![ns]),
             TokioRuntimeProvider::default(),
@@ -166,8 +171,9 @@ impl Resolver {
         .build()
         .map_err(|e| e.to_string())?;
         let fqdn = if host.ends_with('.') { host.to_string() } else { format!("{host}.") };
-        // The resolver's own timeout covers each exchange; this bounds the whole try.
-        let bound = self.cfg.timeout.saturating_mul(2) + Duration::from_millis(100);
+        // hickory bounds one query (UDP, then TCP on truncation) by `timeout` end to end, and
+        // A and AAAA go in parallel; this margin only absorbs scheduling.
+        let bound = self.cfg.timeout + Duration::from_millis(100);
         match tokio::time::timeout(bound, r.lookup_ip(fqdn.as_str())).await {
             Err(_) => Err("timeout".into()),
             Ok(Err(e)) => Err(e.to_string()),

@@ -108,6 +108,10 @@ pub struct Answer {
     pub body: Bytes,
     /// `Retry-After` in seconds, if given.
     pub retry_after: Option<u64>,
+    /// The address the request went to.
+    pub addr: SocketAddr,
+    /// How that address was found (a fallback resolver, the last-good cache ...).
+    pub dns: super::dns::Via,
 }
 
 /// Opens TCP (+TLS) connections through the resolver.
@@ -179,7 +183,7 @@ pub struct Req<'a> {
 pub async fn request(conn: &Connector, ep: &Endpoint, req: Req<'_>) -> Result<Answer, HttpError> {
     let Req { method, path: path_and_query, headers, body, timeout, max_body } = req;
     let host = ep.host.clone();
-    let (stream, _, _) = conn.connect(ep, false).await?;
+    let (stream, addr, resolved) = conn.connect(ep, false).await?;
     let exchange = async {
         let io = hyper_util::rt::TokioIo::new(stream);
         let (mut sender, connection) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(io)
@@ -214,7 +218,7 @@ pub async fn request(conn: &Connector, ep: &Endpoint, req: Req<'_>) -> Result<An
             .map_err(|e| HttpError::Exchange { host: host.clone(), why: e.to_string() })?
             .to_bytes();
         driver.abort();
-        Ok(Answer { status, body, retry_after })
+        Ok(Answer { status, body, retry_after, addr, dns: resolved.via })
     };
     match tokio::time::timeout(timeout, exchange).await {
         Ok(r) => r,

@@ -22,6 +22,8 @@ use crate::store::{Fsync, Journal};
 pub const EXIT_CONFIG: u8 = 78;
 /// Exit code of a runtime failure.
 pub const EXIT_RUNTIME: u8 = 1;
+/// How often what the broker holds is compared with the book.
+pub const RECONCILE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// A short human summary of a validated configuration (for `check-config` and start-up).
 pub fn summary(cfg: &Config) -> String {
@@ -72,17 +74,35 @@ pub async fn run_config_with(
     ready: Option<oneshot::Sender<EngineHandle>>,
 ) -> ExitCode {
     if cfg.feed.venue == Venue::Upstox {
-        return config_error(
-            "feed.venue = \"upstox\": the Upstox feed is not in this build; use \"binance\" or \"sim\"",
-        );
+        // The feed's access token must be readable at start-up; a token that Upstox refuses
+        // later is an [AUTH] alert at run time, fixed by rewriting the file (no restart).
+        match &cfg.feed.token_file {
+            None => {
+                return config_error(
+                    "feed.token_file is missing: feed.venue = \"upstox\" needs the access token; set token_file = \"/etc/tickguard/feed.token\" under [feed]",
+                );
+            }
+            Some(path) => {
+                if let Err(e) = crate::config::read_secret(path) {
+                    return config_error(format!("feed.token_file: {e}"));
+                }
+            }
+        }
     }
-    if cfg.broker.kind != BrokerKind::Paper {
-        return config_error(format!(
-            "broker.kind = \"{}\": this build closes through the paper broker only; set broker.kind = \"paper\"",
-            cfg.broker.kind.as_str()
-        ));
+    if cfg.broker.kind == BrokerKind::Binance {
+        // Spot cannot close a short: refuse it at start-up rather than fail at the stop.
+        if let Err(e) = crate::broker::binance::refuse_short_positions(&cfg.positions) {
+            return config_error(e);
+        }
     }
     log::info!("tickguard {} starting: {}", env!("CARGO_PKG_VERSION"), cfg.summary());
+    let indicator = match crate::indicator::Indicator::start(&cfg.indicator) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("start-up error: {e}");
+            return ExitCode::from(e.exit_code());
+        }
+    };
     let clock = Clock::new();
     let mut engine: Box<AppEngine> = Box::new(AppEngine::new(cfg.engine_config(), clock.now()));
     let mut instruments = Vec::new();
@@ -127,18 +147,141 @@ pub async fn run_config_with(
     let added = task.subscribe_new_instruments();
     let board = Arc::new(PriceBoard::new(crate::limits::MAX_INSTRUMENTS));
     let engine_join = tokio::spawn(task.run());
-    let paper =
-        Arc::new(Paper::new(cfg.broker.paper_fill_delay, Arc::new(AtomicBool::new(true)), board.clone()));
-    let order_journal: Arc<dyn crate::broker::OrderJournal> = journal.clone();
-    let paper_join = tokio::spawn(crate::broker::run_executor(
-        paper,
-        broker_rx,
-        handle.clone(),
-        Some(order_journal),
-        clock,
-    ));
     let seed = cfg.sim.seed.unwrap_or_else(entropy_seed);
     let mut jobs = Vec::new();
+    // The network edge (resolver, TLS) serves the feed, REST and the broker alike.
+    let edge = match cfg.feed.venue {
+        Venue::Sim => None,
+        _ => match super::edge::Edge::new(&cfg, seed) {
+            Ok(e) => Some(e),
+            Err(e) => {
+                let _ = stop_tx.send(true);
+                return config_error(e);
+            }
+        },
+    };
+    let order_journal: Arc<dyn crate::broker::OrderJournal> = journal.clone();
+    let mut products: Option<crate::control::ProductSink> = None;
+    let paper_join = match (cfg.broker.kind, &edge) {
+        (BrokerKind::Binance, Some(edge)) => {
+            let broker = match (
+                crate::broker::binance::BinanceConfig::from_config(&cfg),
+                crate::broker::binance::Credentials::from_config(&cfg),
+            ) {
+                (Ok(bc), Ok(creds)) => {
+                    Arc::new(crate::broker::binance::Binance::new(bc, creds, edge.connector.clone()))
+                }
+                (Err(e), _) | (_, Err(e)) => {
+                    let _ = stop_tx.send(true);
+                    return config_error(e);
+                }
+            };
+            jobs.push(tokio::spawn(broker.clone().run_time_sync(stop_rx.clone())));
+            jobs.push(tokio::spawn(super::reconcile::run(
+                broker.clone(),
+                handle.clone(),
+                RECONCILE_EVERY,
+                stop_rx.clone(),
+            )));
+            tokio::spawn(crate::broker::run_executor(
+                broker,
+                broker_rx,
+                handle.clone(),
+                Some(order_journal),
+                clock,
+            ))
+        }
+        (BrokerKind::Upstox, Some(edge)) => {
+            let keys: std::collections::HashMap<String, String> = cfg
+                .watched_symbols()
+                .into_iter()
+                .filter_map(|s| cfg.feed.instrument_key(&s).map(|k| (s.clone(), k.to_string())))
+                .collect();
+            let ucfg = match crate::broker::upstox::UpstoxConfig::from_config(&cfg, keys) {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ = stop_tx.send(true);
+                    return config_error(e);
+                }
+            };
+            let token = match ucfg.read_token() {
+                Ok(t) => t,
+                Err(e) => {
+                    let _ = stop_tx.send(true);
+                    return config_error(e);
+                }
+            };
+            let broker = Arc::new(crate::broker::upstox::Upstox::new(ucfg, token, edge.connector.clone()));
+            // Positions registered over the API carry their product to the broker.
+            let sink = broker.clone();
+            products =
+                Some(crate::control::ProductSink(Arc::new(move |id: &str, p| sink.set_product(id, p))));
+            // Attempts journaled before a restart: absence can still be proven in the same
+            // session (never across one).
+            for p in recovered.state.positions.values() {
+                for a in &p.attempts {
+                    broker.note_sent(&a.client_id, i64::try_from(a.sent_unix_ms).unwrap_or(i64::MAX));
+                }
+            }
+            jobs.push(tokio::spawn(super::reconcile::run(
+                broker.clone(),
+                handle.clone(),
+                RECONCILE_EVERY,
+                stop_rx.clone(),
+            )));
+            tokio::spawn(crate::broker::run_executor(
+                broker,
+                broker_rx,
+                handle.clone(),
+                Some(order_journal),
+                clock,
+            ))
+        }
+        (BrokerKind::Binance | BrokerKind::Upstox, None) => {
+            let _ = stop_tx.send(true);
+            return config_error(format!(
+                "broker.kind = \"{}\" needs feed.venue = \"{}\"",
+                cfg.broker.kind.as_str(),
+                cfg.broker.kind.as_str()
+            ));
+        }
+        _ => {
+            let paper = Arc::new(Paper::new(
+                cfg.broker.paper_fill_delay,
+                Arc::new(AtomicBool::new(true)),
+                board.clone(),
+            ));
+            tokio::spawn(crate::broker::run_executor(
+                paper,
+                broker_rx,
+                handle.clone(),
+                Some(order_journal),
+                clock,
+            ))
+        }
+    };
+    // The status LED and systemd's notifications both follow the engine loop's turns.
+    if let Some(ind) = indicator {
+        jobs.push(tokio::spawn(ind.run(handle.clone(), stop_rx.clone())));
+    }
+    let notifier = super::notify::Notifier::from_env();
+    jobs.push(tokio::spawn(notifier.clone().run(handle.clone(), stop_rx.clone())));
+    // The control plane (HTTP API, status page, metrics, notifications) on its own threads.
+    let control_cfg = crate::control::ControlConfig::from_config(&cfg).map(|mut c| {
+        c.products = products.take();
+        c
+    });
+    let control = match control_cfg {
+        Ok(c) => crate::control::spawn(c, handle.clone(), Some(journal.clone())).map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    let _control = match control {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = stop_tx.send(true);
+            return config_error(e);
+        }
+    };
     match cfg.feed.venue {
         Venue::Sim => {
             let starts = instruments
@@ -158,14 +301,9 @@ pub async fn run_config_with(
             drop(added);
         }
         Venue::Binance | Venue::Upstox => {
-            let edge = match super::edge::Edge::new(&cfg, seed) {
-                Ok(e) => e,
-                Err(e) => {
-                    let _ = stop_tx.send(true);
-                    return config_error(e);
-                }
-            };
-            jobs.extend(edge.spawn(&cfg, &instruments, handle.clone(), clock, added, stop_rx.clone()));
+            if let Some(edge) = edge {
+                jobs.extend(edge.spawn(&cfg, &instruments, handle.clone(), clock, added, stop_rx.clone()));
+            }
         }
     }
     for spec in &cfg.positions {
@@ -181,6 +319,12 @@ pub async fn run_config_with(
     if let Some(tx) = ready {
         let _ = tx.send(handle.clone());
     }
+    // Recovery and registration are done: ready, whatever the feed's state.
+    notifier.ready(&format!(
+        "guarding {} position(s); feed {} connecting",
+        cfg.positions.len(),
+        cfg.feed.venue.as_str()
+    ));
     let started = tokio::time::Instant::now();
     let _ = stop.changed().await;
     let _ = stop_tx.send(true);
@@ -211,6 +355,7 @@ fn log_final_stats(handle: &EngineHandle, engine: Option<&AppEngine>, uptime: st
             f.reconnects.load(Relaxed),
             f.rotations.load(Relaxed)
         );
+        let _ = write!(line, " feed_auth_failures={}", f.auth_failures.load(Relaxed));
     }
     if let Some(e) = engine {
         let s = e.stats();

@@ -115,7 +115,17 @@ fn wall(t: f64) -> String {
 
 /// Runs the demo until `run_for` passes or `shutdown` fires. Returns the number of rounds
 /// whose summary was printed.
-pub async fn run(run_for: Option<Duration>, mut shutdown: watch::Receiver<bool>) -> u32 {
+pub async fn run(run_for: Option<Duration>, shutdown: watch::Receiver<bool>) -> u32 {
+    run_with(run_for, shutdown, None, None).await
+}
+
+/// As [`run`], driving `indicator` (the status LED and buzzer) from the engine as well.
+pub async fn run_with(
+    run_for: Option<Duration>,
+    mut shutdown: watch::Receiver<bool>,
+    indicator: Option<crate::indicator::Indicator>,
+    listen: Option<std::net::SocketAddr>,
+) -> u32 {
     let cfg = demo_engine_config();
     println!(
         "tickguard demo: the seed incident (feed and network die at 11:24:16), replayed every {ROUND} s"
@@ -139,13 +149,22 @@ pub async fn run(run_for: Option<Duration>, mut shutdown: watch::Receiver<bool>)
         }
     }
     let (engine_shutdown_tx, engine_shutdown) = watch::channel(false);
-    let (task, handle, broker_rx) = engine_task(engine, clock, engine_shutdown);
+    let (task, handle, broker_rx) = engine_task(engine, clock, engine_shutdown.clone());
     let board = Arc::new(PriceBoard::new(crate::limits::MAX_INSTRUMENTS));
     let network_up = Arc::new(AtomicBool::new(true));
     let engine_join = tokio::spawn(task.run());
     let paper = Arc::new(Paper::new(Duration::from_millis(200), network_up.clone(), board.clone()));
     let paper_join = tokio::spawn(crate::broker::run_executor(paper, broker_rx, handle.clone(), None, clock));
     handle.feed(FeedEvent::SubscribedAll).await;
+    // The status page and API on `listen`, with a random token in a file (its own threads).
+    let _control = listen.and_then(|addr| {
+        crate::control::spawn_demo(addr, handle.clone()).map_err(|e| log::error!("[API] {e}")).ok()
+    });
+    // The status LED and systemd's notifications both follow the engine loop's turns.
+    let indicator_join = indicator.map(|i| tokio::spawn(i.run(handle.clone(), engine_shutdown.clone())));
+    let notifier = super::notify::Notifier::from_env();
+    let notify_join = tokio::spawn(notifier.clone().run(handle.clone(), engine_shutdown));
+    notifier.ready("demo: replaying the seed incident on a simulated feed");
 
     let start = Instant::now();
     let deadline = run_for.map(|d| start + d);
@@ -164,6 +183,10 @@ pub async fn run(run_for: Option<Duration>, mut shutdown: watch::Receiver<bool>)
         _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => {}
     }
     let _ = engine_shutdown_tx.send(true);
+    let _ = notify_join.await;
+    if let Some(j) = indicator_join {
+        let _ = j.await;
+    }
     let _ = engine_join.await;
     paper_join.abort();
     rounds

@@ -20,6 +20,17 @@ use crate::net::tls::TlsClient;
 /// Every host is re-resolved this often in the background.
 pub const DNS_REFRESH: Duration = Duration::from_secs(120);
 
+/// Bound of one whole resolution: one `dns.timeout_s` per resolver in the chain (the system
+/// resolver and each of `dns.nameservers`), so that every resolver gets its try, but never more
+/// than 10 s (or one try, if `dns.timeout_s` is longer): a dead resolver list must not stall a
+/// reconnect. (It was twice one try: with two dead resolvers first, the answering third was
+/// never asked.)
+pub fn resolution_cap(cfg: &Config) -> Duration {
+    let resolvers = cfg.dns.nameservers.len() + usize::from(cfg.dns.use_system);
+    let all = cfg.dns.timeout.saturating_mul(u32::try_from(resolvers.max(1)).unwrap_or(u32::MAX));
+    all.min(Duration::from_secs(10).max(cfg.dns.timeout))
+}
+
 /// The network edge, ready to spawn.
 pub struct Edge {
     /// Connections through the resolver and TLS.
@@ -41,9 +52,7 @@ impl Edge {
             resolv_conf: cfg.dns.resolv_conf.clone(),
             nameservers: cfg.dns.nameservers.clone(),
             timeout: cfg.dns.timeout,
-            // One whole resolution never takes more than twice a single try (and never more
-            // than 10 s): a dead resolver list must not stall a reconnect.
-            cap: (cfg.dns.timeout * 2).min(Duration::from_secs(10)),
+            cap: resolution_cap(cfg),
         };
         let tls = TlsClient::new(cfg.tls.extra_ca.as_deref()).map_err(|e| e.to_string())?;
         let connector = Connector {
@@ -68,7 +77,12 @@ impl Edge {
         for (id, sym) in instruments {
             self.shared.add(*id, Symbol::try_from(sym.as_str()).unwrap_or_default());
         }
-        let mut hosts = vec![self.ws.host.clone(), self.rest.host.clone()];
+        // Upstox hands out its WebSocket host with each authorization: only the REST host is
+        // known in advance.
+        let mut hosts = vec![self.rest.host.clone()];
+        if cfg.feed.venue != crate::config::Venue::Upstox {
+            hosts.push(self.ws.host.clone());
+        }
         if let Ok(b) = Endpoint::parse(&cfg.broker.rest_url) {
             if cfg.broker.kind != crate::config::BrokerKind::Paper {
                 hosts.push(b.host);
@@ -79,6 +93,25 @@ impl Edge {
         let _ = engine.status.feed.set(self.shared.clone());
         let _ = engine.status.resolver.set(self.connector.resolver.clone());
         let ctx = Ctx { shared: self.shared.clone(), engine, clock };
+        if cfg.feed.venue == crate::config::Venue::Upstox {
+            let mut jobs = vec![tokio::spawn(self.connector.resolver.clone().refresh_loop(
+                hosts,
+                DNS_REFRESH,
+                stop.clone(),
+            ))];
+            jobs.extend(crate::feed::upstox::spawn(
+                cfg,
+                self.rest.clone(),
+                self.connector.clone(),
+                self.shared.clone(),
+                ctx,
+                instruments,
+                added,
+                stop,
+                self.seed,
+            ));
+            return jobs;
+        }
         let mut scfg = SessionConfig::binance(self.ws.clone(), self.seed);
         scfg.silence_timeout = cfg.feed.silence_timeout;
         scfg.reconnect_initial = cfg.feed.reconnect_initial;

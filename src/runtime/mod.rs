@@ -17,7 +17,9 @@ pub mod board;
 pub mod clock;
 pub mod demo;
 pub mod edge;
+pub mod notify;
 pub mod queue;
+pub mod reconcile;
 pub mod report;
 pub mod signals;
 pub mod sim;
@@ -39,8 +41,16 @@ use queue::TickQueue;
 /// (`--fault engine-hang@DURATION`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Faults {
-    /// Stall the engine loop for ever this long after start-up.
+    /// Stall the engine loop for ever this long after its start.
     pub engine_hang: Option<std::time::Duration>,
+}
+
+static FAULTS: std::sync::OnceLock<Faults> = std::sync::OnceLock::new();
+
+/// Arms `faults` for every engine task this process builds from now on (the command line's
+/// `--fault`). The first call wins; returns whether this one did.
+pub fn arm_faults(faults: Faults) -> bool {
+    FAULTS.set(faults).is_ok()
 }
 
 /// The engine at the appliance's capacities.
@@ -170,7 +180,10 @@ pub fn engine_task(
         drained: Vec::with_capacity(MAX_INSTRUMENTS),
         out: Box::new(Actions::new()),
         new_instruments: None,
-        hang_at: None,
+        hang_at: FAULTS.get().and_then(|f| f.engine_hang).map(|d| {
+            let at = clock.now().as_nanos().saturating_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+            Timestamp::from_nanos(at)
+        }),
         journal: None,
         status: status.clone(),
     };
@@ -203,7 +216,9 @@ impl EngineTask {
     pub async fn run(mut self) -> Box<AppEngine> {
         loop {
             if self.hang_at.is_some_and(|t| self.clock.now() >= t) {
-                log::error!("[FAULT] event=engine_hang (--fault engine-hang: the engine loop stops turning for ever)");
+                log::error!(
+                    "[FAULT] event=engine_hang (--fault engine-hang: the engine loop stops turning for ever)"
+                );
                 std::future::pending::<()>().await;
             }
             self.status.engine_turns.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

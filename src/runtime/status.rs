@@ -2,7 +2,7 @@
 //! The engine's own state is read through [`super::EngineHandle::inspect`]; this holds what
 //! lives outside the engine.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -68,4 +68,17 @@ pub struct Status {
     pub engine_turns: AtomicU64,
     /// Orders handed to the broker.
     pub orders_sent: AtomicU64,
+    /// What the REST price poller reports (for `/metrics` and connection-health).
+    pub rest: RestStats,
+}
+
+/// Counters of the REST price poller, kept by `src/feed/rest.rs`.
+#[derive(Debug, Default)]
+pub struct RestStats {
+    /// Poll requests sent.
+    pub polls: AtomicU64,
+    /// Polls that failed (network, HTTP status, unreadable answer).
+    pub errors: AtomicU64,
+    /// True while the poller's circuit breaker holds requests back.
+    pub breaker_open: AtomicBool,
 }

@@ -10,14 +10,21 @@
 //! - [`rest::RestServer`]: a TLS HTTP/1.1 server for `GET /api/v3/ticker/price`.
 //! - [`wsio::WsStream`]: async WebSocket framing over any `AsyncRead + AsyncWrite` (tungstenite's
 //!   state machine driven through an in-memory buffer), used by the server and by test clients.
+//! - [`fake_binance::FakeBinance`] / [`fake_upstox::FakeUpstox`]: fake order APIs (signed
+//!   orders, look-ups, balances; injectable faults) for the broker tests.
+//! - [`upstox_feed::UpstoxFake`]: a fake Upstox (feed authorize, LTP quote, Market Data Feed V3
+//!   over TLS with protobuf frames and faults).
 //! - [`json::Json`]: a small JSON reader/writer (the crate has no JSON dependency).
 #![allow(dead_code)]
 
 pub mod ca;
 pub mod dns;
+pub mod fake_binance;
+pub mod fake_upstox;
 pub mod json;
 mod net;
 pub mod rest;
+pub mod upstox_feed;
 pub mod ws;
 pub mod wsio;
 

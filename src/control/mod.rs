@@ -1,0 +1,347 @@
+//! The control plane: the seed-compatible JSON API, the status page, Prometheus metrics and
+//! the notifications that reach a person.
+//!
+//! ```text
+//!  HTTP clients ──▶ http (bounded server, own threads) ──▶ api (embedded-svc Handler)
+//!                                                            │ bridge: Command / Inspect
+//!  watch (one look per 250 ms) ──▶ notify (webhook,          ▼   over the bounded channel
+//!        │                          Telegram; own threads)  engine task (owns all state)
+//!        └──▶ close counters ──▶ /metrics
+//! ```
+//!
+//! Nothing here holds a lock the engine needs, and nothing here runs on the engine's thread:
+//! a page view is an inspection message that copies what it shows ([`views::snapshot`]), and
+//! every wait for the engine is bounded ([`bridge`]). The module layout:
+//!
+//! - [`http`]: the HTTP/1.1 server and the embedded-svc `Connection` adapter;
+//! - [`api`]: routing, credentials, the endpoints (see `docs/api.md`, `docs/openapi.yaml`);
+//! - [`auth`]: bearer token, sessions, CSRF, origin check;
+//! - [`views`]: snapshots and their JSON;
+//! - [`metrics`]: `/metrics` (see `docs/metrics.md`);
+//! - [`watch`], [`notify`]: change detection and delivery.
+
+pub mod api;
+pub mod auth;
+pub mod bridge;
+pub mod http;
+pub mod metrics;
+pub mod notify;
+mod store;
+pub mod views;
+pub mod watch;
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::net::dns::DnsConfig;
+use crate::runtime::EngineHandle;
+
+/// Durability of what the API changes, provided by the store.
+///
+/// The API answers `201` to a registration (and `200` to a level change, a withdrawal or a
+/// resolve) only after [`Journal::sync`] returned: the store journals the engine's accepted
+/// commands, and `sync` is the barrier that says they are on disk. Without a journal
+/// (`None` in [`spawn`]) the API answers as soon as the engine accepted the command.
+pub trait Journal: Send + Sync {
+    /// Blocks until everything the engine has accepted so far is on disk, at most `timeout`.
+    fn sync(&self, timeout: Duration) -> Result<(), String>;
+    /// Whether the store can take writes now (`/ready`).
+    fn writable(&self) -> Result<(), String>;
+    /// Size of the journal in bytes (`tickguard_journal_bytes`).
+    fn bytes(&self) -> Option<u64>;
+}
+
+/// Where the Upstox `product` of a position registered through the API goes: the Upstox
+/// broker's `set_product`, so its closing order uses the position's product.
+#[derive(Clone)]
+pub struct ProductSink(pub Arc<ProductFn>);
+
+/// The callback of a [`ProductSink`]: position id and product.
+pub type ProductFn = dyn Fn(&str, crate::broker::upstox::Product) + Send + Sync;
+
+impl std::fmt::Debug for ProductSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProductSink")
+    }
+}
+
+/// How `/ready` checks the store when no [`Journal`] is attached.
+#[derive(Clone, Debug)]
+pub enum StoreProbe {
+    /// Nothing to check: this mode keeps no state (the demo).
+    None,
+    /// The state directory must exist and take a file.
+    Dir(PathBuf),
+}
+
+impl StoreProbe {
+    /// Checks the store: creates and removes a probe file in the directory.
+    pub fn check(&self) -> Result<(), String> {
+        let StoreProbe::Dir(dir) = self else { return Ok(()) };
+        if !dir.is_dir() {
+            return Err(format!("store.dir {} does not exist", dir.display()));
+        }
+        let probe = dir.join(format!(".ready-probe-{}", std::process::id()));
+        std::fs::write(&probe, b"ok")
+            .map_err(|e| format!("store.dir {} does not take writes: {e}", dir.display()))?;
+        let _ = std::fs::remove_file(&probe);
+        Ok(())
+    }
+}
+
+/// Settings of the control plane.
+#[derive(Clone, Debug)]
+pub struct ControlConfig {
+    /// Listen address (`api.listen`).
+    pub listen: SocketAddr,
+    /// The API token (content of `api.token_file`).
+    pub token: Option<String>,
+    /// `api.protect_reads`.
+    pub protect_reads: bool,
+    /// `api.tls_cert` and `api.tls_key`.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// The store check of `/ready`.
+    pub store: StoreProbe,
+    /// `feed.venue`.
+    pub venue: &'static str,
+    /// Notification channels.
+    pub notify: Vec<notify::Target>,
+    /// Name resolution for the notification channels.
+    pub dns: DnsConfig,
+    /// `tls.extra_ca`, for the notification channels.
+    pub extra_ca: Option<PathBuf>,
+    /// Server bounds.
+    pub limits: http::Limits,
+    /// Where registrations' `product` goes (the Upstox broker), if anywhere.
+    pub products: Option<ProductSink>,
+}
+
+impl ControlConfig {
+    /// A plain-HTTP control plane on `listen` with these credentials and no notifications.
+    pub fn new(listen: SocketAddr, token: Option<String>) -> ControlConfig {
+        let d = crate::config::DnsConfig::default();
+        ControlConfig {
+            listen,
+            token,
+            protect_reads: false,
+            tls: None,
+            store: StoreProbe::None,
+            venue: "sim",
+            notify: Vec::new(),
+            dns: DnsConfig {
+                use_system: d.use_system,
+                resolv_conf: d.resolv_conf,
+                nameservers: d.nameservers,
+                timeout: d.timeout,
+                cap: (d.timeout * 2).min(Duration::from_secs(10)),
+            },
+            extra_ca: None,
+            limits: http::Limits::default(),
+            products: None,
+        }
+    }
+
+    /// The control plane of a loaded configuration; reads the token files (their content
+    /// never appears in a message).
+    pub fn from_config(cfg: &Config) -> Result<ControlConfig, crate::config::ConfigError> {
+        let token = cfg.api.token_file.as_deref().map(crate::config::read_secret).transpose()?;
+        if token.as_ref().is_some_and(|t| t.len() < 16) {
+            log::warn!("[AUTH] api.token_file holds a short token: use at least 16 random characters");
+        }
+        let mut notify = Vec::new();
+        if let Some(url) = &cfg.notify.webhook_url {
+            notify.push(notify::Target::Webhook(url.clone()));
+        }
+        if let (Some(file), Some(chat)) = (&cfg.notify.telegram_token_file, &cfg.notify.telegram_chat_id) {
+            notify.push(notify::Target::Telegram {
+                api_url: cfg.notify.telegram_api_url.clone(),
+                token: crate::config::read_secret(file)?,
+                chat_id: chat.clone(),
+            });
+        }
+        let mut c = ControlConfig::new(cfg.api.listen, token);
+        c.protect_reads = cfg.api.protect_reads;
+        c.tls = cfg.api.tls_cert.clone().zip(cfg.api.tls_key.clone());
+        c.store = StoreProbe::Dir(cfg.store.dir.clone());
+        c.venue = cfg.feed.venue.as_str();
+        c.notify = notify;
+        c.dns = DnsConfig {
+            use_system: cfg.dns.use_system,
+            resolv_conf: cfg.dns.resolv_conf.clone(),
+            nameservers: cfg.dns.nameservers.clone(),
+            timeout: cfg.dns.timeout,
+            cap: (cfg.dns.timeout * 2).min(Duration::from_secs(10)),
+        };
+        c.extra_ca = cfg.tls.extra_ca.clone();
+        Ok(c)
+    }
+}
+
+/// The running control plane. Dropping it stops the server, the watcher and the channels.
+pub struct Control {
+    server: Arc<Mutex<Option<http::Server>>>,
+    binder: Option<JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
+    watcher: watch::Watcher,
+    /// Shared counters (close counters, notifier).
+    pub watch: Arc<watch::WatchState>,
+    remove_on_drop: Option<PathBuf>,
+}
+
+impl Control {
+    /// The address the API listens on, once bound.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.server.lock().ok()?.as_ref().map(http::Server::local_addr)
+    }
+
+    /// Removes `path` when the control plane stops (the demo's token file).
+    pub fn remove_on_drop(&mut self, path: PathBuf) {
+        self.remove_on_drop = Some(path);
+    }
+}
+
+impl Drop for Control {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(b) = self.binder.take() {
+            let _ = b.join();
+        }
+        if let Ok(mut s) = self.server.lock() {
+            if let Some(mut s) = s.take() {
+                s.stop();
+            }
+        }
+        self.watcher.stop();
+        if let Some(p) = self.remove_on_drop.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// How often a failed bind is retried.
+pub const BIND_RETRY: Duration = Duration::from_secs(5);
+
+/// Starts the control plane. A configuration problem (TLS files, notification channels) is
+/// an error; an address that cannot be bound yet is logged and retried every
+/// [`BIND_RETRY`] in the background, so the appliance protects positions even when its API
+/// cannot listen.
+pub fn spawn(
+    cfg: ControlConfig,
+    engine: EngineHandle,
+    journal: Option<Arc<dyn Journal>>,
+) -> Result<Control, String> {
+    let tls = match &cfg.tls {
+        Some((cert, key)) => Some(http::tls_config(cert, key)?),
+        None => None,
+    };
+    let mut notifier = notify::Notifier::default();
+    for t in &cfg.notify {
+        notifier.channels.push(notify::Channel::start(t.clone(), cfg.dns.clone(), cfg.extra_ca.as_deref())?);
+    }
+    let watch_state = Arc::new(watch::WatchState { notifier, ..Default::default() });
+    let bridge = bridge::Bridge::new(engine, Duration::from_secs(2));
+    let api = Arc::new(api::Api::new(api::ApiConfig {
+        bridge: bridge.clone(),
+        token: cfg.token.clone(),
+        protect_reads: cfg.protect_reads,
+        journal,
+        store: cfg.store.clone(),
+        venue: cfg.venue,
+        watch: watch_state.clone(),
+        products: cfg.products.clone(),
+    }));
+    let watcher = watch::Watcher::start(bridge, watch_state.clone()).map_err(|e| e.to_string())?;
+    let server: Arc<Mutex<Option<http::Server>>> = Arc::new(Mutex::new(None));
+    let stop = Arc::new(AtomicBool::new(false));
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let start = {
+        let (api, limits, tls) = (api.clone(), cfg.limits.clone(), tls.clone());
+        move |listener: TcpListener| -> Result<http::Server, String> {
+            let s =
+                http::serve(listener, tls.clone(), limits.clone(), api.clone()).map_err(|e| e.to_string())?;
+            api.set_http_stats(s.stats.clone());
+            log::info!("[API] listening on {scheme}://{}/", s.local_addr());
+            Ok(s)
+        }
+    };
+    let mut binder = None;
+    match TcpListener::bind(cfg.listen) {
+        Ok(l) => {
+            let s = start(l)?;
+            if let Ok(mut slot) = server.lock() {
+                *slot = Some(s);
+            }
+        }
+        Err(e) => {
+            log::error!(
+                "[API] cannot listen on {}: {e}; protection runs without the API, retrying every {} s",
+                cfg.listen,
+                BIND_RETRY.as_secs()
+            );
+            let (server, stop, listen) = (server.clone(), stop.clone(), cfg.listen);
+            binder = Some(
+                std::thread::Builder::new()
+                    .name("tg-http-bind".into())
+                    .spawn(move || {
+                        while !stop.load(Ordering::SeqCst) {
+                            for _ in 0..(BIND_RETRY.as_millis() / 100) {
+                                if stop.load(Ordering::SeqCst) {
+                                    return;
+                                }
+                                std::thread::sleep(Duration::from_millis(100));
+                            }
+                            if let Ok(l) = TcpListener::bind(listen) {
+                                match start(l) {
+                                    Ok(s) => {
+                                        if let Ok(mut slot) = server.lock() {
+                                            *slot = Some(s);
+                                        }
+                                    }
+                                    Err(e) => log::error!("[API] cannot serve on {listen}: {e}"),
+                                }
+                                return;
+                            }
+                        }
+                    })
+                    .map_err(|e| e.to_string())?,
+            );
+        }
+    }
+    Ok(Control { server, binder, stop, watcher, watch: watch_state, remove_on_drop: None })
+}
+
+/// The control plane of `tickguard run`: [`ControlConfig::from_config`] then [`spawn`].
+pub fn spawn_from_config(
+    cfg: &Config,
+    engine: EngineHandle,
+    journal: Option<Arc<dyn Journal>>,
+) -> Result<Control, String> {
+    let c = ControlConfig::from_config(cfg).map_err(|e| e.to_string())?;
+    spawn(c, engine, journal)
+}
+
+/// The control plane of `tickguard demo`: a random token written to a file only this user can
+/// read (its path is printed), the page on `listen`.
+pub fn spawn_demo(listen: SocketAddr, engine: EngineHandle) -> Result<Control, String> {
+    let token = auth::random_hex(24).ok_or("no randomness from the OS for the demo token")?;
+    let path = std::env::temp_dir().join(format!("tickguard-demo-{}.token", std::process::id()));
+    write_private(&path, &token)
+        .map_err(|e| format!("cannot write the demo token to {}: {e}", path.display()))?;
+    let mut c = spawn(ControlConfig::new(listen, Some(token)), engine, None)?;
+    c.remove_on_drop(path.clone());
+    println!("  status page: http://{listen}/  (log in with the token in {})", path.display());
+    Ok(c)
+}
+
+fn write_private(path: &Path, content: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    f.write_all(content.as_bytes())?;
+    f.write_all(b"\n")
+}

@@ -1,0 +1,17 @@
+//! The store's journal as the control plane sees it ([`super::Journal`]).
+
+use std::time::Duration;
+
+impl super::Journal for crate::store::Journal {
+    fn sync(&self, _timeout: Duration) -> Result<(), String> {
+        // The engine task appends (and, with the default `Fsync::Always`, fsyncs) a command's
+        // record before it replies; this makes it durable under every fsync policy.
+        crate::store::Journal::sync(self).map_err(|e| e.to_string())
+    }
+    fn writable(&self) -> Result<(), String> {
+        crate::store::Journal::sync(self).map_err(|e| format!("journal not writable: {e}"))
+    }
+    fn bytes(&self) -> Option<u64> {
+        Some(crate::store::Journal::bytes(self))
+    }
+}

@@ -1,0 +1,332 @@
+//! A fake Upstox order API on 127.0.0.1 over TLS: `POST /v3/order/place`,
+//! `GET /v2/order/history?tag=`, and the two portfolio reads tickguard uses
+//! (`/v2/portfolio/long-term-holdings`, `/v2/portfolio/short-term-positions`).
+//!
+//! Every request needs `Authorization: Bearer <token>` (else 401, `UDAPI100050`). A placed
+//! market order completes at the instrument's price unless a fault says otherwise; like
+//! Upstox, a duplicate `tag` is **not** rejected. An order is stored before any byte of the
+//! answer is written. A tag with no order is answered 400 `UDAPI100010` "Order not found" (or
+//! an empty `data` list, [`FakeUpstox::set_empty_when_not_found`]).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+
+use super::fake_binance::{answer, hold, read_request, response};
+use super::net::{self, AbortOnDrop};
+
+/// The token the fake accepts by default.
+pub const TOKEN: &str = "fake-upstox-access-token";
+
+/// A fault for the next `POST /v3/order/place`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UFault {
+    /// Answer this status; the order is **not** placed.
+    Status(u16),
+    /// 429 with `Retry-After`; not placed.
+    RateLimit(u64),
+    /// 400 with this error code and message; not placed.
+    Reject(String, String),
+    /// Placed (and executed), then the connection is closed without an answer.
+    LostAfterPlace,
+    /// Placed, then no answer for this long.
+    TimeoutAfterPlace(Duration),
+    /// Placed, then answered with this 5xx.
+    ServerErrorAfterPlace(u16),
+    /// Placed but stays `open` (nothing filled).
+    Open,
+    /// Placed, then rejected by the exchange / RMS (`rejected`, nothing filled).
+    RmsReject,
+}
+
+/// An order as the fake keeps it.
+#[derive(Clone, Debug)]
+pub struct UOrder {
+    /// `order_id`.
+    pub order_id: String,
+    /// `tag`.
+    pub tag: String,
+    /// `instrument_token`.
+    pub instrument_token: String,
+    /// `quantity`.
+    pub quantity: i64,
+    /// `product`.
+    pub product: String,
+    /// `transaction_type`.
+    pub side: String,
+    /// Latest status.
+    pub status: String,
+    /// `filled_quantity`.
+    pub filled: i64,
+    /// `average_price`.
+    pub average_price: f64,
+}
+
+struct State {
+    token: String,
+    prices: BTreeMap<String, f64>,
+    orders: Vec<UOrder>,
+    bodies: Vec<Value>,
+    faults: VecDeque<UFault>,
+    requests: Vec<String>,
+    holdings: HashMap<String, i64>,
+    positions: HashMap<String, i64>,
+    empty_when_not_found: bool,
+    next_id: u64,
+}
+
+struct Shared {
+    state: Mutex<State>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The fake. Dropping it aborts every task.
+pub struct FakeUpstox {
+    /// The port on 127.0.0.1.
+    pub port: u16,
+    shared: Arc<Shared>,
+    _task: AbortOnDrop,
+    _refuse: watch::Sender<bool>,
+}
+
+impl FakeUpstox {
+    /// Starts on `127.0.0.1:<ephemeral>` with [`TOKEN`] and no instruments.
+    pub async fn start(tls: Arc<rustls::ServerConfig>) -> FakeUpstox {
+        let listener = net::bind_loopback().await;
+        let port = listener.local_addr().expect("local addr").port();
+        let (refuse_tx, refuse_rx) = watch::channel(false);
+        let listening = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                token: TOKEN.into(),
+                prices: BTreeMap::new(),
+                orders: Vec::new(),
+                bodies: Vec::new(),
+                faults: VecDeque::new(),
+                requests: Vec::new(),
+                holdings: HashMap::new(),
+                positions: HashMap::new(),
+                empty_when_not_found: false,
+                next_id: 250_000_000_000_000,
+            }),
+        });
+        let acceptor = TlsAcceptor::from(tls);
+        let s = shared.clone();
+        let task = tokio::spawn(net::accept_loop(listener, refuse_rx, listening, move |tcp| {
+            serve(s.clone(), acceptor.clone(), tcp)
+        }));
+        FakeUpstox { port, shared, _task: AbortOnDrop(task), _refuse: refuse_tx }
+    }
+
+    /// `https://127.0.0.1:<port>`.
+    pub fn base_url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    /// Sets the price market orders on `instrument_token` fill at.
+    pub fn set_price(&self, instrument_token: &str, price: f64) {
+        self.shared.lock().prices.insert(instrument_token.into(), price);
+    }
+
+    /// Replaces the accepted token (a rotation).
+    pub fn set_token(&self, token: &str) {
+        self.shared.lock().token = token.into();
+    }
+
+    /// Queues a fault for the next place request.
+    pub fn push_fault(&self, f: UFault) {
+        self.shared.lock().faults.push_back(f);
+    }
+
+    /// Answer an unknown tag with `200` and an empty list instead of 400 `UDAPI100010`.
+    pub fn set_empty_when_not_found(&self, on: bool) {
+        self.shared.lock().empty_when_not_found = on;
+    }
+
+    /// Sets the long-term holding / day position of an instrument.
+    pub fn set_portfolio(&self, instrument_token: &str, holding: i64, position: i64) {
+        let mut st = self.shared.lock();
+        st.holdings.insert(instrument_token.into(), holding);
+        st.positions.insert(instrument_token.into(), position);
+    }
+
+    /// Every order so far.
+    pub fn orders(&self) -> Vec<UOrder> {
+        self.shared.lock().orders.clone()
+    }
+
+    /// Orders carrying `tag`.
+    pub fn orders_with_tag(&self, tag: &str) -> Vec<UOrder> {
+        self.shared.lock().orders.iter().filter(|o| o.tag == tag).cloned().collect()
+    }
+
+    /// The JSON bodies of every place request that reached the fake (authorised or not).
+    pub fn place_bodies(&self) -> Vec<Value> {
+        self.shared.lock().bodies.clone()
+    }
+
+    /// Request lines (`METHOD path`, no query).
+    pub fn requests(&self) -> Vec<String> {
+        self.shared.lock().requests.clone()
+    }
+
+    /// Completes an open order at the instrument's price.
+    pub fn complete(&self, tag: &str) {
+        let mut st = self.shared.lock();
+        let prices = st.prices.clone();
+        for o in st.orders.iter_mut().filter(|o| o.tag == tag && o.status == "open") {
+            o.status = "complete".into();
+            o.filled = o.quantity;
+            o.average_price = prices.get(&o.instrument_token).copied().unwrap_or(0.0);
+        }
+    }
+}
+
+fn err(code: &str, msg: &str) -> String {
+    json!({"status":"error","errors":[{"errorCode":code,"message":msg,"propertyPath":null,"invalidValue":null,"error_code":code,"property_path":null,"invalid_value":null}]}).to_string()
+}
+
+fn history_entry(o: &UOrder, status: &str, filled: i64, avg: f64) -> Value {
+    json!({
+        "exchange": "NSE", "price": 0.0, "product": o.product, "quantity": o.quantity, "status": status,
+        "tag": o.tag, "validity": "DAY", "average_price": avg, "disclosed_quantity": 0,
+        "exchange_order_id": null, "exchange_timestamp": null, "instrument_token": o.instrument_token,
+        "is_amo": false, "status_message": null, "order_id": o.order_id, "order_request_id": "1",
+        "order_type": "MARKET", "parent_order_id": "NA", "trading_symbol": "X", "tradingsymbol": "X",
+        "order_timestamp": "2026-11-23 10:15:00", "filled_quantity": filled, "transaction_type": o.side,
+        "trigger_price": 0.0, "placed_by": "TEST", "variety": "SIMPLE"
+    })
+}
+
+async fn serve(shared: Arc<Shared>, acceptor: TlsAcceptor, tcp: TcpStream) {
+    let io = Duration::from_secs(10);
+    let Ok(Ok(mut tls)) = tokio::time::timeout(io, acceptor.accept(tcp)).await else { return };
+    let Ok(Some(req)) = tokio::time::timeout(io, read_request(&mut tls)).await else { return };
+    let is_place = req.method == "POST" && req.path == "/v3/order/place";
+    let (fault, authorised) = {
+        let mut st = shared.lock();
+        st.requests.push(format!("{} {}", req.method, req.path));
+        if is_place {
+            if let Ok(v) = serde_json::from_str::<Value>(&req.body) {
+                st.bodies.push(v);
+            }
+        }
+        let ok = req.header("authorization") == Some(format!("Bearer {}", st.token).as_str());
+        (if is_place && ok { st.faults.pop_front() } else { None }, ok)
+    };
+    if !authorised {
+        let body = err("UDAPI100050", "Invalid token used to access API");
+        return answer(&mut tls, &response(401, &body, None)).await;
+    }
+    match &fault {
+        Some(UFault::Status(code)) => {
+            return answer(&mut tls, &response(*code, &err("UDAPI100500", "Something went wrong"), None))
+                .await;
+        }
+        Some(UFault::RateLimit(secs)) => {
+            return answer(
+                &mut tls,
+                &response(429, &err("UDAPI10005", "Too Many Request Sent"), Some(*secs)),
+            )
+            .await;
+        }
+        Some(UFault::Reject(code, msg)) => {
+            return answer(&mut tls, &response(400, &err(code, msg), None)).await;
+        }
+        _ => {}
+    }
+    let (status, body) = match (req.method.as_str(), req.path.as_str()) {
+        ("POST", "/v3/order/place") => place(&shared, &req.body, fault.as_ref()),
+        ("GET", "/v2/order/history") => history(&shared, &req),
+        ("GET", "/v2/portfolio/long-term-holdings") => portfolio(&shared, true),
+        ("GET", "/v2/portfolio/short-term-positions") => portfolio(&shared, false),
+        _ => (404, err("UDAPI10000", "This request is not supported by Upstox API")),
+    };
+    match fault {
+        Some(UFault::LostAfterPlace) => {
+            let _ =
+                tokio::time::timeout(Duration::from_secs(1), tokio::io::AsyncWriteExt::shutdown(&mut tls))
+                    .await;
+        }
+        Some(UFault::TimeoutAfterPlace(d)) => hold(&mut tls, d).await,
+        Some(UFault::ServerErrorAfterPlace(code)) => {
+            answer(&mut tls, &response(code, &err("UDAPI100500", "Something went wrong"), None)).await;
+        }
+        _ => answer(&mut tls, &response(status, &body, None)).await,
+    }
+}
+
+fn place(shared: &Shared, body: &str, fault: Option<&UFault>) -> (u16, String) {
+    let Ok(v) = serde_json::from_str::<Value>(body) else {
+        return (400, err("UDAPI100038", "Invalid input passed to the API"));
+    };
+    let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
+    let (Some(instrument), Some(product), Some(side), Some(order_type), Some(quantity)) = (
+        s("instrument_token"),
+        s("product"),
+        s("transaction_type"),
+        s("order_type"),
+        v.get("quantity").and_then(Value::as_i64),
+    ) else {
+        return (400, err("UDAPI100036", "Invalid Input"));
+    };
+    if !["D", "I", "MTF"].contains(&product.as_str()) || order_type != "MARKET" || quantity <= 0 {
+        return (400, err("UDAPI100036", "Invalid Input"));
+    }
+    let mut st = shared.lock();
+    let Some(price) = st.prices.get(&instrument).copied() else {
+        return (400, err("UDAPI1052", "The instrument_token is invalid"));
+    };
+    st.next_id += 1;
+    let (status, filled, avg) = match fault {
+        Some(UFault::Open) => ("open", 0, 0.0),
+        Some(UFault::RmsReject) => ("rejected", 0, 0.0),
+        _ => ("complete", quantity, price),
+    };
+    let order_id = st.next_id.to_string();
+    st.orders.push(UOrder {
+        order_id: order_id.clone(),
+        tag: s("tag").unwrap_or_default(),
+        instrument_token: instrument,
+        quantity,
+        product,
+        side,
+        status: status.into(),
+        filled,
+        average_price: avg,
+    });
+    (200, json!({"status":"success","data":{"order_ids":[order_id]},"metadata":{"latency":12}}).to_string())
+}
+
+fn history(shared: &Shared, req: &super::fake_binance::HttpRequest) -> (u16, String) {
+    let st = shared.lock();
+    let tag = super::fake_binance::params(&req.query).into_iter().find(|(k, _)| k == "tag").map(|(_, v)| v);
+    let Some(tag) = tag else { return (400, err("UDAPI100036", "Invalid Input")) };
+    let mut data = Vec::new();
+    for o in st.orders.iter().filter(|o| o.tag == tag) {
+        data.push(history_entry(o, "put order req received", 0, 0.0));
+        data.push(history_entry(o, &o.status, o.filled, o.average_price));
+    }
+    if data.is_empty() && !st.empty_when_not_found {
+        return (400, err("UDAPI100010", "Order not found"));
+    }
+    (200, json!({"status":"success","data":data}).to_string())
+}
+
+fn portfolio(shared: &Shared, holdings: bool) -> (u16, String) {
+    let st = shared.lock();
+    let map = if holdings { &st.holdings } else { &st.positions };
+    let data: Vec<Value> =
+        map.iter().map(|(k, q)| json!({"instrument_token": k, "quantity": q, "product": "D"})).collect();
+    (200, json!({"status":"success","data":data}).to_string())
+}
