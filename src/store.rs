@@ -363,6 +363,8 @@ struct Inner {
     file: File,
     bytes: u64,
     state: State,
+    /// Records written so far (the group-commit sequence).
+    written: u64,
 }
 
 /// The journal of one state directory.
@@ -371,6 +373,11 @@ pub struct Journal {
     fsync: Fsync,
     max_bytes: u64,
     inner: Mutex<Inner>,
+    /// Group commit: the highest record sequence known durable, and the handle fsynced. Writers
+    /// append under `inner`, then fsync outside it; one fsync covers every record written
+    /// before it, so concurrent writers (the executor's order tasks) share fsyncs.
+    synced: Mutex<u64>,
+    sync_file: File,
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {
@@ -417,11 +424,14 @@ impl Journal {
             file.sync_all().map_err(io(&jpath, "fsync"))?;
             rec.dropped = Some((good as u64, dropped));
         }
+        let sync_file = file.try_clone().map_err(io(&jpath, "duplicate handle"))?;
         let journal = Journal {
             dir: dir.to_path_buf(),
             fsync,
             max_bytes: max_bytes.max(4096),
-            inner: Mutex::new(Inner { file, bytes: good as u64, state: rec.state.clone() }),
+            inner: Mutex::new(Inner { file, bytes: good as u64, state: rec.state.clone(), written: 0 }),
+            synced: Mutex::new(0),
+            sync_file,
         };
         Ok((journal, rec))
     }
@@ -429,19 +439,51 @@ impl Journal {
     /// Appends a record (durable on return with `Fsync::Always`), compacting when the journal
     /// has grown past its limit.
     pub fn append(&self, r: &Record) -> Result<(), StoreError> {
-        let payload = postcard::to_stdvec(r).map_err(|e| StoreError::Encode(e.to_string()))?;
-        let framed = frame(&payload);
-        let mut g = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.append_batch(std::slice::from_ref(r))
+    }
+
+    /// Appends records in order with one fsync for all of them (durable on return with
+    /// `Fsync::Always`), compacting when the journal has grown past its limit.
+    pub fn append_batch(&self, records: &[Record]) -> Result<(), StoreError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut framed = Vec::new();
+        for r in records {
+            let payload = postcard::to_stdvec(r).map_err(|e| StoreError::Encode(e.to_string()))?;
+            framed.extend_from_slice(&frame(&payload));
+        }
         let jpath = self.dir.join(JOURNAL);
-        g.file.write_all(&framed).map_err(io(&jpath, "append"))?;
+        let seq = {
+            let mut g = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            g.file.write_all(&framed).map_err(io(&jpath, "append"))?;
+            g.bytes += framed.len() as u64;
+            for r in records {
+                g.state.apply(r);
+            }
+            g.written += records.len() as u64;
+            if g.bytes > self.max_bytes {
+                // The snapshot is fsynced before the journal is truncated: everything written
+                // so far is durable after this.
+                self.compact(&mut g)?;
+            }
+            g.written
+        };
         if self.fsync == Fsync::Always {
-            g.file.sync_data().map_err(io(&jpath, "fsync"))?;
+            self.sync_upto(seq)?;
         }
-        g.bytes += framed.len() as u64;
-        g.state.apply(r);
-        if g.bytes > self.max_bytes {
-            self.compact(&mut g)?;
+        Ok(())
+    }
+
+    /// Makes every record up to `seq` durable, sharing one fsync among concurrent writers.
+    fn sync_upto(&self, seq: u64) -> Result<(), StoreError> {
+        let mut synced = self.synced.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if *synced >= seq {
+            return Ok(());
         }
+        let target = self.inner.lock().map(|g| g.written).unwrap_or(seq).max(seq);
+        self.sync_file.sync_data().map_err(io(&self.dir.join(JOURNAL), "fsync"))?;
+        *synced = target;
         Ok(())
     }
 

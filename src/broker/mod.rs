@@ -200,6 +200,23 @@ pub async fn resolve<B: Broker>(
     }
 }
 
+/// Journals an attempt's outcome on a blocking thread (group commit with other writers).
+async fn record_outcome(
+    journal: &Option<Arc<dyn OrderJournal>>,
+    pos_id: &str,
+    client_id: &str,
+    outcome: Outcome,
+) {
+    let Some(j) = journal.clone() else { return };
+    let (p, c) = (pos_id.to_string(), client_id.to_string());
+    let r = tokio::task::spawn_blocking(move || j.outcome(&p, &c, &outcome))
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+    if let Err(e) = r {
+        log::error!("[STORE] event=outcome_not_written id={pos_id} error=\"{e}\"");
+    }
+}
+
 /// Carries the engine's order actions out through `broker`, journaling each attempt.
 pub async fn run_executor<B: Broker>(
     broker: Arc<B>,
@@ -217,7 +234,17 @@ pub async fn run_executor<B: Broker>(
             let report = match req {
                 BrokerRequest::Place { pos, order } => {
                     let sent_at = clock.now();
-                    let journaled = journal.as_ref().map_or(Ok(()), |j| j.intent(&order, sent_at));
+                    // On a blocking thread: the fsync must not stall the runtime (the engine),
+                    // and concurrent orders share one fsync (the journal's group commit).
+                    let journaled = match journal.clone() {
+                        Some(j) => {
+                            let o = order.clone();
+                            tokio::task::spawn_blocking(move || j.intent(&o, sent_at))
+                                .await
+                                .unwrap_or_else(|e| Err(e.to_string()))
+                        }
+                        None => Ok(()),
+                    };
                     let outcome = match journaled {
                         Ok(()) => broker.place(&order).await,
                         Err(e) => {
@@ -230,24 +257,13 @@ pub async fn run_executor<B: Broker>(
                             Outcome::Rejected
                         }
                     };
-                    if let Some(j) = &journal {
-                        if let Err(e) = j.outcome(&order.pos_id, &order.client_id, &outcome) {
-                            log::error!(
-                                "[STORE] event=outcome_not_written id={} error=\"{e}\"",
-                                order.pos_id
-                            );
-                        }
-                    }
+                    record_outcome(&journal, &order.pos_id, &order.client_id, outcome).await;
                     BrokerReport { pos, client_id: order.client_id, outcome }
                 }
                 BrokerRequest::Lookup { pos, pos_id, client_id, symbol, sent_at } => {
                     let outcome = resolve(broker.as_ref(), &clock, &symbol, &client_id, sent_at).await;
                     if outcome != Outcome::Unknown {
-                        if let Some(j) = &journal {
-                            if let Err(e) = j.outcome(&pos_id, &client_id, &outcome) {
-                                log::error!("[STORE] event=outcome_not_written id={pos_id} error=\"{e}\"");
-                            }
-                        }
+                        record_outcome(&journal, &pos_id, &client_id, outcome).await;
                     }
                     BrokerReport { pos, client_id, outcome }
                 }

@@ -331,8 +331,13 @@ impl EngineTask {
         }
         if let Some(j) = &self.journal {
             // Decisions before their orders: the executor journals each order's intent next.
-            for n in self.out.notices.iter() {
-                let rec = match n {
+            // One write and one fsync for the whole call (a gap through every position is one
+            // fsync, not one per position).
+            let recs: Vec<crate::store::Record> = self
+                .out
+                .notices
+                .iter()
+                .filter_map(|n| match n {
                     Notice::Decision { pos, decision } => {
                         self.engine.book().get(*pos).map(|p| crate::store::decided(&p.id, decision))
                     }
@@ -348,12 +353,10 @@ impl EngineTask {
                         })
                     }
                     _ => None,
-                };
-                if let Some(rec) = rec {
-                    if let Err(e) = j.append(&rec) {
-                        log::error!("[STORE] event=write_failed id={} error=\"{e}\"", rec.id());
-                    }
-                }
+                })
+                .collect();
+            if let Err(e) = j.append_batch(&recs) {
+                log::error!("[STORE] event=write_failed records={} error=\"{e}\"", recs.len());
             }
         }
         for i in 0..self.out.orders.len() {
