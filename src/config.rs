@@ -569,6 +569,22 @@ pub static KEYS: &[KeySpec] = &[
         "\"/var/lib/tickguard\"",
     ),
     key(
+        "store.fsync",
+        Kind::Choice(&["always", "never"]),
+        "always",
+        "",
+        "When journal records are fsynced: `always` (every record is on disk before it is acknowledged; concurrent writers share fsyncs) or `never` (tests, tmpfs; a power cut can lose acknowledged records).",
+        "\"never\"",
+    ),
+    key(
+        "store.max_journal_bytes",
+        Kind::Seed,
+        "1048576",
+        "bytes",
+        "Journal size past which it is compacted into a snapshot (at least 4096).",
+        "4194304",
+    ),
+    key(
         "sim.seed",
         Kind::Seed,
         "(none)",
@@ -1008,11 +1024,19 @@ impl Default for BrokerConfig {
 pub struct StoreConfig {
     /// `store.dir`.
     pub dir: PathBuf,
+    /// `store.fsync` (`always`).
+    pub fsync_always: bool,
+    /// `store.max_journal_bytes`.
+    pub max_journal_bytes: u64,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        StoreConfig { dir: PathBuf::from("./tickguard-state") }
+        StoreConfig {
+            dir: PathBuf::from("./tickguard-state"),
+            fsync_always: true,
+            max_journal_bytes: crate::limits::MAX_JOURNAL_BYTES,
+        }
     }
 }
 
@@ -1728,6 +1752,10 @@ fn assign(cfg: &mut Config, spec: &KeySpec, v: Val) -> Result<(), ConfigError> {
         ("broker.retry_max_s", Val::Secs(d)) => cfg.broker.retry_max = d,
         ("broker.paper_fill_delay_s", Val::Secs(d)) => cfg.broker.paper_fill_delay = d,
         ("store.dir", Val::Path(p)) => cfg.store.dir = p,
+        ("store.fsync", Val::Text(t)) => cfg.store.fsync_always = t == "always",
+        ("store.max_journal_bytes", Val::Seed(n)) => {
+            cfg.store.max_journal_bytes = n.unwrap_or(crate::limits::MAX_JOURNAL_BYTES).max(4096)
+        }
         ("sim.seed", Val::Seed(s)) => cfg.sim.seed = s,
         ("sim.tick_interval_s", Val::Secs(d)) => cfg.sim.tick_interval = d,
         ("indicator.enabled", Val::Bool(b)) => cfg.indicator.enabled = b,

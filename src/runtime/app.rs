@@ -113,14 +113,17 @@ pub async fn run_config_with(
         }
     }
     // Recovery: the journal wins over the configuration.
-    let (journal, recovered) =
-        match Journal::open(&cfg.store.dir, Fsync::Always, crate::limits::MAX_JOURNAL_BYTES) {
-            Ok(j) => j,
-            Err(e) => {
-                eprintln!("store error: {e}");
-                return ExitCode::from(EXIT_RUNTIME);
-            }
-        };
+    let (journal, recovered) = match Journal::open(
+        &cfg.store.dir,
+        if cfg.store.fsync_always { Fsync::Always } else { Fsync::Never },
+        cfg.store.max_journal_bytes,
+    ) {
+        Ok(j) => j,
+        Err(e) => {
+            eprintln!("store error: {e}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
     let journal = Arc::new(journal);
     let mut restored = 0usize;
     for (id, p) in &recovered.state.positions {
