@@ -7,7 +7,7 @@
 #    group, reloads udev, enables and starts the shipped unit); a drop-in runs `demo` instead
 #    of `run`, with the package's /etc config (indicator enabled, board = "auto"). Samples the
 #    simulated line values for 63 s and reads the RSS 60 s after start.
-# 3. Phase B: the same with `--fault engine-hang@6s` and the explicit qemu-virt profile:
+# 3. Phase B: the same with `--fault engine-hang@4s` and the explicit qemu-virt profile:
 #    the engine loop stalls, keep-alives stop, systemd's watchdog kills and restarts it.
 # 4. Phase C: the chip goes away under the running service (gpio-sim unplugged) and comes
 #    back under another number: the protection keeps running, the lines are found again by
@@ -144,7 +144,7 @@ emit J-A /run/journal-A
 cat >"$DROPIN" <<'EOF'
 [Service]
 ExecStart=
-ExecStart=/usr/bin/tickguard demo --config /etc/tickguard/tickguard.toml --fault engine-hang@6s
+ExecStart=/usr/bin/tickguard demo --config /etc/tickguard/tickguard.toml --fault engine-hang@4s
 Environment=TICKGUARD_INDICATOR_BOARD=qemu-virt
 EOF
 systemctl daemon-reload
@@ -155,7 +155,7 @@ say "TGM B-restart $EPOCHREALTIME"
 systemctl restart "$UNIT" || fail "restart for phase B"
 PID_B=$(prop MainPID)
 N0=$(prop NRestarts)
-say "TICKGUARD-BOARD: phase B: MainPID $PID_B, engine hang at 6 s, WatchdogSec=$(prop WatchdogUSec)"
+say "TICKGUARD-BOARD: phase B: MainPID $PID_B, engine hang at 4 s, WatchdogSec=$(prop WatchdogUSec)"
 restarted=""
 for _ in $(seq 1 90); do
   sleep 0.5
@@ -185,13 +185,15 @@ Environment=TICKGUARD_INDICATOR_BOARD=qemu-virt
 EOF
 systemctl daemon-reload
 SINCE=$EPOCHSECONDS
+# The hung instance of phase B would take TimeoutStopSec to stop: kill it.
+systemctl kill --signal=SIGKILL "$UNIT"
 systemctl restart "$UNIT" || fail "restart for phase C"
-sleep 4
+sleep 3
 PID_C=$(prop MainPID)
 N_C=$(prop NRestarts)
 say "TGM C-unplug $EPOCHREALTIME chip=$CHIP"
 echo 0 >"$G/live" || fail "gpio-sim would not go offline"
-sleep 6
+sleep 3
 echo 1 >"$G/live" || fail "gpio-sim would not come back"
 DEV=$(cat "$G/dev_name")
 CHIP=$(cat "$G/bank0/chip_name")
@@ -200,7 +202,12 @@ BUZ=/sys/devices/platform/$DEV/$CHIP/sim_gpio1/value
 say "TGM C-replug $EPOCHREALTIME chip=$CHIP"
 sampler /run/samples-C &
 SAMPLER=$!
-sleep 16
+# The indicator retries every 5 s; give it three chances, then watch it blink.
+for _ in $(seq 1 30); do
+  journalctl -u "$UNIT" --no-pager --since "@$SINCE" | grep -q 'event=line_restored' && break
+  sleep 0.5
+done
+sleep 4
 kill "$SAMPLER"
 wait "$SAMPLER" 2>/dev/null
 say "TGM C-end $EPOCHREALTIME"

@@ -33,7 +33,7 @@ use pattern::{Generator, Levels};
 /// Longest wait between two looks at the engine's alarm: a new state shows within this.
 pub const POLL: Duration = Duration::from_millis(200);
 /// Delay between attempts to get a failed line back.
-pub const REOPEN_EVERY: Duration = Duration::from_secs(10);
+pub const REOPEN_EVERY: Duration = Duration::from_secs(5);
 
 /// Exit code of an indicator start-up error that a restart cannot fix (`EX_CONFIG`).
 pub const EXIT_CONFIG: u8 = 78;
