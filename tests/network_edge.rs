@@ -16,13 +16,11 @@ mod support;
 
 use std::collections::HashSet;
 use std::future::Future;
-use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use support::app::{App, Line, Log, field};
 use support::ca::TestCa;
 use support::dns::{Behavior, DnsServer, Transport};
 use support::rest::{RestFault, RestServer};
@@ -206,166 +204,7 @@ fn free_port() -> u16 {
         .expect("free port")
 }
 
-// ----- the binary and its log ------------------------------------------------------------
-
-type Lines = Arc<Mutex<Vec<(Instant, String)>>>;
-
-/// Log lines as they arrive, with the instant the test saw each.
-#[derive(Clone, Default)]
-struct Log(Lines);
-
-/// A log line found by [`Log::wait_from`]: its index, when the test read it, and its text.
-#[derive(Clone, Debug)]
-struct Line {
-    idx: usize,
-    at: Instant,
-    text: String,
-}
-
-impl Log {
-    fn push(&self, line: String) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).push((Instant::now(), line));
-    }
-
-    fn snapshot(&self) -> Vec<(Instant, String)> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    /// The last lines of the log, for failure messages.
-    fn tail(&self) -> String {
-        let all = self.snapshot();
-        let from = all.len().saturating_sub(80);
-        all[from..].iter().map(|(_, l)| l.as_str()).collect::<Vec<_>>().join("\n")
-    }
-
-    /// First line at index `from` or later that satisfies `pred`.
-    fn find_from(&self, from: usize, pred: impl Fn(&str) -> bool) -> Option<Line> {
-        self.all_from(from, pred).into_iter().next()
-    }
-
-    /// Every line at index `from` or later that satisfies `pred`.
-    fn all_from(&self, from: usize, pred: impl Fn(&str) -> bool) -> Vec<Line> {
-        self.snapshot()
-            .into_iter()
-            .enumerate()
-            .skip(from)
-            .filter(|(_, (_, l))| pred(l))
-            .map(|(idx, (at, text))| Line { idx, at, text })
-            .collect()
-    }
-
-    fn len(&self) -> usize {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).len()
-    }
-
-    /// Waits (polling every 10 ms, letting the servers run) for a line at index `from` or
-    /// later that satisfies `pred`.
-    async fn wait_from(&self, from: usize, pred: impl Fn(&str) -> bool, timeout: Duration) -> Option<Line> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(l) = self.find_from(from, &pred) {
-                return Some(l);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    /// As [`Log::wait_from`], panicking with the log's tail when nothing matches.
-    async fn expect_from(
-        &self,
-        from: usize,
-        what: &str,
-        pred: impl Fn(&str) -> bool,
-        timeout: Duration,
-    ) -> Line {
-        match self.wait_from(from, pred, timeout).await {
-            Some(l) => l,
-            None => panic!("no log line {what} within {timeout:?}; log tail:\n{}", self.tail()),
-        }
-    }
-}
-
-/// A running `tickguard run`; killed on drop.
-struct App {
-    child: Child,
-    log: Log,
-    reader: Option<std::thread::JoinHandle<()>>,
-}
-
-impl std::ops::Deref for App {
-    type Target = Log;
-    fn deref(&self) -> &Log {
-        &self.log
-    }
-}
-
-impl App {
-    fn start(config: &Path) -> App {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tickguard"));
-        cmd.args(["run", "--config"]).arg(config);
-        for (k, _) in std::env::vars() {
-            if k.starts_with("TICKGUARD_") {
-                cmd.env_remove(k);
-            }
-        }
-        cmd.env("RUST_LOG", "warn,tickguard=info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn tickguard");
-        let stderr = child.stderr.take().expect("stderr piped");
-        let log = Log::default();
-        let sink = log.clone();
-        // NETWORK_EDGE_ECHO=1 (with --nocapture) shows the binary's log as it runs.
-        let echo = std::env::var_os("NETWORK_EDGE_ECHO").is_some();
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if echo {
-                    eprintln!("{line}");
-                }
-                sink.push(line);
-            }
-        });
-        App { child, log, reader: Some(reader) }
-    }
-
-    /// SIGTERM, then waits for the exit; returns the exit code.
-    async fn stop(mut self) -> Option<i32> {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(s)) = self.child.try_wait() {
-                if let Some(r) = self.reader.take() {
-                    let _ = r.join();
-                }
-                return s.code();
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        None
-    }
-}
-
-impl Drop for App {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// `key=value` of a log line (up to the next space; quotes kept).
-fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    let pat = format!(" {key}=");
-    let i = line.find(&pat)? + pat.len();
-    let rest = &line[i..];
-    Some(rest.split(' ').next().unwrap_or(rest))
-}
+// The binary and its log: `support::app`.
 
 /// `[RECONNECT] attempt=N delay_ms=D cause="..."` lines: (attempt, delay in ms, cause).
 fn reconnects(lines: &[Line]) -> Vec<(u32, u64, String)> {

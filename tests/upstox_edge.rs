@@ -12,13 +12,12 @@
 mod support;
 
 use std::future::Future;
-use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use support::app::{App, Log, field};
 use support::ca::TestCa;
 use support::dns::{Behavior, DnsServer};
 use support::upstox_feed::{FeedFault, TOKEN, UpstoxFake, status};
@@ -183,141 +182,11 @@ fn free_port() -> u16 {
         .expect("free port")
 }
 
-// ----- the binary and its log ------------------------------------------------------------
+// The binary and its log: `support::app`.
 
-type Lines = Arc<Mutex<Vec<(Instant, String)>>>;
-
-#[derive(Clone, Default)]
-struct Log(Lines);
-
-#[derive(Clone, Debug)]
-struct Line {
-    idx: usize,
-    at: Instant,
-    text: String,
-}
-
-impl Log {
-    fn push(&self, line: String) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).push((Instant::now(), line));
-    }
-    fn snapshot(&self) -> Vec<(Instant, String)> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-    fn tail(&self) -> String {
-        let all = self.snapshot();
-        let from = all.len().saturating_sub(80);
-        all[from..].iter().map(|(_, l)| l.as_str()).collect::<Vec<_>>().join("\n")
-    }
-    fn all_from(&self, from: usize, pred: impl Fn(&str) -> bool) -> Vec<Line> {
-        self.snapshot()
-            .into_iter()
-            .enumerate()
-            .skip(from)
-            .filter(|(_, (_, l))| pred(l))
-            .map(|(idx, (at, text))| Line { idx, at, text })
-            .collect()
-    }
-    fn find_from(&self, from: usize, pred: impl Fn(&str) -> bool) -> Option<Line> {
-        self.all_from(from, pred).into_iter().next()
-    }
-    fn len(&self) -> usize {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).len()
-    }
-    async fn expect_from(
-        &self,
-        from: usize,
-        what: &str,
-        pred: impl Fn(&str) -> bool,
-        timeout: Duration,
-    ) -> Line {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(l) = self.find_from(from, &pred) {
-                return l;
-            }
-            if Instant::now() >= deadline {
-                panic!("no log line {what} within {timeout:?}; log tail:\n{}", self.tail());
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-}
-
-struct App {
-    child: Child,
-    log: Log,
-    reader: Option<std::thread::JoinHandle<()>>,
-}
-
-impl std::ops::Deref for App {
-    type Target = Log;
-    fn deref(&self) -> &Log {
-        &self.log
-    }
-}
-
-impl App {
-    fn start(config: &Path, wall_clock: &str) -> App {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tickguard"));
-        cmd.args(["run", "--config"]).arg(config);
-        for (k, _) in std::env::vars() {
-            if k.starts_with("TICKGUARD_") {
-                cmd.env_remove(k);
-            }
-        }
-        cmd.env("RUST_LOG", "warn,tickguard=info")
-            .env("TICKGUARD_FAKE_WALL_CLOCK", wall_clock)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn tickguard");
-        let stderr = child.stderr.take().expect("stderr piped");
-        let log = Log::default();
-        let sink = log.clone();
-        let echo = std::env::var_os("UPSTOX_EDGE_ECHO").is_some();
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if echo {
-                    eprintln!("{line}");
-                }
-                sink.push(line);
-            }
-        });
-        App { child, log, reader: Some(reader) }
-    }
-
-    async fn stop(mut self) -> Option<i32> {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(s)) = self.child.try_wait() {
-                if let Some(r) = self.reader.take() {
-                    let _ = r.join();
-                }
-                return s.code();
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        None
-    }
-}
-
-impl Drop for App {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    let pat = format!(" {key}=");
-    let i = line.find(&pat)? + pat.len();
-    let rest = &line[i..];
-    Some(rest.split(' ').next().unwrap_or(rest))
+/// `tickguard run` with the wall clock faked (market hours are judged on it).
+fn start_app(config: &Path, wall_clock: &str) -> App {
+    App::start_with_env(config, &[("TICKGUARD_FAKE_WALL_CLOCK", wall_clock)], "UPSTOX_EDGE_ECHO")
 }
 
 async fn wait_subscribed(app: &Log, from: usize) -> usize {
@@ -354,7 +223,7 @@ fn subscribed_all(c: &support::upstox_feed::FeedConn) -> bool {
 async fn seed_incident_upstox_edition() {
     bounded(async {
         let w = World::new("upstox-seed").await;
-        let app = App::start(&w.config(&Knobs::default()), "2026-01-07T11:23:40+05:30");
+        let app = start_app(&w.config(&Knobs::default()), "2026-01-07T11:23:40+05:30");
         let from = wait_subscribed(&app, 0).await;
         app.expect_from(0, "[MARKET] open", |l| l.contains("[MARKET] event=open"), Duration::from_secs(3))
             .await;
@@ -502,7 +371,7 @@ async fn market_closed_at_1600_ist_a_silent_feed_raises_no_stale_alarm() {
     bounded(async {
         let w = World::new("upstox-closed").await;
         w.up.set_market_on_connect(None);
-        let app = App::start(
+        let app = start_app(
             &w.config(&Knobs { stale_after: 1.0, ..Knobs::default() }),
             "2026-01-07T16:00:00+05:30",
         );
@@ -535,7 +404,7 @@ async fn market_open_at_1000_ist_a_silent_feed_is_a_stale_alarm() {
     bounded(async {
         let w = World::new("upstox-open").await;
         w.up.set_market_on_connect(None);
-        let app = App::start(
+        let app = start_app(
             &w.config(&Knobs { stale_after: 1.0, ..Knobs::default() }),
             "2026-01-07T10:00:00+05:30",
         );
@@ -564,7 +433,7 @@ async fn unsynced_clock_counts_as_open_and_market_info_overrides_the_calendar() 
     bounded(async {
         let w = World::new("upstox-unsynced").await;
         w.up.set_market_on_connect(None);
-        let app = App::start(
+        let app = start_app(
             &w.config(&Knobs { stale_after: 1.0, ..Knobs::default() }),
             "2026-01-07T16:00:00+05:30,unsynced",
         );
@@ -585,7 +454,7 @@ async fn unsynced_clock_counts_as_open_and_market_info_overrides_the_calendar() 
             ("NSE_EQ", status::NORMAL_CLOSE),
             ("MCX_FO", status::NORMAL_OPEN),
         ]));
-        let app = App::start(
+        let app = start_app(
             &w.config(&Knobs { stale_after: 1.0, ..Knobs::default() }),
             "2026-01-07T10:00:00+05:30",
         );
@@ -641,7 +510,7 @@ async fn refused_token_stops_retrying_alerts_and_reloads_the_file() {
     bounded(async {
         let w = World::new("upstox-auth").await;
         std::fs::write(&w.token_file, "an-expired-token\n").expect("token");
-        let app = App::start(&w.config(&Knobs::default()), "2026-01-07T10:00:00+05:30");
+        let app = start_app(&w.config(&Knobs::default()), "2026-01-07T10:00:00+05:30");
         let auth = app
             .expect_from(
                 0,
@@ -760,7 +629,7 @@ fn over_cap_configuration_is_a_startup_error_naming_the_cap() {
 async fn venue_refusal_drop_and_stall_reconnect_one_connection_at_a_time() {
     bounded(async {
         let w = World::new("upstox-faults").await;
-        let app = App::start(&w.config(&Knobs::default()), "2026-01-07T10:00:00+05:30");
+        let app = start_app(&w.config(&Knobs::default()), "2026-01-07T10:00:00+05:30");
         let from = wait_subscribed(&app, 0).await;
         // Drop (TCP reset).
         w.up.apply_now(FeedFault::Reset);

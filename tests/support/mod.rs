@@ -17,6 +17,7 @@
 //! - [`json::Json`]: a small JSON reader/writer (the crate has no JSON dependency).
 #![allow(dead_code)]
 
+pub mod app;
 pub mod ca;
 pub mod dns;
 pub mod fake_binance;
