@@ -5,11 +5,12 @@
 //! ```text
 //! feed_peers gen <file>                 write the frames (one per line) the peers all read
 //! feed_peers <mode> <file> <steps>      run one mode for `steps` frames (for callgrind)
-//! feed_peers time <file> <steps>        time every mode natively, ns per frame
+//! feed_peers time <file> <steps> [rounds]  time every mode natively: best of `rounds` (3), ns per frame
 //!
 //! modes:
 //!   tg          decode + symbol look-up + engine.on_tick (cache update + level checks)
 //!   tg-decode   decode + symbol look-up into a Tick (no engine)
+//!   decode      the decode alone (bytes → Frame)
 //!   serde       serde_json decode + the same look-up into the same Tick (no engine)
 //!   serde-full  serde_json decode + look-up + engine.on_tick
 //!   noop        the loop alone (frame walk, clock), to subtract
@@ -176,6 +177,12 @@ impl Bench {
     }
 
     #[inline(never)]
+    fn step_decode(&mut self) {
+        let (i, _) = self.next();
+        let _ = black_box(binance::decode(black_box(&self.frames[i])));
+    }
+
+    #[inline(never)]
     fn step_serde(&mut self) {
         let (i, dated) = self.next();
         black_box(self.serde_tick(i, dated));
@@ -198,6 +205,7 @@ impl Bench {
         let f: fn(&mut Bench) = match mode {
             "tg" => Bench::step_tg,
             "tg-decode" => Bench::step_tg_decode,
+            "decode" => Bench::step_decode,
             "serde" => Bench::step_serde,
             "serde-full" => Bench::step_serde_full,
             "noop" => Bench::step_noop,
@@ -226,7 +234,11 @@ fn main() -> ExitCode {
             let text = gen_frames().join("\n") + "\n";
             std::fs::write(path, text).map_err(|e| format!("{path}: {e}"))
         }
-        ["time", path, steps] => steps.parse::<u64>().map_err(|e| e.to_string()).and_then(|steps| {
+        ["time", path, steps, rest @ ..] => steps.parse::<u64>().map_err(|e| e.to_string()).and_then(|steps| {
+            let rounds = match rest {
+                [r] => r.parse::<u32>().map_err(|e| format!("rounds: {e}"))?,
+                _ => 3,
+            };
             let mut b = Bench::new(path)?;
             // Every mode produces the same ticks.
             for i in 0..b.frames.len() {
@@ -235,9 +247,9 @@ fn main() -> ExitCode {
                     return Err(format!("frame {i}: tickguard and serde_json disagree"));
                 }
             }
-            for mode in ["noop", "tg-decode", "serde", "tg", "serde-full"] {
+            for mode in ["noop", "decode", "tg-decode", "serde", "tg", "serde-full"] {
                 let mut best = f64::MAX;
-                for _ in 0..3 {
+                for _ in 0..rounds {
                     let t0 = Instant::now();
                     b.run(mode, steps)?;
                     best = best.min(t0.elapsed().as_nanos() as f64 / steps as f64);
@@ -254,7 +266,7 @@ fn main() -> ExitCode {
             println!("mode={mode} steps={steps}");
             Ok(())
         }),
-        _ => Err("usage: feed_peers gen <file> | feed_peers <tg|tg-decode|serde|serde-full|noop|time> <file> <steps>".into()),
+        _ => Err("usage: feed_peers gen <file> | feed_peers <tg|tg-decode|decode|serde|serde-full|noop|time> <file> <steps>".into()),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

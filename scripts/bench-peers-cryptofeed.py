@@ -1,6 +1,6 @@
 """cryptofeed's Binance message handler on the frames of scripts/bench-peers, offline.
 
-Usage: python bench-peers-cryptofeed.py FRAMES_FILE STEPS
+Usage: python bench-peers-cryptofeed.py FRAMES_FILE STEPS [ROUNDS]
 
 cryptofeed normally downloads Binance's exchangeInfo to build its symbol table when a feed is
 created. Here the table is injected instead (Symbols.set with the output of the exchange's own
@@ -9,7 +9,7 @@ the network; then Binance.message_handler -- the coroutine cryptofeed's connecti
 awaits for every WebSocket message -- runs on each frame: yapic JSON decode, stream dispatch,
 symbol normalisation, Decimal prices, a Ticker object, and the TICKER callback.
 
-Prints: mode=cryptofeed ns_per_frame=<best of 3>.
+Prints: mode=cryptofeed ns_per_frame=<best of ROUNDS (3)>.
 """
 import asyncio
 import json
@@ -24,6 +24,7 @@ from cryptofeed.symbols import Symbols
 
 def main():
     path, steps = sys.argv[1], int(sys.argv[2])
+    rounds = int(sys.argv[3]) if len(sys.argv) > 3 else 3
     with open(path) as f:
         frames = [line.rstrip("\n") for line in f if line.strip()]
     names = sorted({json.loads(fr)["data"]["s"] for fr in frames})
@@ -63,7 +64,7 @@ def main():
     t = seen[0]
     assert t.bid == Decimal(first["b"]) and t.ask == Decimal(first["a"]), (t, first)
     best = float("inf")
-    for _ in range(3):
+    for _ in range(rounds):
         t0 = time.perf_counter_ns()
         loop.run_until_complete(run(steps))
         best = min(best, (time.perf_counter_ns() - t0) / steps)

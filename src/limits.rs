@@ -4,10 +4,14 @@
 //! configuration asking for more is a start-up error naming the capacity. Changing a number
 //! here is the only way to change how much the appliance can hold.
 
-/// Instruments the price cache can hold (power of two: the symbol index is an FNV hash map).
+/// Instruments the price cache can hold (a power of two: the cache's symbol index is a
+/// heapless FNV index map).
 pub const MAX_INSTRUMENTS: usize = 1024;
 /// Positions the book can hold at once (open, closing, or closed and not yet evicted).
 pub const MAX_POSITIONS: usize = 256;
+/// Slots of the feed's symbol index (`feed::symbols`): a power of two, at least twice
+/// [`MAX_INSTRUMENTS`] so that open addressing stays at most half full.
+pub const SYMBOL_SLOTS: usize = 2 * MAX_INSTRUMENTS;
 /// Longest instrument symbol, in bytes (`BTCUSDT`, `BOSCHLTD`, `NIFTY24DEC24000CE`).
 pub const SYMBOL_MAX: usize = 32;
 /// Longest position id, in bytes, of `[A-Za-z0-9_-]`.

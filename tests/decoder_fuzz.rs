@@ -112,8 +112,53 @@ fn symbol() -> impl Strategy<Value = String> {
     "[A-Z0-9]{2,20}"
 }
 
+/// A price or quantity as Binance writes it: eight decimals, always.
+fn decimal8() -> impl Strategy<Value = String> {
+    (prop_oneof![0u64..10, 0u64..1_000_000, 0u64..10_000_000_000], 0u64..100_000_000)
+        .prop_map(|(int, frac)| format!("{int}.{frac:08}"))
+}
+
+/// A combined-stream `bookTicker` exactly in Binance's layout: the shape the decoder's
+/// fastest path reads (src/feed/binance.rs, `combined_book_ticker`).
+fn binance_book_ticker() -> impl Strategy<Value = (String, String, String, String)> {
+    (symbol(), decimal8(), decimal8(), decimal8(), decimal8(), any::<u64>()).prop_map(|(sym, b, bq, a, aq, u)| {
+        let frame = format!(
+            r#"{{"stream":"{}@bookTicker","data":{{"u":{u},"s":"{sym}","b":"{b}","B":"{bq}","a":"{a}","A":"{aq}"}}}}"#,
+            sym.to_ascii_lowercase()
+        );
+        (frame, sym, b, a)
+    })
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
+
+    /// Frames in Binance's own layout take the fast path; they decode to their values, and
+    /// so do the same frames mutated, exactly as through the general path.
+    #[test]
+    fn binance_layout_book_tickers_agree_with_the_general_path(
+        case in binance_book_ticker(),
+        muts in prop::collection::vec(mutation(), 0..3),
+    ) {
+        let (frame, sym, bid, ask) = case;
+        let want = Frame::Quote {
+            symbol: sym.as_bytes(),
+            bid: Price::parse(&bid).ok(),
+            ask: Price::parse(&ask).ok(),
+            last: None,
+            exch_ts: None,
+        };
+        prop_assert_eq!(binance::decode(frame.as_bytes()), Ok(want));
+        let mut b = frame.into_bytes();
+        for m in &muts {
+            b = apply(b, m);
+        }
+        if b.first() == Some(&b'{') {
+            let mut spaced = b.clone();
+            spaced.insert(1, b' ');
+            prop_assert_eq!(binance::decode(&b), binance::decode(&spaced), "{:?}", String::from_utf8_lossy(&b));
+        }
+    }
 
     #[test]
     fn arbitrary_bytes_never_panic(b in prop::collection::vec(any::<u8>(), 0..512)) {

@@ -13,6 +13,7 @@
 //! trades give the last price and carry the event time `E`. Unknown fields are ignored.
 
 use super::json::{JsonError, Value, for_each_member, parse_i64, walk_members};
+use super::scan::{self, plain_end, plain_start};
 use crate::core::price::Price;
 
 /// A decoded frame. Borrowed from the frame bytes.
@@ -160,6 +161,7 @@ fn event_len(data: &[u8]) -> Result<(Frame<'_>, usize), DecodeError> {
 /// Index of the first `"` in `s`, or `None` when a backslash, a control byte or the end comes
 /// first. Eight bytes at a time (SWAR): the lowest flagged byte of each has-byte test is exact,
 /// so the lowest of their union is the first byte that matters.
+#[inline(always)]
 fn find_quote(s: &[u8]) -> Option<usize> {
     const LO: u64 = 0x0101_0101_0101_0101;
     const HI: u64 = 0x8080_8080_8080_8080;
@@ -188,6 +190,7 @@ fn find_quote(s: &[u8]) -> Option<usize> {
 }
 
 /// Length of the run of ASCII digits at the start of `s`, eight bytes at a time.
+#[inline(always)]
 fn digit_run(s: &[u8]) -> usize {
     let chunks = s.chunks_exact(8);
     let done = s.len() - chunks.remainder().len();
@@ -260,48 +263,207 @@ fn price_fast(v: &[u8]) -> Result<Price, DecodeError> {
 /// Exactly eight ASCII digits (Binance writes every price with eight decimals) as a number,
 /// in a handful of word operations (the SWAR method of simdjson's
 /// `parse_eight_digits_unrolled`). `None` for any other input.
+#[inline(always)]
 fn eight_digits(s: &[u8]) -> Option<i64> {
-    let mut w = [0u8; 8];
-    w.copy_from_slice(s.get(..8).filter(|_| s.len() == 8)?);
+    let w: [u8; 8] = s.try_into().ok()?;
     let v = u64::from_le_bytes(w);
     let all_digits = ((v & 0xF0F0_F0F0_F0F0_F0F0)
         | ((v.wrapping_add(0x0606_0606_0606_0606) & 0xF0F0_F0F0_F0F0_F0F0) >> 4))
         == 0x3333_3333_3333_3333;
-    if !all_digits {
-        return None;
-    }
-    let v = ((v & 0x0F0F_0F0F_0F0F_0F0F).wrapping_mul(2561)) >> 8;
-    let v = ((v & 0x00FF_00FF_00FF_00FF).wrapping_mul(6_553_601)) >> 16;
-    let v = ((v & 0x0000_FFFF_0000_FFFF).wrapping_mul(42_949_672_960_001)) >> 32;
-    i64::try_from(v).ok()
+    all_digits.then(|| digit_values(v ^ 0x3030_3030_3030_3030))
 }
 
-/// A spot `bookTicker` event with Binance's documented fields in their documented order,
-/// `{"u":N,"s":"..","b":"..","B":"..","a":"..","A":".."}`: matched against that layout, with
-/// no per-member dispatch (the hot path: some 500 instructions a frame fewer). `None` for any
-/// other layout, which [`event_compact`] then reads member by member.
-fn book_ticker_fixed(d: &[u8]) -> Option<(Frame<'_>, usize)> {
-    let r = d.strip_prefix(br#"{"u":"#)?;
-    let n = digit_run(r);
-    if n == 0 {
+/// Eight digit values (0 to 9, one a byte, the first digit in the lowest byte) as a number.
+#[inline(always)]
+fn digit_values(v: u64) -> i64 {
+    let v = (v.wrapping_mul(10) + (v >> 8)) & 0x00FF_00FF_00FF_00FF;
+    let v = (v.wrapping_mul(100) + (v >> 16)) & 0x0000_FFFF_0000_FFFF;
+    let v = v.wrapping_mul(10_000) + (v >> 32);
+    (v & 0xFFFF_FFFF) as i64
+}
+
+/// The little-endian word of `b[i..i + 8]`, if there are eight bytes there.
+#[inline(always)]
+fn word(b: &[u8], i: usize) -> Option<u64> {
+    let w: [u8; 8] = b.get(i..i.checked_add(8)?)?.try_into().ok()?;
+    Some(u64::from_le_bytes(w))
+}
+
+/// Where the run of ASCII digits starting at `b[i]` ends.
+#[inline(always)]
+fn digits_end(b: &[u8], mut i: usize) -> usize {
+    if let Some(m) = scan::non_digits(b, i) {
+        if m != 0 {
+            return i + scan::first(m);
+        }
+    }
+    while let Some(v) = word(b, i) {
+        let t = v ^ 0x3030_3030_3030_3030;
+        // A digit byte is 0..=9 after the xor: no high nibble, and none after adding 6 either.
+        let m = (t | t.wrapping_add(0x0606_0606_0606_0606)) & 0xF0F0_F0F0_F0F0_F0F0;
+        if m != 0 {
+            return i + (m.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    i + b.get(i..).map_or(0, |r| r.iter().take_while(|c| c.is_ascii_digit()).count())
+}
+
+/// `d{1,10}.dddddddd` at `b[i..]` (Binance's shape of every price and quantity: eight
+/// decimals, always), as units of 10⁻⁸ and the index after it; `None` for any other shape.
+/// Every byte it accepts is a digit or the point, so it needs no scan for quotes, escapes
+/// or control bytes.
+#[inline(always)]
+fn decimal8(b: &[u8], i: usize) -> Option<(i64, usize)> {
+    const ZEROS: u64 = 0x3030_3030_3030_3030;
+    // One vector compare finds the point and checks every digit when the number and the
+    // byte after it fit in sixteen: at most six integer digits (prices below a million).
+    if let Some(m) = scan::non_digits(b, i) {
+        let n = scan::first(m);
+        if (1..=6).contains(&n) && scan::first(scan::skip(m, n + 1)) == 8 && b.get(i + n) == Some(&b'.') {
+            let int = digit_values((word(b, i)? ^ ZEROS) << (8 * (8 - n) as u32));
+            let frac = digit_values(word(b, i + n + 1)? ^ ZEROS);
+            return Some((int * crate::core::price::SCALE + frac, i + n + 9));
+        }
+    }
+    decimal8_words(b, i)
+}
+
+/// [`decimal8`] eight bytes at a time, for up to ten integer digits.
+fn decimal8_words(b: &[u8], i: usize) -> Option<(i64, usize)> {
+    let dot = digits_end(b, i);
+    let n = dot - i;
+    if n == 0 || n > 10 || b.get(dot) != Some(&b'.') {
         return None;
     }
-    let r = r.get(n..)?.strip_prefix(br#","s":""#)?;
-    let q = find_quote(r)?;
-    let symbol = &r[..q];
-    let r = r[q..].strip_prefix(br#"","b":""#)?;
-    let q = find_quote(r)?;
-    let bid = price_fast(&r[..q]).ok()?;
-    let r = r[q..].strip_prefix(br#"","B":""#)?;
-    let q = find_quote(r)?;
-    let r = r[q..].strip_prefix(br#"","a":""#)?;
-    let q = find_quote(r)?;
-    let ask = price_fast(&r[..q]).ok()?;
-    let r = r[q..].strip_prefix(br#"","A":""#)?;
-    let q = find_quote(r)?;
-    let r = r[q..].strip_prefix(br#""}"#)?;
-    let len = d.len() - r.len();
-    Some((Frame::Quote { symbol, bid: Some(bid), ask: Some(ask), last: None, exch_ts: None }, len))
+    let frac = word(b, dot + 1)?;
+    let t = frac ^ 0x3030_3030_3030_3030;
+    if (t | t.wrapping_add(0x0606_0606_0606_0606)) & 0xF0F0_F0F0_F0F0_F0F0 != 0 {
+        return None;
+    }
+    let int = match word(b, i) {
+        // The integer digits are the first `n` bytes of this word; shifting the others out
+        // leaves them right-aligned behind zeros: an eight-digit number.
+        Some(w) if n <= 8 => digit_values((w ^ 0x3030_3030_3030_3030) << (8 * (8 - n))),
+        _ => b.get(i..dot)?.iter().fold(0, |v, &c| v * 10 + i64::from(c - b'0')),
+    };
+    Some((int * crate::core::price::SCALE + digit_values(t), dot + 9))
+}
+
+/// `lit` at `b[i..]`: the index after it.
+#[inline(always)]
+fn lit<const N: usize>(b: &[u8], i: usize, lit: &[u8; N]) -> Option<usize> {
+    (b.get(i..i.checked_add(N)?)? == lit).then_some(i + N)
+}
+
+/// A spot `bookTicker` event at `b[i..]`, with Binance's documented fields in their
+/// documented order and shape, `{"u":N,"s":"..","b":"d.dddddddd","B":"..","a":"..","A":".."}`:
+/// matched against that layout with no per-member dispatch, the prices read in place and the
+/// other strings only checked to be plain (the hot path: scripts/bench-peers). The frame and
+/// the index after the event; `None` for any other layout or shape, which [`event_compact`]
+/// and then the general path read member by member.
+#[inline(always)]
+fn book_ticker_at(b: &[u8], i: usize) -> Option<(Frame<'_>, usize)> {
+    let i = lit(b, i, br#"{"u":"#)?;
+    let j = digits_end(b, i);
+    if j == i {
+        return None;
+    }
+    let i = lit(b, j, br#","s":""#)?;
+    let j = plain_end(b, i)?;
+    let symbol = b.get(i..j)?;
+    let i = lit(b, j, br#"","b":""#)?;
+    let (bid, i) = decimal8(b, i)?;
+    let i = lit(b, i, br#"","B":""#)?;
+    let i = lit(b, plain_end(b, i)?, br#"","a":""#)?;
+    let (ask, i) = decimal8(b, i)?;
+    let i = lit(b, i, br#"","A":""#)?;
+    let i = lit(b, plain_end(b, i)?, br#""}"#)?;
+    let quote = Frame::Quote {
+        symbol,
+        bid: Some(Price::from_units(bid)),
+        ask: Some(Price::from_units(ask)),
+        last: None,
+        exch_ts: None,
+    };
+    Some((quote, i))
+}
+
+/// [`book_ticker_at`] on an event object alone (a raw-stream frame, or `data`).
+fn book_ticker_fixed(d: &[u8]) -> Option<(Frame<'_>, usize)> {
+    book_ticker_at(d, 0)
+}
+
+/// `d{1,10}.dddddddd` filling exactly `b[start..end]`, as units of 10⁻⁸.
+#[inline(always)]
+fn decimal8_in(b: &[u8], start: usize, end: usize) -> Option<i64> {
+    const ZEROS: u64 = 0x3030_3030_3030_3030;
+    let n = end.checked_sub(start)?.checked_sub(9)?;
+    if n == 0 || n > 8 {
+        return decimal8(b, start).and_then(|(v, e)| (e == end).then_some(v));
+    }
+    if b.get(start + n) != Some(&b'.') {
+        return None;
+    }
+    let int = word(b, start)? ^ ZEROS;
+    let frac = word(b, start + n + 1)? ^ ZEROS;
+    // Digits are 0..=9 after the xor: no high nibble, and none after adding 6 either. Only
+    // the first `n` bytes of `int` are integer digits: shifted up, the others fall out.
+    let keep = 8 * (8 - n) as u32;
+    let non_digits = |t: u64| (t | t.wrapping_add(0x0606_0606_0606_0606)) & 0xF0F0_F0F0_F0F0_F0F0;
+    if non_digits(frac) != 0 || non_digits(int) << keep != 0 {
+        return None;
+    }
+    Some(digit_values(int << keep) * crate::core::price::SCALE + digit_values(frac))
+}
+
+/// A whole combined-stream `bookTicker` frame in Binance's own layout,
+/// `{"stream":"<name>","data":{"u":N,"s":"..","b":"d.dddddddd","B":"..","a":"d.dddddddd","A":".."}}`
+/// with plain strings and nothing after the last brace: the hot path (scripts/bench-peers).
+///
+/// Where each field ends depends on where the one before it ended, so reading the frame
+/// from the start is one long chain of dependent scans. This reads it as two chains the CPU
+/// runs side by side: forward from the start (stream, `u`, symbol, bid) and backward from
+/// the end (A, ask, B). They must meet exactly (`","B":"` after the bid ends where B's
+/// value begins), so the pieces tile the frame: every byte is checked to be a literal
+/// piece, a digit, or part of a plain string. `None` for anything else, which
+/// [`combined_fast`] and then the general path read; tests check that the results are the
+/// general path's.
+#[inline(always)]
+fn combined_book_ticker(f: &[u8]) -> Option<Frame<'_>> {
+    // Backward.
+    let a_end = f.len().checked_sub(3)?;
+    if f.get(a_end..)? != br#""}}"# {
+        return None;
+    }
+    let ask_end = plain_start(f, a_end)?.checked_sub(6)?;
+    lit(f, ask_end, br#"","A":""#)?;
+    let ask = plain_start(f, ask_end)? + 1;
+    let b_end = ask.checked_sub(7)?;
+    lit(f, b_end, br#"","a":""#)?;
+    let b_start = plain_start(f, b_end)? + 1;
+    // Forward.
+    let i = lit(f, 0, br#"{"stream":""#)?;
+    let u = lit(f, plain_end(f, i)?, br#"","data":{"u":"#)?;
+    let u_end = digits_end(f, u);
+    if u_end == u {
+        return None;
+    }
+    let sym = lit(f, u_end, br#","s":""#)?;
+    let sym_end = plain_end(f, sym)?;
+    let bid = lit(f, sym_end, br#"","b":""#)?;
+    let (bid_units, bid_end) = decimal8(f, bid)?;
+    // Where they meet.
+    if lit(f, bid_end, br#"","B":""#)? != b_start {
+        return None;
+    }
+    Some(Frame::Quote {
+        symbol: f.get(sym..sym_end)?,
+        bid: Some(Price::from_units(bid_units)),
+        ask: Some(Price::from_units(decimal8_in(f, ask, ask_end)?)),
+        last: None,
+        exch_ts: None,
+    })
 }
 
 /// One pass over an event object in Binance's compact shape: no whitespace, no escapes, no
@@ -402,22 +564,41 @@ fn event_compact(b: &[u8]) -> Option<(Frame<'_>, usize)> {
 /// general path) for any other shape, for `!serverShutdown`, and for any error, so results
 /// are the general path's by construction.
 fn combined_fast(frame: &[u8]) -> Option<Frame<'_>> {
-    let rest = frame.strip_prefix(br#"{"stream":""#)?;
+    let i = lit(frame, 0, br#"{"stream":""#)?;
+    let rest = frame.get(i..)?;
     let q = find_quote(rest)?;
     if rest.first() == Some(&b'!') {
         return None;
     }
-    let data = rest[q + 1..].strip_prefix(br#","data":"#)?;
+    let i = lit(frame, i + q, br#"","data":"#)?;
+    let data = frame.get(i..)?;
     let (f, len) = event_compact(data)?;
-    let mut tail = data[len..].iter().filter(|c| !matches!(c, b' ' | b'\n' | b'\r' | b'\t'));
+    let tail = data.get(len..)?;
+    if tail == b"}" {
+        return Some(f);
+    }
+    let mut tail = tail.iter().filter(|c| !matches!(c, b' ' | b'\n' | b'\r' | b'\t'));
     (tail.next() == Some(&b'}') && tail.next().is_none()).then_some(f)
 }
 
 /// Decodes one text frame of a combined (`/stream?streams=`) or raw (`/ws/`) connection.
 pub fn decode(frame: &[u8]) -> Result<Frame<'_>, DecodeError> {
-    if let Some(f) = combined_fast(frame) {
-        return Ok(f);
+    match combined_book_ticker(frame) {
+        Some(f) => Ok(f),
+        None => decode_other(frame),
     }
+}
+
+/// [`decode`] of every frame that is not a combined `bookTicker` in Binance's layout.
+fn decode_other(frame: &[u8]) -> Result<Frame<'_>, DecodeError> {
+    match combined_fast(frame) {
+        Some(f) => Ok(f),
+        None => decode_general(frame),
+    }
+}
+
+/// [`decode`] without the fast paths: what they must agree with.
+fn decode_general(frame: &[u8]) -> Result<Frame<'_>, DecodeError> {
     let mut data = None;
     let mut stream: &[u8] = b"";
     let mut id = None;
@@ -567,6 +748,20 @@ mod tests {
                 exch_ts: None
             })
         );
+        // The whole-frame fast path reads it, and agrees with the general path.
+        let fast = combined_book_ticker(f);
+        assert!(fast.is_some());
+        assert_eq!(fast.map(Ok), Some(decode_general(f)));
+        for v in
+            ["0.00009960", "9999999999.99999999", "12345678.00000001", "123456789.10000000", "1.00000000"]
+        {
+            let f = format!(
+                r#"{{"stream":"x@bookTicker","data":{{"u":1,"s":"X","b":"{v}","B":"1.00000000","a":"{v}","A":"2.00000000"}}}}"#
+            );
+            let want = Frame::Quote { symbol: b"X", bid: p(v), ask: p(v), last: None, exch_ts: None };
+            assert_eq!(combined_book_ticker(f.as_bytes()), Some(want), "{v}");
+            assert_eq!(decode_general(f.as_bytes()), Ok(want), "{v}");
+        }
     }
 
     #[test]

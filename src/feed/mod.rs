@@ -4,6 +4,8 @@ pub mod binance;
 pub mod calendar;
 pub mod json;
 pub mod rest;
+pub mod scan;
 pub mod session;
+pub mod symbols;
 pub mod upstox;
 pub mod upstox_proto;

@@ -15,15 +15,15 @@
 //! The per-frame path (bytes → decode → symbol lookup → tick queue) does not allocate.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::hash::BuildHasherDefault;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use super::binance::{self, Frame};
+use super::symbols::SymbolIndex;
 use crate::core::backoff::{Backoff, Rng};
 use crate::core::engine::FeedEvent;
 use crate::core::types::{InstrumentId, Quote, Source, Symbol, Tick};
@@ -112,77 +112,35 @@ pub struct FeedShared {
     /// True while the feed waits for a new token: the network is not retried until the token
     /// file changes (metrics and the status page show it).
     pub auth_blocked: AtomicBool,
-    /// Subscribed symbols by their bytes (as frames carry them), FNV-hashed: the per-frame
-    /// look-up neither checks UTF-8 nor runs SipHash (together some 270 instructions a frame
-    /// of the 1 200 budget; scripts/bench-peers).
-    symbols: RwLock<HashMap<Box<[u8]>, InstrumentId, BuildHasherDefault<Fnv>>>,
+    /// Subscribed symbols by their bytes (as frames carry them): the per-frame look-up is one
+    /// acquire load and five integer compares, with no lock, no UTF-8 check and no `memcmp`
+    /// (scripts/bench-peers).
+    symbols: SymbolIndex,
     malformed_logged: Mutex<HashSet<&'static str>>,
 }
 
 impl FeedShared {
     /// Shared state for these instruments.
     pub fn new(instruments: &[(InstrumentId, Symbol)]) -> FeedShared {
-        let s = FeedShared::default();
-        if let Ok(mut m) = s.symbols.write() {
-            for (id, sym) in instruments {
-                m.insert(sym.as_bytes().into(), *id);
-            }
-        }
-        s
+        FeedShared { symbols: SymbolIndex::new(instruments), ..FeedShared::default() }
     }
-    /// Adds an instrument to subscribe.
-    pub fn add(&self, id: InstrumentId, sym: Symbol) {
-        if let Ok(mut m) = self.symbols.write() {
-            m.insert(sym.as_bytes().into(), id);
+    /// Adds an instrument to subscribe. `false` when the index is full (it holds as many
+    /// instruments as the price cache, so the engine refuses the instrument first).
+    pub fn add(&self, id: InstrumentId, sym: Symbol) -> bool {
+        let added = self.symbols.insert(id, &sym);
+        if !added {
+            log::warn!("[RECONNECT] event=symbol_refused symbol={sym} reason=index_full");
         }
+        added
     }
     /// Instruments to subscribe, in id order.
     pub fn instruments(&self) -> Vec<(InstrumentId, Symbol)> {
-        let mut v: Vec<(InstrumentId, Symbol)> = self
-            .symbols
-            .read()
-            .map(|m| {
-                m.iter()
-                    .filter_map(|(s, i)| {
-                        let s = std::str::from_utf8(s).ok()?;
-                        Some((*i, Symbol::try_from(s).ok()?))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        v.sort_by_key(|(i, _)| *i);
-        v
+        self.symbols.entries()
     }
     /// The instrument subscribed under `sym` (the per-frame look-up; benchmarks call it too).
+    #[inline]
     pub fn lookup(&self, sym: &[u8]) -> Option<InstrumentId> {
-        self.symbols.read().ok()?.get(sym).copied()
-    }
-}
-
-/// FNV-1a: a few instructions a byte for short keys such as symbols (not for untrusted keys
-/// an attacker chooses: the map only holds the symbols we subscribed, and an unknown symbol
-/// in a frame costs one probe).
-#[derive(Clone, Copy)]
-pub struct Fnv(u64);
-
-impl Default for Fnv {
-    fn default() -> Fnv {
-        Fnv(0xcbf2_9ce4_8422_2325)
-    }
-}
-
-impl std::hash::Hasher for Fnv {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    /// The length prefix of a byte-slice key: one step, not eight.
-    fn write_usize(&mut self, n: usize) {
-        self.0 = (self.0 ^ n as u64).wrapping_mul(0x0100_0000_01b3);
+        self.symbols.get(sym)
     }
 }
 
