@@ -81,10 +81,11 @@ fn key(s: &[u8]) -> [u64; 4] {
     }
 }
 
+/// The home slot of a key: from its first two words and length only (every byte of keys up to
+/// 16 bytes; longer keys that agree there merely probe further).
 #[inline(always)]
 fn home(k: &[u64; 4], len: usize) -> usize {
-    let h = (k[0] ^ k[1].rotate_left(29) ^ k[2].rotate_left(17) ^ k[3].rotate_left(43) ^ len as u64)
-        .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let h = (k[0] ^ k[1].rotate_left(29) ^ len as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     (h >> (64 - SYMBOL_SLOTS.trailing_zeros())) as usize
 }
 
@@ -108,16 +109,19 @@ impl SymbolIndex {
         let k = key(s);
         let len = (s.len() as u32) << LEN_SHIFT;
         let mut i = home(&k, s.len());
+        let long = s.len() > 16;
         for _ in 0..SYMBOL_SLOTS {
             let slot = &self.slots[i];
             let tag = slot.tag.load(Ordering::Acquire);
             if tag == 0 {
                 return Some((slot, 0));
             }
-            if tag & !USED & !0xFFFF == len
-                && slot.words.iter().zip(k).all(|(w, k)| w.load(Ordering::Relaxed) == k)
-            {
-                return Some((slot, tag));
+            if tag & !USED & !0xFFFF == len {
+                let w = |j: usize| slot.words[j].load(Ordering::Relaxed) ^ k[j];
+                // Keys of up to 16 bytes have zero third and fourth words.
+                if w(0) | w(1) == 0 && (!long || w(2) | w(3) == 0) {
+                    return Some((slot, tag));
+                }
             }
             i = (i + 1) & (SYMBOL_SLOTS - 1);
         }
