@@ -112,6 +112,17 @@ fn symbol() -> impl Strategy<Value = String> {
     "[A-Z0-9]{2,20}"
 }
 
+/// The quote a `bookTicker` of these texts decodes to.
+fn book_quote<'a>(sym: &'a str, bid: &str, ask: &str) -> Frame<'a> {
+    Frame::Quote {
+        symbol: sym.as_bytes(),
+        bid: Price::parse(bid).ok(),
+        ask: Price::parse(ask).ok(),
+        last: None,
+        exch_ts: None,
+    }
+}
+
 fn mutate(mut b: Vec<u8>, muts: &[Mutation]) -> Vec<u8> {
     for m in muts {
         b = apply(b, m);
@@ -159,13 +170,7 @@ proptest! {
         muts in prop::collection::vec(mutation(), 0..3),
     ) {
         let (frame, sym, bid, ask) = case;
-        let want = Frame::Quote {
-            symbol: sym.as_bytes(),
-            bid: Price::parse(&bid).ok(),
-            ask: Price::parse(&ask).ok(),
-            last: None,
-            exch_ts: None,
-        };
+        let want = book_quote(&sym, &bid, &ask);
         prop_assert_eq!(binance::decode(frame.as_bytes()), Ok(want));
         fast_agrees_with_general(&mutate(frame.into_bytes(), &muts))?;
     }
@@ -240,13 +245,7 @@ proptest! {
             fields.join(",")
         );
         let got = binance::decode(frame.as_bytes());
-        let want = Frame::Quote {
-            symbol: sym.as_bytes(),
-            bid: Price::parse(&bid).ok(),
-            ask: Price::parse(&ask).ok(),
-            last: None,
-            exch_ts: None,
-        };
+        let want = book_quote(&sym, &bid, &ask);
         prop_assert_eq!(got, Ok(want), "{}", frame);
     }
 
