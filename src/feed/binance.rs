@@ -189,23 +189,6 @@ fn find_quote(s: &[u8]) -> Option<usize> {
     None
 }
 
-/// Length of the run of ASCII digits at the start of `s`, eight bytes at a time.
-#[inline(always)]
-fn digit_run(s: &[u8]) -> usize {
-    let chunks = s.chunks_exact(8);
-    let done = s.len() - chunks.remainder().len();
-    for (n, chunk) in chunks.enumerate() {
-        let Ok(w) = chunk.try_into() else { return n * 8 };
-        let t = u64::from_le_bytes(w) ^ 0x3030_3030_3030_3030;
-        // A digit byte is 0..=9 after the xor: no high nibble, and none after adding 6 either.
-        let m = (t | t.wrapping_add(0x0606_0606_0606_0606)) & 0xF0F0_F0F0_F0F0_F0F0;
-        if m != 0 {
-            return n * 8 + (m.trailing_zeros() / 8) as usize;
-        }
-    }
-    done + s[done..].iter().take_while(|c| c.is_ascii_digit()).count()
-}
-
 /// A price string: `ddd` or `ddd.ddddddd` (at most 10 integer digits and 8 decimals, Binance's
 /// own shape) computed directly; anything else through [`Price::parse_bytes`] (same result,
 /// about five times the instructions).
@@ -266,11 +249,19 @@ fn price_fast(v: &[u8]) -> Result<Price, DecodeError> {
 #[inline(always)]
 fn eight_digits(s: &[u8]) -> Option<i64> {
     let w: [u8; 8] = s.try_into().ok()?;
-    let v = u64::from_le_bytes(w);
-    let all_digits = ((v & 0xF0F0_F0F0_F0F0_F0F0)
-        | ((v.wrapping_add(0x0606_0606_0606_0606) & 0xF0F0_F0F0_F0F0_F0F0) >> 4))
-        == 0x3333_3333_3333_3333;
-    all_digits.then(|| digit_values(v ^ 0x3030_3030_3030_3030))
+    let t = u64::from_le_bytes(w) ^ ZEROS;
+    (non_digit_bytes(t) == 0).then(|| digit_values(t))
+}
+
+/// Eight ASCII zeros: xor a word of digits with it to get their values.
+const ZEROS: u64 = 0x3030_3030_3030_3030;
+
+/// The bytes of `t` (a word xor [`ZEROS`]) that were not ASCII digits, flagged in their high
+/// nibble: a digit is 0 to 9 after the xor, with no high nibble, and none after adding 6
+/// either. (A carry out of a byte happens only above a byte that is flagged itself.)
+#[inline(always)]
+fn non_digit_bytes(t: u64) -> u64 {
+    (t | t.wrapping_add(0x0606_0606_0606_0606)) & 0xF0F0_F0F0_F0F0_F0F0
 }
 
 /// Eight digit values (0 to 9, one a byte, the first digit in the lowest byte) as a number.
@@ -298,9 +289,7 @@ fn digits_end(b: &[u8], mut i: usize) -> usize {
         }
     }
     while let Some(v) = word(b, i) {
-        let t = v ^ 0x3030_3030_3030_3030;
-        // A digit byte is 0..=9 after the xor: no high nibble, and none after adding 6 either.
-        let m = (t | t.wrapping_add(0x0606_0606_0606_0606)) & 0xF0F0_F0F0_F0F0_F0F0;
+        let m = non_digit_bytes(v ^ ZEROS);
         if m != 0 {
             return i + (m.trailing_zeros() / 8) as usize;
         }
@@ -311,43 +300,10 @@ fn digits_end(b: &[u8], mut i: usize) -> usize {
 
 /// `d{1,10}.dddddddd` at `b[i..]` (Binance's shape of every price and quantity: eight
 /// decimals, always), as units of 10⁻⁸ and the index after it; `None` for any other shape.
-/// Every byte it accepts is a digit or the point, so it needs no scan for quotes, escapes
-/// or control bytes.
 #[inline(always)]
 fn decimal8(b: &[u8], i: usize) -> Option<(i64, usize)> {
-    const ZEROS: u64 = 0x3030_3030_3030_3030;
-    // One vector compare finds the point and checks every digit when the number and the
-    // byte after it fit in sixteen: at most six integer digits (prices below a million).
-    if let Some(m) = scan::non_digits(b, i) {
-        let n = scan::first(m);
-        if (1..=6).contains(&n) && scan::first(scan::skip(m, n + 1)) == 8 && b.get(i + n) == Some(&b'.') {
-            let int = digit_values((word(b, i)? ^ ZEROS) << (8 * (8 - n) as u32));
-            let frac = digit_values(word(b, i + n + 1)? ^ ZEROS);
-            return Some((int * crate::core::price::SCALE + frac, i + n + 9));
-        }
-    }
-    decimal8_words(b, i)
-}
-
-/// [`decimal8`] eight bytes at a time, for up to ten integer digits.
-fn decimal8_words(b: &[u8], i: usize) -> Option<(i64, usize)> {
-    let dot = digits_end(b, i);
-    let n = dot - i;
-    if n == 0 || n > 10 || b.get(dot) != Some(&b'.') {
-        return None;
-    }
-    let frac = word(b, dot + 1)?;
-    let t = frac ^ 0x3030_3030_3030_3030;
-    if (t | t.wrapping_add(0x0606_0606_0606_0606)) & 0xF0F0_F0F0_F0F0_F0F0 != 0 {
-        return None;
-    }
-    let int = match word(b, i) {
-        // The integer digits are the first `n` bytes of this word; shifting the others out
-        // leaves them right-aligned behind zeros: an eight-digit number.
-        Some(w) if n <= 8 => digit_values((w ^ 0x3030_3030_3030_3030) << (8 * (8 - n))),
-        _ => b.get(i..dot)?.iter().fold(0, |v, &c| v * 10 + i64::from(c - b'0')),
-    };
-    Some((int * crate::core::price::SCALE + digit_values(t), dot + 9))
+    let end = digits_end(b, i) + 9;
+    decimal8_in(b, i, end).map(|v| (v, end))
 }
 
 /// `lit` at `b[i..]`: the index after it.
@@ -394,27 +350,39 @@ fn book_ticker_fixed(d: &[u8]) -> Option<(Frame<'_>, usize)> {
     book_ticker_at(d, 0)
 }
 
-/// `d{1,10}.dddddddd` filling exactly `b[start..end]`, as units of 10⁻⁸.
+/// `d{1,10}.dddddddd` filling exactly `b[start..end]`, as units of 10⁻⁸. Every byte it
+/// accepts is a digit or the point, so a field read this way needs no scan for quotes,
+/// escapes or control bytes.
 #[inline(always)]
 fn decimal8_in(b: &[u8], start: usize, end: usize) -> Option<i64> {
-    const ZEROS: u64 = 0x3030_3030_3030_3030;
     let n = end.checked_sub(start)?.checked_sub(9)?;
     if n == 0 || n > 8 {
-        return decimal8(b, start).and_then(|(v, e)| (e == end).then_some(v));
+        return long_decimal8_in(b, start, n);
     }
     if b.get(start + n) != Some(&b'.') {
         return None;
     }
     let int = word(b, start)? ^ ZEROS;
     let frac = word(b, start + n + 1)? ^ ZEROS;
-    // Digits are 0..=9 after the xor: no high nibble, and none after adding 6 either. Only
-    // the first `n` bytes of `int` are integer digits: shifted up, the others fall out.
+    // Only the first `n` bytes of `int` are integer digits: shifted up, the others fall out,
+    // leaving an eight-digit number behind zeros.
     let keep = 8 * (8 - n) as u32;
-    let non_digits = |t: u64| (t | t.wrapping_add(0x0606_0606_0606_0606)) & 0xF0F0_F0F0_F0F0_F0F0;
-    if non_digits(frac) != 0 || non_digits(int) << keep != 0 {
+    if non_digit_bytes(frac) != 0 || non_digit_bytes(int) << keep != 0 {
         return None;
     }
     Some(digit_values(int << keep) * crate::core::price::SCALE + digit_values(frac))
+}
+
+/// [`decimal8_in`] with nine or ten integer digits (`n`), digit by digit.
+fn long_decimal8_in(b: &[u8], start: usize, n: usize) -> Option<i64> {
+    if !(9..=10).contains(&n) || b.get(start + n) != Some(&b'.') {
+        return None;
+    }
+    let digits =
+        |s: &[u8]| s.iter().try_fold(0, |v, &c| c.is_ascii_digit().then(|| v * 10 + i64::from(c - b'0')));
+    let int = digits(b.get(start..start + n)?)?;
+    let frac = digits(b.get(start + n + 1..start + n + 9)?)?;
+    Some(int * crate::core::price::SCALE + frac)
 }
 
 /// A whole combined-stream `bookTicker` frame in Binance's own layout,
@@ -510,7 +478,7 @@ fn event_compact(b: &[u8]) -> Option<(Frame<'_>, usize)> {
             }
             c if c == b'-' || c.is_ascii_digit() => {
                 let v0 = i;
-                i += digit_run(b.get(i..)?);
+                i = digits_end(b, i);
                 while b
                     .get(i)
                     .is_some_and(|c| c.is_ascii_digit() || matches!(c, b'-' | b'+' | b'.' | b'e' | b'E'))
@@ -678,7 +646,7 @@ mod tests {
             (b"123:", 3),
             (b"12/", 2),
         ] {
-            assert_eq!(digit_run(t), n, "{:?}", String::from_utf8_lossy(t));
+            assert_eq!(digits_end(t, 0), n, "{:?}", String::from_utf8_lossy(t));
         }
         assert_eq!(eight_digits(b"35190000"), Some(35_190_000));
         assert_eq!(eight_digits(b"00000001"), Some(1));

@@ -101,19 +101,13 @@ pub fn first(m: u64) -> usize {
     (m.trailing_zeros() / BITS).min(16) as usize
 }
 
-/// `m` without the flags of its first `k` bytes (`k < 16`).
-#[inline(always)]
-pub fn skip(m: u64, k: usize) -> u64 {
-    m >> (k as u32 * BITS)
-}
-
 /// The sixteen bytes at `b[i..]`, if there are that many.
 #[inline(always)]
 fn chunk(b: &[u8], i: usize) -> Option<&[u8; 16]> {
     b.get(i..i.checked_add(16)?).and_then(|c| <&[u8; 16]>::try_from(c).ok())
 }
 
-/// The non-digits among the sixteen bytes at `b[i..]` as a mask for [`first`] and [`skip`];
+/// The non-digits among the sixteen bytes at `b[i..]` as a mask for [`first`];
 /// `None` when fewer than sixteen bytes are left.
 #[inline(always)]
 pub fn non_digits(b: &[u8], i: usize) -> Option<u64> {
@@ -144,7 +138,7 @@ pub fn plain_end(b: &[u8], mut i: usize) -> Option<usize> {
         return None;
     }
     let m = match b.len().checked_sub(16).and_then(|start| Some((start, chunk(b, start)?))) {
-        Some((start, c)) => skip(stops(c), i - start),
+        Some((start, c)) => stops(c) >> ((i - start) as u32 * BITS),
         None => {
             let j = i + b[i..].iter().position(|&c| c < 0x23 || c == b'\\')?;
             return hit(j);
