@@ -388,36 +388,18 @@ async fn dns_outage_after_start_reconnects_and_polls_through_last_good_addresses
             "REST polled during the outage:\n{}",
             app.tail()
         );
-        app.expect_from(
-            from,
-            "[FALLBACK] to rest",
-            |l| l.contains("[FALLBACK] symbol=BOSCHLTD from=live to=rest"),
-            Duration::from_secs(3),
-        )
-        .await;
-        let polling = app
-            .expect_from(
-                from,
-                "REST polling through a known address",
-                |l| l.contains("[FALLBACK] event=rest_polling host=api.test"),
-                Duration::from_secs(3),
-            )
-            .await;
-        assert!(
-            polling.text.contains("dns=cached(") || polling.text.contains("dns=last_good("),
-            "REST went through a remembered address: {}",
-            polling.text
-        );
         // The health check of the third attempt asks every resolver, which all fail, and falls
         // back to the last-good address at once.
         let lg = app
-            .expect_from(
+            .expect_rest_through_last_good(
                 from,
-                "[DNS] resolver=last_good",
-                |l| l.contains("[DNS] resolver=last_good host=stream.test result=ok addrs=127.0.0.1"),
+                "BOSCHLTD",
+                ("api.test", "stream.test"),
+                Duration::from_secs(3),
                 Duration::from_secs(8),
             )
             .await;
+        assert!(lg.text.contains("result=ok addrs=127.0.0.1"), "{}", lg.text);
         assert!(field(&lg.text, "age_ms").is_some(), "{}", lg.text);
         assert!(
             w.system.queries().iter().any(|(n, _)| n == "stream.test")
@@ -639,33 +621,13 @@ async fn seed_incident_rest_price_through_last_good_address_closes_the_long() {
         tokio::time::sleep(Duration::from_millis(200)).await;
         let cut = app.len();
         network_dies(&w, false);
-        // The REST fallback takes over at 730 (no decision) through a remembered address.
-        app.expect_from(
-            cut,
-            "[FALLBACK] to rest",
-            |l| l.contains("[FALLBACK] symbol=BOSCHLTD from=live to=rest"),
-            Duration::from_secs(3),
-        )
-        .await;
-        let polling = app
-            .expect_from(
-                cut,
-                "REST polling",
-                |l| l.contains("[FALLBACK] event=rest_polling host=api.test"),
-                Duration::from_secs(3),
-            )
-            .await;
-        assert!(polling.text.contains("addr=127.0.0.1:"), "{}", polling.text);
-        assert!(
-            polling.text.contains("dns=cached(") || polling.text.contains("dns=last_good("),
-            "{}",
-            polling.text
-        );
+        // The REST fallback takes over at 730 (no decision) through a remembered address, and
         // DNS is really gone: the feed's health check falls back to the last-good address.
-        app.expect_from(
+        app.expect_rest_through_last_good(
             cut,
-            "[DNS] last_good",
-            |l| l.contains("[DNS] resolver=last_good host=stream.test"),
+            "BOSCHLTD",
+            ("api.test", "stream.test"),
+            Duration::from_secs(3),
             Duration::from_secs(6),
         )
         .await;

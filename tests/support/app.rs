@@ -96,6 +96,35 @@ impl Log {
     }
 }
 
+impl Log {
+    /// The feed and DNS died (at log line `cut`): `symbol` falls back to REST
+    /// (`[FALLBACK] ... to=rest`), the poller reaches `rest_host` through an address remembered
+    /// from before the outage (`dns=cached(..)` or `dns=last_good(..)`), and the feed's DNS
+    /// health check answers `feed_host` from its last-good address. Returns that `[DNS]` line.
+    pub async fn expect_rest_through_last_good(
+        &self,
+        cut: usize,
+        symbol: &str,
+        hosts: (&str, &str),
+        within: Duration,
+        dns_within: Duration,
+    ) -> Line {
+        let (rest_host, feed_host) = hosts;
+        let fallback = format!("[FALLBACK] symbol={symbol} from=live to=rest");
+        self.expect_from(cut, "[FALLBACK] to rest", |l| l.contains(&fallback), within).await;
+        let polling = format!("[FALLBACK] event=rest_polling host={rest_host} ");
+        let polling = self.expect_from(cut, "REST polling", |l| l.contains(&polling), within).await;
+        assert!(polling.text.contains("addr=127.0.0.1:"), "{}", polling.text);
+        assert!(
+            polling.text.contains("dns=cached(") || polling.text.contains("dns=last_good("),
+            "REST went through a remembered address: {}",
+            polling.text
+        );
+        let last_good = format!("[DNS] resolver=last_good host={feed_host} ");
+        self.expect_from(cut, "[DNS] last_good", |l| l.contains(&last_good), dns_within).await
+    }
+}
+
 /// A running `tickguard run`; killed on drop.
 pub struct App {
     /// The process.
