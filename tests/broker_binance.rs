@@ -6,7 +6,6 @@
 
 mod support;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use support::ca::TestCa;
@@ -18,9 +17,7 @@ use tickguard::broker::{Broker, CloseOrder, Lookup, Secret, resolve};
 use tickguard::core::engine::{Outcome, client_id};
 use tickguard::core::price::{Price, Qty};
 use tickguard::core::types::{CloseReason, InstrumentId, PositionId, Side, Symbol};
-use tickguard::net::dns::{DnsConfig, Resolver};
-use tickguard::net::http::{Connector, Endpoint};
-use tickguard::net::tls::TlsClient;
+use tickguard::net::http::Endpoint;
 use tickguard::runtime::clock::Clock;
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -31,22 +28,6 @@ fn q(s: &str) -> Qty {
 
 fn p(s: &str) -> Price {
     Price::parse(s).expect("decimal")
-}
-
-fn connector(ca: &TestCa) -> Connector {
-    let dns = DnsConfig {
-        use_system: false,
-        resolv_conf: "/nonexistent".into(),
-        nameservers: Vec::new(),
-        timeout: Duration::from_millis(300),
-        cap: Duration::from_millis(600),
-    };
-    Connector {
-        resolver: Arc::new(Resolver::new(dns)),
-        tls: TlsClient::new(Some(&ca.ca_path)).expect("tls client"),
-        connect_timeout: Duration::from_secs(2),
-        fresh: Duration::from_secs(60),
-    }
 }
 
 fn creds(secret: &str) -> Credentials {
@@ -72,7 +53,7 @@ async fn world(name: &str, tweak: impl FnOnce(&mut BinanceConfig)) -> World {
     cfg.order_timeout = Duration::from_secs(2);
     cfg.query_timeout = Duration::from_secs(2);
     tweak(&mut cfg);
-    let broker = Binance::new(cfg, creds(SECRET), connector(&ca));
+    let broker = Binance::new(cfg, creds(SECRET), ca.tickguard_connector());
     World { _dir: dir, ca, fake, broker }
 }
 
@@ -135,7 +116,7 @@ async fn orders_are_signed_and_carry_the_key_header() {
         let wrong = Binance::new(
             BinanceConfig::new(Endpoint::parse(&w.fake.base_url()).expect("url")),
             creds("not-the-secret"),
-            connector(&w.ca),
+            w.ca.tickguard_connector(),
         );
         assert_eq!(wrong.place(&order("btc-2", 1, "0.5")).await, Outcome::Rejected);
         // Both signed requests (the balance read, then the order) were refused.
@@ -278,7 +259,7 @@ async fn failures_before_sending_are_rejected() {
         let refused = Binance::new(
             BinanceConfig::new(Endpoint::parse(&format!("https://127.0.0.1:{port}")).expect("url")),
             creds(SECRET),
-            connector(&w.ca),
+            w.ca.tickguard_connector(),
         );
         assert_eq!(refused.place(&order("btc-1", 1, "1")).await, Outcome::Rejected);
         // A certificate for another name: the TLS handshake fails, nothing is sent.
@@ -287,7 +268,7 @@ async fn failures_before_sending_are_rejected() {
         let tls_fail = Binance::new(
             BinanceConfig::new(Endpoint::parse(&bad.base_url()).expect("url")),
             creds(SECRET),
-            connector(&w.ca),
+            w.ca.tickguard_connector(),
         );
         assert_eq!(tls_fail.place(&order("btc-1", 1, "1")).await, Outcome::Rejected);
         assert!(bad.requests().is_empty());
@@ -295,7 +276,7 @@ async fn failures_before_sending_are_rejected() {
         let nowhere = Binance::new(
             BinanceConfig::new(Endpoint::parse("https://no-such-host.invalid").expect("url")),
             creds(SECRET),
-            connector(&w.ca),
+            w.ca.tickguard_connector(),
         );
         assert_eq!(nowhere.place(&order("btc-1", 1, "1")).await, Outcome::Rejected);
         // Spot cannot close a short: refused without a request.
@@ -534,7 +515,7 @@ async fn holdings_report_free_plus_locked_of_each_symbols_base_asset() {
                 c
             },
             creds(SECRET),
-            connector(&w.ca),
+            w.ca.tickguard_connector(),
         );
         assert!(bad.holdings().await.is_err());
     })

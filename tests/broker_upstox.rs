@@ -6,7 +6,6 @@
 mod support;
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
@@ -18,9 +17,7 @@ use tickguard::broker::{Broker, CloseOrder, Lookup, Secret, resolve};
 use tickguard::core::engine::{Outcome, client_id};
 use tickguard::core::price::{Price, Qty};
 use tickguard::core::types::{CloseReason, InstrumentId, PositionId, Side, Symbol};
-use tickguard::net::dns::{DnsConfig, Resolver};
-use tickguard::net::http::{Connector, Endpoint};
-use tickguard::net::tls::TlsClient;
+use tickguard::net::http::Endpoint;
 use tickguard::runtime::clock::Clock;
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -28,22 +25,6 @@ const KEY: &str = "NSE_EQ|INE323A01026";
 
 fn q(s: &str) -> Qty {
     Qty::parse(s).expect("decimal")
-}
-
-fn connector(ca: &TestCa) -> Connector {
-    let dns = DnsConfig {
-        use_system: false,
-        resolv_conf: "/nonexistent".into(),
-        nameservers: Vec::new(),
-        timeout: Duration::from_millis(300),
-        cap: Duration::from_millis(600),
-    };
-    Connector {
-        resolver: Arc::new(Resolver::new(dns)),
-        tls: TlsClient::new(Some(&ca.ca_path)).expect("tls client"),
-        connect_timeout: Duration::from_secs(2),
-        fresh: Duration::from_secs(60),
-    }
 }
 
 struct World {
@@ -66,7 +47,7 @@ async fn world(name: &str, tweak: impl FnOnce(&mut UpstoxConfig)) -> World {
     std::fs::write(&token, format!("{TOKEN}\n")).expect("write token");
     cfg.token_file = Some(token);
     tweak(&mut cfg);
-    let broker = Upstox::new(cfg, Secret::new(TOKEN), connector(&ca));
+    let broker = Upstox::new(cfg, Secret::new(TOKEN), ca.tickguard_connector());
     World { dir, fake, broker }
 }
 

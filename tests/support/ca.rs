@@ -74,6 +74,24 @@ impl TestCa {
         tokio_rustls::TlsConnector::from(self.client_config())
     }
 
+    /// tickguard's own HTTP connector trusting only this CA, with no resolver to ask (the
+    /// broker tests give it `127.0.0.1` addresses) and a 2 s connect timeout.
+    pub fn tickguard_connector(&self) -> tickguard::net::http::Connector {
+        let dns = tickguard::net::dns::DnsConfig {
+            use_system: false,
+            resolv_conf: "/nonexistent".into(),
+            nameservers: Vec::new(),
+            timeout: std::time::Duration::from_millis(300),
+            cap: std::time::Duration::from_millis(600),
+        };
+        tickguard::net::http::Connector {
+            resolver: Arc::new(tickguard::net::dns::Resolver::new(dns)),
+            tls: tickguard::net::tls::TlsClient::new(Some(&self.ca_path)).expect("tls client"),
+            connect_timeout: std::time::Duration::from_secs(2),
+            fresh: std::time::Duration::from_secs(60),
+        }
+    }
+
     fn issue(&self, names: &[&str]) -> (CertificateDer<'static>, PrivateKeyDer<'static>) {
         let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
         let mut params = CertificateParams::new(names.clone()).expect("leaf params");
