@@ -553,6 +553,22 @@ pub static KEYS: &[KeySpec] = &[
         "60",
     ),
     key(
+        "broker.reconcile_every_s",
+        SECS,
+        "60",
+        "s",
+        "How often what the broker holds is compared with the book (positions the account holds exactly none of are closed externally).",
+        "30",
+    ),
+    key(
+        "broker.unknown_alarm_s",
+        SECS,
+        "60",
+        "s",
+        "A close attempt whose outcome stays unknown this long raises the close_failed alarm until an operator settles it (`POST /api/v1/positions/{id}/resolve` with the attempt).",
+        "120",
+    ),
+    key(
         "broker.paper_fill_delay_s",
         SECS0,
         "0.2",
@@ -999,6 +1015,10 @@ pub struct BrokerConfig {
     pub retry_max: Duration,
     /// `broker.paper_fill_delay_s`.
     pub paper_fill_delay: Duration,
+    /// `broker.unknown_alarm_s`.
+    pub unknown_alarm: Duration,
+    /// `broker.reconcile_every_s`.
+    pub reconcile_every: Duration,
 }
 
 impl Default for BrokerConfig {
@@ -1015,6 +1035,8 @@ impl Default for BrokerConfig {
             retry_initial: Duration::from_secs(1),
             retry_max: Duration::from_secs(30),
             paper_fill_delay: Duration::from_millis(200),
+            unknown_alarm: Duration::from_secs(60),
+            reconcile_every: Duration::from_secs(60),
         }
     }
 }
@@ -1156,8 +1178,24 @@ impl Config {
             retry_max: self.broker.retry_max,
             rest_enabled: self.feed.venue != Venue::Sim,
             seed: self.sim.seed.unwrap_or(base.seed),
+            unknown_alarm: self.broker.unknown_alarm,
+            max_watched: self.max_watched(),
             ..base
         }
+    }
+
+    /// Most instruments the watch set may hold: `MAX_INSTRUMENTS`, and for Upstox the
+    /// subscription cap (`feed.max_subscriptions`, else the mode's). A registration beyond it
+    /// is refused (507) rather than accepted unwatched.
+    pub fn max_watched(&self) -> usize {
+        let mut cap = crate::limits::MAX_INSTRUMENTS;
+        if self.feed.venue == Venue::Upstox {
+            let mode = crate::feed::upstox::Mode::parse(&self.feed.mode).unwrap_or_default();
+            cap = cap.min(self.feed.max_subscriptions.map_or(mode.cap(), usize::from));
+        } else if let Some(n) = self.feed.max_subscriptions {
+            cap = cap.min(usize::from(n));
+        }
+        cap
     }
 
     /// `feed.instruments` followed by the symbols of the positions, in order, each once.
@@ -1219,8 +1257,27 @@ pub fn parse_str(
     let mut cfg = Config::default();
     apply_file(&mut cfg, doc.get_ref())?;
     apply_env(&mut cfg, env)?;
+    normalise_symbols(&mut cfg);
     check(&cfg)?;
     Ok(cfg)
+}
+
+/// Binance's symbols are case-free: `btcusdt` is `BTCUSDT`, the name its frames carry, so
+/// configured symbols are upper-cased (as registrations over the API are). Upstox instrument
+/// keys and symbols are kept as written.
+fn normalise_symbols(cfg: &mut Config) {
+    if cfg.feed.venue != Venue::Binance {
+        return;
+    }
+    for s in &mut cfg.feed.instruments {
+        s.make_ascii_uppercase();
+    }
+    for p in &mut cfg.positions {
+        let upper = p.symbol.to_ascii_uppercase();
+        if let Ok(sym) = crate::core::types::Symbol::try_from(upper.as_str()) {
+            p.symbol = sym;
+        }
+    }
 }
 
 /// Reads a secret or token file, trimmed of surrounding whitespace. Errors name the path,
@@ -1751,6 +1808,8 @@ fn assign(cfg: &mut Config, spec: &KeySpec, v: Val) -> Result<(), ConfigError> {
         ("broker.retry_initial_s", Val::Secs(d)) => cfg.broker.retry_initial = d,
         ("broker.retry_max_s", Val::Secs(d)) => cfg.broker.retry_max = d,
         ("broker.paper_fill_delay_s", Val::Secs(d)) => cfg.broker.paper_fill_delay = d,
+        ("broker.unknown_alarm_s", Val::Secs(d)) => cfg.broker.unknown_alarm = d,
+        ("broker.reconcile_every_s", Val::Secs(d)) => cfg.broker.reconcile_every = d,
         ("store.dir", Val::Path(p)) => cfg.store.dir = p,
         ("store.fsync", Val::Text(t)) => cfg.store.fsync_always = t == "always",
         ("store.max_journal_bytes", Val::Seed(n)) => {

@@ -35,3 +35,38 @@ pub const CLOSED_REMEMBERED: usize = 4096;
 pub const MAX_RECORD: usize = 4096;
 /// Journal size past which it is compacted into a snapshot.
 pub const MAX_JOURNAL_BYTES: u64 = 1024 * 1024;
+/// Most bytes READ of one `exchangeInfo` answer for the venue's symbol list
+/// (`feed::venue_symbols`): Binance's whole spot list with every filter is about 10-15 MB,
+/// read once a day. A bound on bytes read (and on the stored list's file size), not on memory:
+/// the answer is streamed, never held whole (see [`EXCHANGE_INFO_CHUNK`] and
+/// [`EXCHANGE_INFO_CARRY_MAX`] for the memory it takes).
+pub const EXCHANGE_INFO_MAX_BYTES: usize = 48 * 1024 * 1024;
+/// Most symbols kept from the venue's list (Binance lists about 3,500 spot symbols).
+pub const VENUE_SYMBOLS_MAX: usize = 20_000;
+/// Symbols the REST poller remembers as refused by the venue (`-1121`), left out of its batch
+/// and re-tried one by one now and then: every instrument the cache can hold, so that every
+/// offender is remembered.
+pub const REST_REFUSED_MAX: usize = MAX_INSTRUMENTS;
+/// Requests one REST poll may send while splitting batches refused for one of their symbols;
+/// chunks left over count as REST errors for that poll and are asked for again at the next.
+pub const REST_SPLIT_REQUESTS_MAX: usize = 64;
+/// Closed position ids the journal remembers after the positions themselves are pruned
+/// ([`CLOSED_REMEMBERED`]): how and when each closed, so that re-registering a closed id is
+/// refused and a `[[positions]]` entry that closed long ago is never registered (and sold)
+/// again. About 40 bytes each in memory (the id packed into 16 bytes), about 1.3 MiB when full,
+/// and at most about 20 bytes each in the snapshot; the oldest closes are forgotten first.
+pub const CLOSED_TOMBSTONES: usize = 32_768;
+/// Symbols one Upstox instrument key can be watched under at once (a configured symbol and
+/// the key registered as a symbol of its own); each gets the key's live prices.
+pub const UPSTOX_KEY_SYMBOLS_MAX: usize = 4;
+/// Upstox LTP requests in one poll, splitting refused batches included (`feed::upstox`).
+pub const LTP_REQUESTS_PER_POLL: usize = 64;
+/// Largest piece of the `exchangeInfo` answer in memory at once: the HTTP client's read buffer
+/// (hyper's, bounded to this) and the pieces handed to the symbol-list scanner
+/// (`feed::venue_symbols::ExchangeInfoScanner`). At least 8 KiB (hyper's minimum).
+pub const EXCHANGE_INFO_CHUNK: usize = 32 * 1024;
+/// The symbol-list scanner's carry-over buffer: the one `symbols[]` entry being read, kept
+/// across chunk boundaries until it is whole (a Binance spot entry with every filter and
+/// permission set is about 2-4 KB). An entry larger than this fails the fetch (the stored list
+/// stays in use). With [`EXCHANGE_INFO_CHUNK`], the memory bound of one fetch besides the list.
+pub const EXCHANGE_INFO_CARRY_MAX: usize = 64 * 1024;

@@ -173,6 +173,10 @@ fn journal_dump(dir: Option<PathBuf>, config: Option<PathBuf>) -> ExitCode {
 fn check_config(file: &std::path::Path) -> ExitCode {
     match tickguard::config::load(Some(file), std::env::vars()) {
         Ok(cfg) => {
+            if let Err(e) = runtime::app::check_symbols(&cfg) {
+                eprintln!("config error: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
             println!("{}: ok", file.display());
             println!("{}", runtime::app::summary(&cfg));
             ExitCode::SUCCESS

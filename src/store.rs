@@ -9,18 +9,27 @@
 //!
 //! Recovery reads snapshot + journal, drops a torn or corrupt tail with a `[STORE]` warning
 //! naming the offset (and truncates it away), and never panics on any bytes.
+//!
+//! A failed append (a write that failed midway, a failed fsync) is cut back to the last whole
+//! record before the error reaches the caller, so a record answered with an error never comes
+//! back and later records never sit behind a partial one; if the cut fails, every append is
+//! refused until it succeeds ([`StoreError::Broken`]).
+//!
+//! A closed position's id outlives the position: the state keeps a bounded tombstone per
+//! closed id ([`State::closed`], [`Journal::closed`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
 use crate::core::engine::Outcome;
 use crate::core::time::Timestamp;
-use crate::limits::{CLOSED_REMEMBERED, MAX_RECORD};
+use crate::limits::{CLOSED_REMEMBERED, CLOSED_TOMBSTONES, MAX_RECORD};
 
 /// One journal record. Prices and quantities are raw fixed-point units (10⁻⁸).
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -101,12 +110,32 @@ pub enum Record {
         /// Average price.
         price: Option<i64>,
     },
-    /// The position ended.
+    /// The position ended (written by older versions; [`Journal::append`] writes a `Closed`
+    /// record as [`Record::ClosedAt`], stamped with the wall clock).
     Closed {
         /// Position id.
         id: String,
         /// 0 filled, 1 external, 2 resolved, 3 withdrawn.
         how: u8,
+    },
+    // New variants go at the END only: postcard encodes a variant by its position, so
+    // inserting one anywhere else would make every existing journal unreadable.
+    /// The broker product of a position (Upstox `D` delivery, `I` intraday, `MTF`), so that a
+    /// restored position closes with the product it was opened with.
+    Product {
+        /// Position id.
+        id: String,
+        /// The product, as the broker spells it.
+        product: String,
+    },
+    /// The position ended, and when (the tombstone that keeps its id closed after pruning).
+    ClosedAt {
+        /// Position id.
+        id: String,
+        /// 0 filled, 1 external, 2 resolved, 3 withdrawn.
+        how: u8,
+        /// Wall-clock time of the close, ms since the Unix epoch.
+        at_unix_ms: u64,
     },
 }
 
@@ -120,7 +149,9 @@ impl Record {
             | Record::Reopened { id }
             | Record::Intent { id, .. }
             | Record::Outcome { id, .. }
-            | Record::Closed { id, .. } => id,
+            | Record::Closed { id, .. }
+            | Record::Product { id, .. }
+            | Record::ClosedAt { id, .. } => id,
         }
     }
 
@@ -179,12 +210,196 @@ pub struct PositionState {
     pub closed: Option<u8>,
     /// Order of the last change (for forgetting the oldest closed positions).
     pub seq: u64,
+    /// The broker product (`D`, `I`, `MTF` at Upstox) from the last [`Record::Product`].
+    pub product: Option<String>,
 }
 
 impl PositionState {
     /// Executed quantity over all attempts.
     pub fn filled(&self) -> i64 {
         self.attempts.iter().map(|a| a.executed).sum()
+    }
+}
+
+/// How a closed position ended and when: what the journal remembers of a closed id after the
+/// position itself is pruned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClosedInfo {
+    /// How it ended.
+    pub how: ClosedHow,
+    /// Wall-clock time of the close, ms since the Unix epoch; `0` when unknown (closed by a
+    /// version that did not record the time).
+    pub at_unix_ms: u64,
+}
+
+impl ClosedInfo {
+    /// `filled`, `external`, `resolved` or `withdrawn`.
+    pub fn how_str(&self) -> &'static str {
+        self.how.as_str()
+    }
+
+    /// The close time as RFC 3339 UTC (`2026-12-03T18:05:35.123Z`), `None` when unknown.
+    pub fn at_rfc3339(&self) -> Option<String> {
+        (self.at_unix_ms != 0).then(|| rfc3339_ms(self.at_unix_ms))
+    }
+
+    /// `filled at 2026-12-03T18:05:35.123Z` (or `filled at an unknown time`): the `HOW at TIME`
+    /// of the API's 409 detail `position ID closed (HOW at TIME); register with a new id`.
+    pub fn describe(&self) -> String {
+        match self.at_rfc3339() {
+            Some(t) => format!("{} at {t}", self.how_str()),
+            None => format!("{} at an unknown time", self.how_str()),
+        }
+    }
+}
+
+/// RFC 3339 UTC with milliseconds from Unix milliseconds (civil-from-days, proleptic Gregorian).
+fn rfc3339_ms(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = (secs / 86_400) as i64;
+    let sod = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z", sod / 3600, (sod / 60) % 60, sod % 60, ms % 1000)
+}
+
+fn how_of(code: u8) -> ClosedHow {
+    match code {
+        0 => ClosedHow::Filled,
+        1 => ClosedHow::External,
+        2 => ClosedHow::Resolved,
+        _ => ClosedHow::Withdrawn,
+    }
+}
+
+/// The ids of closed positions, kept after the positions themselves are pruned, at most
+/// [`CLOSED_TOMBSTONES`] (the oldest closes are forgotten first).
+///
+/// Memory: an id of `[A-Za-z0-9_-]` up to 20 characters (every id the API and the
+/// configuration accept) is packed exactly, without loss, into a `u128` (5 bits of length, 6 bits
+/// per character), and how and when it closed into a `u64` (`at_unix_ms << 2 | how`): 24 bytes an
+/// entry plus the B-tree's nodes, about 40 bytes. Any other id (only an older journal could
+/// hold one) is kept as its text in `other`. Exact keys: a tombstone never matches another id.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+pub struct Tombstones {
+    packed: BTreeMap<u128, u64>,
+    other: BTreeMap<String, u64>,
+}
+
+const ID_ALPHABET: &[u8; 64] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_-";
+
+fn pack_id(id: &str) -> Option<u128> {
+    let b = id.as_bytes();
+    if b.is_empty() || b.len() > 20 {
+        return None;
+    }
+    let mut key = b.len() as u128;
+    for (i, c) in b.iter().enumerate() {
+        let v = ID_ALPHABET.iter().position(|a| a == c)? as u128;
+        key |= v << (5 + 6 * i);
+    }
+    Some(key)
+}
+
+fn unpack_id(key: u128) -> String {
+    let len = (key & 0x1F) as usize;
+    (0..len.min(20)).map(|i| ID_ALPHABET[((key >> (5 + 6 * i)) & 0x3F) as usize] as char).collect()
+}
+
+fn pack_closed(how: u8, at_unix_ms: u64) -> u64 {
+    (at_unix_ms.min(u64::MAX >> 2) << 2) | u64::from(how.min(3))
+}
+
+fn unpack_closed(v: u64) -> ClosedInfo {
+    ClosedInfo { how: how_of((v & 3) as u8), at_unix_ms: v >> 2 }
+}
+
+impl Tombstones {
+    /// Tombstones held.
+    pub fn len(&self) -> usize {
+        self.packed.len() + self.other.len()
+    }
+
+    /// Whether none is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// How and when `id` closed, if it did (and is still remembered).
+    pub fn get(&self, id: &str) -> Option<ClosedInfo> {
+        match pack_id(id) {
+            Some(k) => self.packed.get(&k).copied().map(unpack_closed),
+            None => self.other.get(id).copied().map(unpack_closed),
+        }
+    }
+
+    /// Every remembered closed id with how and when it closed (ids in no particular order).
+    pub fn iter(&self) -> impl Iterator<Item = (String, ClosedInfo)> + '_ {
+        self.packed
+            .iter()
+            .map(|(k, v)| (unpack_id(*k), unpack_closed(*v)))
+            .chain(self.other.iter().map(|(k, v)| (k.clone(), unpack_closed(*v))))
+    }
+
+    fn insert(&mut self, id: &str, how: u8, at_unix_ms: u64, cap: usize) {
+        let v = pack_closed(how, at_unix_ms);
+        match pack_id(id) {
+            Some(k) => {
+                self.packed.insert(k, v);
+            }
+            None => {
+                self.other.insert(id.to_string(), v);
+            }
+        }
+        if self.len() > cap {
+            self.evict(cap);
+        }
+    }
+
+    fn remove(&mut self, id: &str) {
+        match pack_id(id) {
+            Some(k) => {
+                self.packed.remove(&k);
+            }
+            None => {
+                self.other.remove(id);
+            }
+        }
+    }
+
+    /// Forgets the oldest closes (by close time) down to `cap - cap/16`, so that one pass over
+    /// the set serves the next `cap/16` closes (the cost per close stays constant).
+    fn evict(&mut self, cap: usize) {
+        let keep = cap - cap / 16;
+        let n = self.len().saturating_sub(keep);
+        if n == 0 {
+            return;
+        }
+        // Close time, then the key (`other` ids are rare: only an older journal holds one).
+        let mut all: Vec<(u64, Result<u128, String>)> = self
+            .packed
+            .iter()
+            .map(|(k, v)| (*v >> 2, Ok(*k)))
+            .chain(self.other.iter().map(|(k, v)| (*v >> 2, Err(k.clone()))))
+            .collect();
+        all.select_nth_unstable(n - 1);
+        for (_, k) in all.into_iter().take(n) {
+            match k {
+                Ok(k) => {
+                    self.packed.remove(&k);
+                }
+                Err(s) => {
+                    self.other.remove(&s);
+                }
+            }
+        }
     }
 }
 
@@ -196,11 +411,28 @@ pub struct State {
     /// Highest registration number seen.
     pub max_generation: u32,
     seq: u64,
+    /// Every closed id still remembered (kept after its position is pruned).
+    pub tombstones: Tombstones,
 }
 
 impl State {
+    /// How and when `id` closed, if a position with this id ever closed (and the close is among
+    /// the last [`CLOSED_TOMBSTONES`]); `None` for an id that is open again or never closed.
+    pub fn closed(&self, id: &str) -> Option<ClosedInfo> {
+        self.tombstones.get(id)
+    }
+
+    /// Every remembered closed id with how and when it closed.
+    pub fn closed_ids(&self) -> impl Iterator<Item = (String, ClosedInfo)> + '_ {
+        self.tombstones.iter()
+    }
+
     /// Applies one record. Idempotent: applying a record twice leaves the same state.
     pub fn apply(&mut self, r: &Record) {
+        self.apply_capped(r, CLOSED_TOMBSTONES);
+    }
+
+    fn apply_capped(&mut self, r: &Record, cap: usize) {
         self.seq += 1;
         let seq = self.seq;
         if let Record::Registered { id, generation, stop_loss, take_profit, .. } = r {
@@ -213,15 +445,25 @@ impl State {
                 attempts: Vec::new(),
                 closed: None,
                 seq,
+                product: None,
             };
-            // A re-registration of the same id after it closed starts a new life.
+            // A re-registration of the same id after it closed starts a new life (the API
+            // refuses one with 409 and the configuration's is skipped; an older journal may hold
+            // one): the id is open again, so it is no longer a tombstone.
             match self.positions.get(id) {
                 Some(p) if p.registered == *r && p.closed.is_none() => {}
                 _ => {
                     self.positions.insert(id.clone(), fresh);
+                    self.tombstones.remove(id);
                 }
             }
             return;
+        }
+        // A close is remembered by id even if the position itself is not (already pruned).
+        match r {
+            Record::Closed { id, how } => self.tombstones.insert(id, *how, 0, cap),
+            Record::ClosedAt { id, how, at_unix_ms } => self.tombstones.insert(id, *how, *at_unix_ms, cap),
+            _ => {}
         }
         let Some(p) = self.positions.get_mut(r.id()) else { return };
         p.seq = seq;
@@ -259,7 +501,8 @@ impl State {
                     }
                 }
             }
-            Record::Closed { how, .. } => p.closed = Some(*how),
+            Record::Closed { how, .. } | Record::ClosedAt { how, .. } => p.closed = Some(*how),
+            Record::Product { product, .. } => p.product = Some(product.clone()),
         }
     }
 
@@ -297,6 +540,18 @@ pub enum StoreError {
     /// A record could not be encoded.
     #[error("store: cannot encode a record: {0}")]
     Encode(String),
+    /// A failed append could not be rolled back (the journal may end in a partial record):
+    /// every append is refused until truncating the journal back to its last whole record
+    /// succeeds, which each later append (and [`Journal::sync`]) tries again.
+    #[error(
+        "store {path}: journal refuses appends until it is repaired: {reason}; free space on store.dir or check the disk"
+    )]
+    Broken {
+        /// The journal file.
+        path: String,
+        /// Why it broke.
+        reason: String,
+    },
 }
 
 fn io<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
@@ -312,6 +567,55 @@ pub enum Fsync {
     Never,
 }
 
+/// Faults injected into the journal's own file operations: the seam the failure tests use to
+/// fail a write midway, an fsync or the truncation that rolls a failed write back, on any
+/// filesystem. Install one with [`Journal::set_faults`]; a journal without one pays one branch
+/// per write.
+#[derive(Debug, Default)]
+pub struct FaultPlan {
+    writes: AtomicU64,
+    fail_write_at: AtomicU64,
+    fail_write_keep: AtomicU64,
+    fail_fsyncs: AtomicU32,
+    fail_truncates: AtomicU32,
+}
+
+impl FaultPlan {
+    /// A plan that injects nothing yet.
+    pub fn new() -> Arc<FaultPlan> {
+        Arc::new(FaultPlan::default())
+    }
+
+    /// The `nth` append write from now (1: the next one; one write per append or batch) puts
+    /// its first `keep_bytes` bytes in the file, then fails with `ENOSPC`.
+    pub fn fail_write(&self, nth: u64, keep_bytes: u64) {
+        self.fail_write_keep.store(keep_bytes, Ordering::SeqCst);
+        self.fail_write_at.store(self.writes.load(Ordering::SeqCst) + nth.max(1), Ordering::SeqCst);
+    }
+
+    /// The next `n` commit fsyncs (after an append) fail with `EIO`.
+    pub fn fail_fsyncs(&self, n: u32) {
+        self.fail_fsyncs.store(n, Ordering::SeqCst);
+    }
+
+    /// The next `n` truncations that roll a failed append back (or repair the journal) fail
+    /// with `EIO`.
+    pub fn fail_truncates(&self, n: u32) {
+        self.fail_truncates.store(n, Ordering::SeqCst);
+    }
+
+    fn on_write(&self) -> Option<u64> {
+        let n = self.writes.fetch_add(1, Ordering::SeqCst) + 1;
+        (self.fail_write_at.load(Ordering::SeqCst) == n).then(|| self.fail_write_keep.load(Ordering::SeqCst))
+    }
+
+    fn take(counter: &AtomicU32) -> bool {
+        counter.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok()
+    }
+}
+
+const ENOSPC: i32 = 28;
+const EIO: i32 = 5;
 /// Frames a payload: `[len u32 LE][crc32 u32 LE][payload]`.
 pub fn frame(payload: &[u8]) -> Vec<u8> {
     let mut v = Vec::with_capacity(payload.len() + 8);
@@ -356,15 +660,77 @@ pub struct Recovered {
     pub dropped: Option<(u64, u64)>,
 }
 
+impl Recovered {
+    /// How and when `id` closed, if a position with this id ever closed (see [`State::closed`]).
+    pub fn closed(&self, id: &str) -> Option<ClosedInfo> {
+        self.state.closed(id)
+    }
+}
+
 const JOURNAL: &str = "journal.tg";
 const SNAPSHOT: &str = "snapshot.tg";
+/// Rollbacks remembered for writers still waiting on their fsync (see `Inner::lost`).
+const LOST_RANGES: usize = 64;
 
 struct Inner {
     file: File,
+    /// Length of the journal's whole records (the file's length, but while `broken`).
     bytes: u64,
     state: State,
-    /// Records written so far (the group-commit sequence).
+    /// Records written so far (the group-commit sequence; never reused).
     written: u64,
+    /// The last record and journal length known durable (fsynced, or in a fsynced snapshot).
+    durable_seq: u64,
+    durable_bytes: u64,
+    /// Changes whenever the journal's layout changes under a writer waiting for its fsync
+    /// (a rollback to `durable_bytes` or a compaction), so that it never trusts a stale length.
+    epoch: u64,
+    /// Record sequences `(after, upto]` rolled back after a failed fsync: a writer whose record
+    /// is in one gets an error, never a false "durable".
+    lost: VecDeque<(u64, u64)>,
+    /// Highest sequence of the ranges forgotten from `lost` (older writers get an error).
+    lost_forgotten: u64,
+    /// Set when a failed append could not be rolled back: every append is refused until a
+    /// truncation back to `durable_bytes` succeeds.
+    broken: Option<String>,
+    faults: Option<Arc<FaultPlan>>,
+}
+
+impl Inner {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        if let Some(keep) = self.faults.as_ref().and_then(|f| f.on_write()) {
+            let keep = usize::try_from(keep).unwrap_or(usize::MAX).min(buf.len());
+            self.file.write_all(&buf[..keep])?;
+            return Err(std::io::Error::from_raw_os_error(ENOSPC));
+        }
+        self.file.write_all(buf)
+    }
+
+    /// Cuts the journal back to `len` and fsyncs the cut.
+    fn truncate_and_sync(&mut self, len: u64) -> std::io::Result<()> {
+        if self.faults.as_ref().is_some_and(|f| FaultPlan::take(&f.fail_truncates)) {
+            return Err(std::io::Error::from_raw_os_error(EIO));
+        }
+        self.file.set_len(len)?;
+        self.file.sync_all()
+    }
+
+    fn is_lost(&self, seq: u64) -> bool {
+        seq <= self.lost_forgotten || self.lost.iter().any(|&(after, upto)| after < seq && seq <= upto)
+    }
+
+    /// Marks every record written since the last durable point as lost.
+    fn lose_undurable(&mut self) {
+        if self.written > self.durable_seq {
+            if self.lost.len() == LOST_RANGES
+                && let Some((_, upto)) = self.lost.pop_front()
+            {
+                self.lost_forgotten = self.lost_forgotten.max(upto);
+            }
+            self.lost.push_back((self.durable_seq, self.written));
+        }
+        self.epoch += 1;
+    }
 }
 
 /// The journal of one state directory.
@@ -373,15 +739,45 @@ pub struct Journal {
     fsync: Fsync,
     max_bytes: u64,
     inner: Mutex<Inner>,
-    /// Group commit: the highest record sequence known durable, and the handle fsynced. Writers
-    /// append under `inner`, then fsync outside it; one fsync covers every record written
-    /// before it, so concurrent writers (the executor's order tasks) share fsyncs.
-    synced: Mutex<u64>,
+    /// Group commit: writers append under `inner`, then take turns here to fsync outside it; one
+    /// fsync covers every record written before it, so concurrent writers (the executor's order
+    /// tasks) share fsyncs.
+    synced: Mutex<()>,
     sync_file: File,
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir, "fsync directory"))
+}
+
+/// Folds a snapshot (if any) and a journal's bytes: the state, the records replayed and the
+/// length of the journal's whole records.
+fn fold(snap_path: &Path, snapshot: Option<&[u8]>, journal: &[u8]) -> (State, usize, usize) {
+    let mut state = State::default();
+    if let Some(bytes) = snapshot {
+        match read_snapshot(bytes) {
+            Some(s) => state = s,
+            None => log::error!(
+                "[STORE] event=snapshot_corrupt file={} (ignored; replaying the journal alone)",
+                snap_path.display()
+            ),
+        }
+    }
+    let (records, good) = read_frames(journal);
+    for r in &records {
+        state.apply(r);
+    }
+    (state, records.len(), good)
+}
+
+/// A `Closed` record as it is written: [`Record::ClosedAt`], stamped with `now`.
+fn stamped(r: &Record, now: u64) -> std::borrow::Cow<'_, Record> {
+    match r {
+        Record::Closed { id, how } => {
+            std::borrow::Cow::Owned(Record::ClosedAt { id: id.clone(), how: *how, at_unix_ms: now })
+        }
+        _ => std::borrow::Cow::Borrowed(r),
+    }
 }
 
 impl Journal {
@@ -390,15 +786,7 @@ impl Journal {
         std::fs::create_dir_all(dir).map_err(io(dir, "create directory"))?;
         let mut rec = Recovered::default();
         let snap = dir.join(SNAPSHOT);
-        if let Ok(bytes) = std::fs::read(&snap) {
-            match read_snapshot(&bytes) {
-                Some(s) => rec.state = s,
-                None => log::error!(
-                    "[STORE] event=snapshot_corrupt file={} (ignored; replaying the journal alone)",
-                    snap.display()
-                ),
-            }
-        }
+        let snapshot = std::fs::read(&snap).ok();
         let jpath = dir.join(JOURNAL);
         let mut file = OpenOptions::new()
             .read(true)
@@ -408,64 +796,129 @@ impl Journal {
             .map_err(io(&jpath, "open journal"))?;
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes).map_err(io(&jpath, "read journal"))?;
-        let (records, good) = read_frames(&bytes);
-        for r in &records {
-            rec.state.apply(r);
-        }
-        rec.records = records.len();
+        let (state, records, good) = fold(&snap, snapshot.as_deref(), &bytes);
+        drop(snapshot);
+        rec.state = state;
+        rec.records = records;
         if good < bytes.len() {
             let dropped = (bytes.len() - good) as u64;
             log::warn!(
-                "[STORE] event=torn_tail file={} offset={good} dropped_bytes={dropped} records_kept={} (the tail was never acknowledged)",
+                "[STORE] event=torn_tail file={} offset={good} dropped_bytes={dropped} records_kept={records} (the tail was never acknowledged)",
                 jpath.display(),
-                records.len()
             );
             file.set_len(good as u64).map_err(io(&jpath, "truncate torn tail"))?;
             file.sync_all().map_err(io(&jpath, "fsync"))?;
             rec.dropped = Some((good as u64, dropped));
         }
+        drop(bytes);
         let sync_file = file.try_clone().map_err(io(&jpath, "duplicate handle"))?;
         let journal = Journal {
             dir: dir.to_path_buf(),
             fsync,
             max_bytes: max_bytes.max(4096),
-            inner: Mutex::new(Inner { file, bytes: good as u64, state: rec.state.clone(), written: 0 }),
-            synced: Mutex::new(0),
+            inner: Mutex::new(Inner {
+                file,
+                bytes: good as u64,
+                state: rec.state.clone(),
+                written: 0,
+                durable_seq: 0,
+                durable_bytes: good as u64,
+                epoch: 0,
+                lost: VecDeque::new(),
+                lost_forgotten: 0,
+                broken: None,
+                faults: None,
+            }),
+            synced: Mutex::new(()),
             sync_file,
         };
         Ok((journal, rec))
     }
 
+    /// Installs a [`FaultPlan`] (failure tests).
+    pub fn set_faults(&self, plan: Arc<FaultPlan>) {
+        self.lock().faults = Some(plan);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.join(JOURNAL)
+    }
+
     /// Appends a record (durable on return with `Fsync::Always`), compacting when the journal
-    /// has grown past its limit.
+    /// has grown past its limit. A `Closed` record is written as [`Record::ClosedAt`] stamped
+    /// with the wall clock.
+    ///
+    /// On an error nothing of the record is left in the journal: a write that failed midway is
+    /// cut back to the last whole record (so later records never sit behind a partial one), and
+    /// a failed fsync rolls back every record not yet durable. If that cut itself fails, this
+    /// and every later append fail ([`StoreError::Broken`]) until a retry of the cut succeeds.
     pub fn append(&self, r: &Record) -> Result<(), StoreError> {
         self.append_batch(std::slice::from_ref(r))
     }
 
-    /// Appends records in order with one fsync for all of them (durable on return with
-    /// `Fsync::Always`), compacting when the journal has grown past its limit.
+    /// Appends records in order with one write and one fsync for all of them (durable on return
+    /// with `Fsync::Always`), compacting when the journal has grown past its limit. All or none:
+    /// on an error none of them is in the journal (see [`Journal::append`]).
     pub fn append_batch(&self, records: &[Record]) -> Result<(), StoreError> {
         if records.is_empty() {
             return Ok(());
         }
+        let now = unix_ms();
+        let records: Vec<std::borrow::Cow<'_, Record>> = records.iter().map(|r| stamped(r, now)).collect();
         let mut framed = Vec::new();
-        for r in records {
-            let payload = postcard::to_stdvec(r).map_err(|e| StoreError::Encode(e.to_string()))?;
+        for r in &records {
+            let payload = postcard::to_stdvec(r.as_ref()).map_err(|e| StoreError::Encode(e.to_string()))?;
             framed.extend_from_slice(&frame(&payload));
         }
-        let jpath = self.dir.join(JOURNAL);
+        let jpath = self.path();
         let seq = {
-            let mut g = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            g.file.write_all(&framed).map_err(io(&jpath, "append"))?;
+            let mut g = self.lock();
+            if g.broken.is_some() {
+                self.repair(&mut g)?;
+            }
+            let start = g.bytes;
+            if let Err(e) = g.write(&framed) {
+                // The write may have put part of the batch in the file: cut it back to the last
+                // whole record, or recovery would stop at the partial one and drop every record
+                // written after it. The state is untouched: nothing of the batch was applied.
+                let why = e.to_string();
+                match g.truncate_and_sync(start) {
+                    Ok(()) => log::error!(
+                        "[STORE] event=append_rolled_back file={} offset={start} records={} error=\"{why}\" (nothing of it is in the journal; the caller is told it failed)",
+                        jpath.display(),
+                        records.len()
+                    ),
+                    Err(e2) => self.break_journal(
+                        &mut g,
+                        format!("append failed ({why}) and cutting it back failed ({e2})"),
+                    ),
+                }
+                return Err(StoreError::Io { path: jpath.display().to_string(), op: "append", source: e });
+            }
             g.bytes += framed.len() as u64;
-            for r in records {
+            for r in &records {
                 g.state.apply(r);
             }
             g.written += records.len() as u64;
+            if self.fsync == Fsync::Never {
+                // Nothing more is promised without fsync: written is as durable as it gets.
+                g.durable_seq = g.written;
+                g.durable_bytes = g.bytes;
+            }
             if g.bytes > self.max_bytes {
                 // The snapshot is fsynced before the journal is truncated: everything written
-                // so far is durable after this.
-                self.compact(&mut g)?;
+                // so far is durable after this. A compaction that fails leaves the journal whole
+                // (the records are still in it, and this append goes on to its fsync): it is only
+                // retried on the next append, never an error for this one.
+                if let Err(e) = self.compact(&mut g) {
+                    log::error!(
+                        "[STORE] event=compaction_failed error=\"{e}\" (the journal keeps every record; retried on the next append)"
+                    );
+                }
             }
             g.written
         };
@@ -476,14 +929,154 @@ impl Journal {
     }
 
     /// Makes every record up to `seq` durable, sharing one fsync among concurrent writers.
+    ///
+    /// A failed fsync rolls the journal back to its last durable length and fails every writer
+    /// whose record was not yet durable. Why not keep the records and only report the error: on
+    /// Linux a failed fsync may have dropped the dirty pages while a later fsync succeeds, so the
+    /// records are neither known durable nor known absent. The caller was told "not durable"
+    /// (503, the engine rolled back, the order not sent); a record kept in the file could still
+    /// reach the disk and come back at the next start — a registration the bot was told failed
+    /// (and re-sent under a new id: two positions, two sells), or a close the engine undid.
+    /// Cutting them away makes the journal say exactly what was acknowledged.
     fn sync_upto(&self, seq: u64) -> Result<(), StoreError> {
-        let mut synced = self.synced.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if *synced >= seq {
-            return Ok(());
+        let _turn = self.synced.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // One round settles it (see `fate`); the bound is only a guard.
+        for _ in 0..3 {
+            if let Some(r) = self.sync_round(seq) {
+                return r;
+            }
         }
-        let target = self.inner.lock().map(|g| g.written).unwrap_or(seq).max(seq);
-        self.sync_file.sync_data().map_err(io(&self.dir.join(JOURNAL), "fsync"))?;
-        *synced = target;
+        Err(StoreError::Io {
+            path: self.path().display().to_string(),
+            op: "fsync",
+            source: std::io::Error::other("the record is not known durable"),
+        })
+    }
+
+    /// One fsync for record `seq` (under the `synced` turn): its fate if settled.
+    fn sync_round(&self, seq: u64) -> Option<Result<(), StoreError>> {
+        let jpath = self.path();
+        let (epoch, target, target_bytes, faults) = {
+            let g = self.lock();
+            if let Some(r) = self.fate(&g, seq) {
+                return Some(r);
+            }
+            (g.epoch, g.written, g.bytes, g.faults.clone())
+        };
+        let res = if faults.is_some_and(|f| FaultPlan::take(&f.fail_fsyncs)) {
+            Err(std::io::Error::from_raw_os_error(EIO))
+        } else {
+            self.sync_file.sync_data()
+        };
+        let mut g = self.lock();
+        match res {
+            Ok(()) => {
+                if g.epoch == epoch && g.broken.is_none() {
+                    g.durable_seq = g.durable_seq.max(target);
+                    g.durable_bytes = target_bytes;
+                }
+            }
+            Err(e) => {
+                let why = format!("fsync failed ({e})");
+                self.roll_back_to_durable(&mut g, &why);
+                if g.is_lost(seq) {
+                    return Some(Err(StoreError::Io {
+                        path: jpath.display().to_string(),
+                        op: "fsync",
+                        source: e,
+                    }));
+                }
+            }
+        }
+        self.fate(&g, seq)
+    }
+
+    /// What became of record `seq`, if that is settled: durable, rolled back, or the journal is
+    /// broken.
+    fn fate(&self, g: &Inner, seq: u64) -> Option<Result<(), StoreError>> {
+        if g.is_lost(seq) {
+            return Some(Err(StoreError::Io {
+                path: self.path().display().to_string(),
+                op: "fsync",
+                source: std::io::Error::other("rolled back after a failed fsync"),
+            }));
+        }
+        if g.durable_seq >= seq {
+            return Some(Ok(()));
+        }
+        g.broken.as_ref().map(|reason| {
+            Err(StoreError::Broken { path: self.path().display().to_string(), reason: reason.clone() })
+        })
+    }
+
+    /// After a failed fsync: every record not yet durable is lost; cut the journal back to the
+    /// durable length and fold the state again from disk.
+    fn roll_back_to_durable(&self, g: &mut Inner, why: &str) {
+        let lost = g.written - g.durable_seq;
+        g.lose_undurable();
+        let to = g.durable_bytes;
+        match g.truncate_and_sync(to).map_err(|e| e.to_string()).and_then(|()| self.refold(g, to)) {
+            Ok(()) => log::error!(
+                "[STORE] event=append_rolled_back file={} offset={to} records={lost} error=\"{why}\" (records not yet durable are cut away; their callers are told they failed)",
+                self.path().display()
+            ),
+            Err(e) => self.break_journal(g, format!("{why} and cutting the journal back failed ({e})")),
+        }
+    }
+
+    /// The journal may end in a partial record: refuse every append until it is repaired.
+    fn break_journal(&self, g: &mut Inner, reason: String) {
+        g.lose_undurable();
+        g.bytes = g.durable_bytes;
+        log::error!(
+            "[STORE] event=journal_broken file={} offset={} error=\"{reason}\" (every append is refused until the journal is cut back to offset; retried on each append)",
+            self.path().display(),
+            g.durable_bytes
+        );
+        g.broken = Some(reason);
+    }
+
+    /// Cuts the journal back to its last durable length and folds the state again from disk.
+    fn repair(&self, g: &mut Inner) -> Result<(), StoreError> {
+        let to = g.durable_bytes;
+        let res = g.truncate_and_sync(to).map_err(|e| e.to_string()).and_then(|()| self.refold(g, to));
+        match res {
+            Ok(()) => {
+                log::warn!(
+                    "[STORE] event=journal_repaired file={} offset={} (appends are accepted again)",
+                    self.path().display(),
+                    g.bytes
+                );
+                g.broken = None;
+                Ok(())
+            }
+            Err(e) => Err(StoreError::Broken {
+                path: self.path().display().to_string(),
+                reason: format!("{}; repair failed: {e}", g.broken.clone().unwrap_or_default()),
+            }),
+        }
+    }
+
+    /// Folds the snapshot and the first `len` bytes of the journal into the state, as recovery
+    /// would: the in-memory state never keeps a record the journal lost.
+    fn refold(&self, g: &mut Inner, len: u64) -> Result<(), String> {
+        let snap = self.dir.join(SNAPSHOT);
+        let snapshot = match std::fs::read(&snap) {
+            Ok(b) => Some(b),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(format!("read snapshot: {e}")),
+        };
+        let mut bytes = Vec::new();
+        File::open(self.path())
+            .and_then(|f| f.take(len).read_to_end(&mut bytes))
+            .map_err(|e| format!("read journal: {e}"))?;
+        let (state, _, good) = fold(&snap, snapshot.as_deref(), &bytes);
+        if good as u64 != len {
+            return Err(format!("journal holds {good} bytes of whole records, expected {len}"));
+        }
+        g.state = state;
+        g.bytes = len;
+        g.durable_bytes = len;
         Ok(())
     }
 
@@ -497,10 +1090,31 @@ impl Journal {
         self.inner.lock().map(|g| g.state.clone()).unwrap_or_default()
     }
 
-    /// Flushes everything to disk (graceful stop).
+    /// How and when `id` closed, if a position with this id ever closed (and the close is among
+    /// the last [`CLOSED_TOMBSTONES`]). Current while running: every appended `Closed` /
+    /// `ClosedAt` record updates it, a new registration of the id clears it.
+    pub fn closed(&self, id: &str) -> Option<ClosedInfo> {
+        self.lock().state.closed(id)
+    }
+
+    /// The broker product journaled for `id` ([`Record::Product`]).
+    pub fn product(&self, id: &str) -> Option<String> {
+        self.lock().state.positions.get(id).and_then(|p| p.product.clone())
+    }
+
+    /// Why the journal refuses appends, while it does (see [`StoreError::Broken`]).
+    pub fn broken(&self) -> Option<String> {
+        self.lock().broken.clone()
+    }
+
+    /// Flushes everything to disk (graceful stop; the control plane's store probe). A broken
+    /// journal is repaired first, or this fails.
     pub fn sync(&self) -> Result<(), StoreError> {
-        let g = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        g.file.sync_all().map_err(io(&self.dir.join(JOURNAL), "fsync"))
+        let mut g = self.lock();
+        if g.broken.is_some() {
+            self.repair(&mut g)?;
+        }
+        g.file.sync_all().map_err(io(&self.path(), "fsync"))
     }
 
     fn compact(&self, g: &mut Inner) -> Result<(), StoreError> {
@@ -515,37 +1129,121 @@ impl Journal {
         }
         std::fs::rename(&tmp, &snap).map_err(io(&snap, "rename snapshot"))?;
         sync_dir(&self.dir)?;
-        let jpath = self.dir.join(JOURNAL);
+        // Everything written so far is in the fsynced snapshot: durable, whatever happens to
+        // the journal's truncation below (a journal left whole replays over it harmlessly).
+        g.durable_seq = g.written;
+        let jpath = self.path();
         g.file.set_len(0).map_err(io(&jpath, "truncate journal"))?;
+        g.bytes = 0;
+        g.durable_bytes = 0;
+        g.epoch += 1;
         g.file.sync_all().map_err(io(&jpath, "fsync journal"))?;
         log::info!(
-            "[STORE] event=compacted snapshot_bytes={} positions={}",
+            "[STORE] event=compacted snapshot_bytes={} positions={} closed_ids={}",
             payload.len(),
-            g.state.positions.len()
+            g.state.positions.len(),
+            g.state.tombstones.len()
         );
-        g.bytes = 0;
         Ok(())
     }
 }
 
+/// Snapshot header from version 2 on: `TGSN`, the version (u32 LE), then the frame. A version 1
+/// snapshot is the bare frame (its first four bytes, a length, are never `TGSN`: that would be a
+/// 0.8 GB snapshot).
+const SNAPSHOT_MAGIC: &[u8; 4] = b"TGSN";
+/// Version 2: positions carry their product; the state carries the closed-id tombstones.
+const SNAPSHOT_VERSION: u32 = 2;
+
 fn frame_snapshot(payload: &[u8]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(payload.len() + 8);
-    v.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    v.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
-    v.extend_from_slice(payload);
+    let mut v = Vec::with_capacity(payload.len() + 16);
+    v.extend_from_slice(SNAPSHOT_MAGIC);
+    v.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
+    v.extend_from_slice(&frame(payload));
     v
 }
 
-fn read_snapshot(bytes: &[u8]) -> Option<State> {
-    if bytes.len() < 8 {
-        return None;
-    }
-    let len = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
-    let crc = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
-    let payload = bytes.get(8..8 + len)?;
-    (crc32fast::hash(payload) == crc).then(|| postcard::from_bytes(payload).ok()).flatten()
+fn unframe(bytes: &[u8]) -> Option<&[u8]> {
+    let len = u32::from_le_bytes(bytes.get(0..4)?.try_into().ok()?) as usize;
+    let crc = u32::from_le_bytes(bytes.get(4..8)?.try_into().ok()?);
+    let payload = bytes.get(8..8usize.checked_add(len)?)?;
+    (crc32fast::hash(payload) == crc).then_some(payload)
 }
 
+fn read_snapshot(bytes: &[u8]) -> Option<State> {
+    if bytes.get(0..4) == Some(SNAPSHOT_MAGIC.as_slice()) {
+        let version = u32::from_le_bytes(bytes.get(4..8)?.try_into().ok()?);
+        let payload = unframe(bytes.get(8..)?)?;
+        return match version {
+            2 => postcard::from_bytes(payload).ok(),
+            _ => None,
+        };
+    }
+    let payload = unframe(bytes)?;
+    postcard::from_bytes::<legacy::StateV1>(payload).ok().map(legacy::StateV1::upgrade)
+}
+
+/// The version 1 snapshot (no header, no product, no tombstones), read for upgrades.
+mod legacy {
+    use super::*;
+
+    /// A position as a version 1 snapshot holds it.
+    #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+    pub struct PositionStateV1 {
+        /// See [`PositionState`].
+        pub registered: Record,
+        /// See [`PositionState`].
+        pub stop_loss: Option<i64>,
+        /// See [`PositionState`].
+        pub take_profit: Option<i64>,
+        /// See [`PositionState`].
+        pub decided: Option<Record>,
+        /// See [`PositionState`].
+        pub attempts: Vec<AttemptState>,
+        /// See [`PositionState`].
+        pub closed: Option<u8>,
+        /// See [`PositionState`].
+        pub seq: u64,
+    }
+
+    /// The folded state as a version 1 snapshot holds it.
+    #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+    pub struct StateV1 {
+        /// See [`State`].
+        pub positions: BTreeMap<String, PositionStateV1>,
+        /// See [`State`].
+        pub max_generation: u32,
+        /// See [`State`].
+        pub seq: u64,
+    }
+
+    impl StateV1 {
+        /// The version 2 state: no product known; every closed position becomes a tombstone
+        /// with an unknown close time.
+        pub fn upgrade(self) -> State {
+            let mut s = State { max_generation: self.max_generation, seq: self.seq, ..State::default() };
+            for (id, p) in self.positions {
+                if let Some(how) = p.closed {
+                    s.tombstones.insert(&id, how, 0, CLOSED_TOMBSTONES);
+                }
+                s.positions.insert(
+                    id,
+                    PositionState {
+                        registered: p.registered,
+                        stop_loss: p.stop_loss,
+                        take_profit: p.take_profit,
+                        decided: p.decided,
+                        attempts: p.attempts,
+                        closed: p.closed,
+                        seq: p.seq,
+                        product: None,
+                    },
+                );
+            }
+            s
+        }
+    }
+}
 /// Wall-clock milliseconds since the Unix epoch (journal timestamps only; decisions never use
 /// the wall clock).
 pub fn unix_ms() -> u64 {
@@ -565,15 +1263,22 @@ pub fn dump(dir: &Path, out: &mut impl Write) -> Result<(), StoreError> {
     if let Ok(bytes) = std::fs::read(&snap) {
         match read_snapshot(&bytes) {
             Some(s) => {
-                let _ = writeln!(out, "# snapshot {} ({} positions)", snap.display(), s.positions.len());
+                let _ = writeln!(
+                    out,
+                    "# snapshot {} ({} positions, {} closed ids remembered)",
+                    snap.display(),
+                    s.positions.len(),
+                    s.tombstones.len()
+                );
                 for (id, p) in &s.positions {
                     let _ = writeln!(
                         out,
-                        "snapshot id={id} closed={:?} filled={} attempts={} decided={}",
+                        "snapshot id={id} closed={:?} filled={} attempts={} decided={} product={}",
                         p.closed,
                         p.filled(),
                         p.attempts.len(),
-                        p.decided.is_some()
+                        p.decided.is_some(),
+                        p.product.as_deref().unwrap_or("-")
                     );
                 }
             }
@@ -656,6 +1361,17 @@ pub fn registered(spec: &PositionSpec, generation: u32) -> Record {
     }
 }
 
+/// The `Product` record: the broker product (`D`, `I`, `MTF` at Upstox) of position `id`,
+/// journaled with (or right after) its `Registered` record so a restored position closes with it.
+pub fn product_record(id: &str, product: &str) -> Record {
+    Record::Product { id: id.into(), product: product.into() }
+}
+
+/// The record of a position's end, stamped with the wall clock ([`Record::ClosedAt`]).
+pub fn closed_record(id: &str, how: ClosedHow) -> Record {
+    Record::ClosedAt { id: id.into(), how: how_code(how), at_unix_ms: unix_ms() }
+}
+
 /// The `Decided` record of a decision.
 pub fn decided(id: &str, d: &Decision) -> Record {
     Record::Decided {
@@ -718,12 +1434,7 @@ pub fn restored(p: &PositionState) -> Option<Restored> {
         .filter(|a| a.kind == Some(3) || (matches!(a.kind, Some(0) | Some(1)) && a.executed == 0))
         .count() as u16;
     let phase = if let Some(how) = p.closed {
-        RestoredPhase::Closed(match how {
-            0 => ClosedHow::Filled,
-            1 => ClosedHow::External,
-            2 => ClosedHow::Resolved,
-            _ => ClosedHow::Withdrawn,
-        })
+        RestoredPhase::Closed(how_of(how))
     } else if decision.is_none() && p.attempts.iter().all(|a| a.kind.is_some() && a.kind != Some(2)) {
         RestoredPhase::Open
     } else {
@@ -851,5 +1562,84 @@ mod tests {
         assert_eq!((v.len(), good), (1, n / 2));
         assert_eq!(read_frames(&[0xFF; 7]).0.len(), 0);
         assert_eq!(read_frames(&[0xFF; 64]).0.len(), 0);
+    }
+
+    #[test]
+    fn ids_pack_exactly() {
+        for id in ["a", "0", "-", "_", "BTC-grid_0001", "zzzzzzzzzzzzzzzzzzzz", "AAAAAAAAAAAAAAAAAAAA"] {
+            let k = pack_id(id).expect("packable");
+            assert_eq!(unpack_id(k), id);
+        }
+        // Length is part of the key: "0" and "00" differ although '0' packs as zero.
+        assert_ne!(pack_id("0"), pack_id("00"));
+        assert_eq!(pack_id(""), None);
+        assert_eq!(pack_id("has space"), None);
+        assert_eq!(pack_id("123456789012345678901"), None);
+        let mut t = Tombstones::default();
+        t.insert("has space", 2, 7, 16);
+        t.insert("0", 1, 8, 16);
+        assert_eq!(t.get("has space"), Some(ClosedInfo { how: ClosedHow::Resolved, at_unix_ms: 7 }));
+        assert_eq!(t.get("0"), Some(ClosedInfo { how: ClosedHow::External, at_unix_ms: 8 }));
+        assert_eq!(t.get("00"), None);
+    }
+
+    #[test]
+    fn tombstones_are_bounded_and_forget_the_oldest() {
+        let cap = 64;
+        let mut t = Tombstones::default();
+        for i in 0..1000u64 {
+            t.insert(&format!("id{i}"), 0, 1_000 + i, cap);
+            assert!(t.len() <= cap);
+        }
+        assert!(t.get("id999").is_some());
+        assert!(t.get("id0").is_none());
+        // What is kept is the newest.
+        let oldest_kept = t.iter().map(|(_, c)| c.at_unix_ms).min().expect("some");
+        assert_eq!(oldest_kept, 1_000 + 1000 - t.len() as u64);
+    }
+
+    #[test]
+    fn a_close_is_a_tombstone_and_a_new_life_clears_it() {
+        let mut s = State::default();
+        s.apply(&reg("a"));
+        assert_eq!(s.closed("a"), None);
+        s.apply(&Record::ClosedAt { id: "a".into(), how: 3, at_unix_ms: 1_764_785_135_123 });
+        let c = s.closed("a").expect("closed");
+        assert_eq!(c.how, ClosedHow::Withdrawn);
+        assert_eq!(c.describe(), "withdrawn at 2025-12-03T18:05:35.123Z");
+        // Replaying is idempotent.
+        s.apply(&Record::ClosedAt { id: "a".into(), how: 3, at_unix_ms: 1_764_785_135_123 });
+        assert_eq!(s.closed("a"), Some(c));
+        s.apply(&reg("a"));
+        assert_eq!(s.closed("a"), None, "registered again: open, not closed");
+        // A close of a position already pruned is still remembered.
+        s.apply(&Record::Closed { id: "gone".into(), how: 1 });
+        assert_eq!(s.closed("gone").map(|c| (c.how, c.at_unix_ms)), Some((ClosedHow::External, 0)));
+    }
+
+    #[test]
+    fn rfc3339_dates() {
+        assert_eq!(rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339_ms(951_782_400_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(rfc3339_ms(4_102_444_799_999), "2099-12-31T23:59:59.999Z");
+    }
+
+    #[test]
+    fn snapshots_carry_product_and_tombstones() {
+        let mut s = State::default();
+        s.apply(&reg("a"));
+        s.apply(&product_record("a", "MTF"));
+        s.apply(&reg("b"));
+        s.apply(&Record::ClosedAt { id: "b".into(), how: 0, at_unix_ms: 5 });
+        let bytes = frame_snapshot(&postcard::to_stdvec(&s).expect("encode"));
+        assert_eq!(&bytes[..4], SNAPSHOT_MAGIC);
+        let back = read_snapshot(&bytes).expect("decode");
+        assert_eq!(back, s);
+        assert_eq!(back.positions["a"].product.as_deref(), Some("MTF"));
+        // A version this build does not know is refused, not misread.
+        let mut future = bytes.clone();
+        future[4] = 9;
+        assert!(read_snapshot(&future).is_none());
+        assert!(read_snapshot(&bytes[..bytes.len() - 1]).is_none());
     }
 }

@@ -522,6 +522,42 @@ async fn holdings_report_free_plus_locked_of_each_symbols_base_asset() {
     .await;
 }
 
+/// Issue 12, defect 10 at the broker: an amount Binance lists but that cannot be read (over
+/// ~92 billion units overflows the fixed-point `Qty`) is unknown, never zero. A close sends the
+/// position's quantity (the venue refuses if the account does not hold it), and `holdings()`
+/// leaves the symbol out (Binance's list is not exhaustive, so reconciliation leaves its
+/// positions alone) rather than report zero (which would mark them closed externally).
+///
+/// Fails on the code as it was: the asset was dropped from the balances and then read as
+/// zero, so the close was `nothing_to_sell` (reported filled, no order) and `holdings()`
+/// reported BTCUSDT at zero.
+#[tokio::test]
+async fn unreadable_balance_is_unknown_never_zero() {
+    bounded(async {
+        let w = world("bn-unreadable", |c| c.symbols = vec!["BTCUSDT".into(), "ETHUSDT".into()]).await;
+        w.fake.add_symbol("ETHUSDT", "ETH", "USDT", "0.0001", "0.0001", "5", "3000");
+        w.fake.set_balance("ETH", "3", "0");
+        // The account answer shows these texts; the exchange trades against 2 BTC.
+        w.fake.set_balance_text("BTC", "99999999999.00000000", "0.00000000");
+        let acct = w.broker.account().await.expect("account");
+        assert_eq!(acct.unreadable, vec!["BTC".to_string()]);
+        assert_eq!(acct.balance("BTC"), None, "unknown");
+        assert_eq!(acct.balance("ETH"), Some((q("3"), Qty::ZERO)));
+        assert_eq!(acct.balance("DOGE"), Some((Qty::ZERO, Qty::ZERO)), "not listed: holds none");
+        let h = w.broker.holdings().await.expect("holdings");
+        let sym = |s: &str| Symbol::try_from(s).expect("symbol");
+        assert_eq!(h, vec![(sym("ETHUSDT"), q("3"))], "BTCUSDT left out, never zero");
+        // The close is sized at the position's quantity and really sells.
+        assert_eq!(w.broker.place(&order("btc-1", 1, "1")).await, filled("1", "60000"));
+        assert_eq!(w.fake.count("POST", "/api/v3/order"), 1);
+        assert_eq!(w.fake.filled_qty("BTCUSDT"), q("1"));
+        // More than the account holds: the venue refuses, the close is not counted done.
+        assert_eq!(w.broker.place(&order("btc-2", 1, "5")).await, Outcome::Rejected);
+        assert_eq!(w.fake.filled_qty("BTCUSDT"), q("1"));
+    })
+    .await;
+}
+
 #[test]
 fn short_positions_are_a_configuration_error_with_this_broker() {
     let text = r#"

@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
@@ -17,6 +17,7 @@ use tickguard::broker::{Broker, CloseOrder, Lookup, Secret, resolve};
 use tickguard::core::engine::{Outcome, client_id};
 use tickguard::core::price::{Price, Qty};
 use tickguard::core::types::{CloseReason, InstrumentId, PositionId, Side, Symbol};
+use tickguard::feed::upstox::InstrumentMap;
 use tickguard::net::http::Endpoint;
 use tickguard::runtime::clock::Clock;
 
@@ -41,7 +42,7 @@ async fn world(name: &str, tweak: impl FnOnce(&mut UpstoxConfig)) -> World {
     fake.set_price(KEY, 735.5);
     let ep = Endpoint::parse(&fake.base_url()).expect("url");
     let mut cfg = UpstoxConfig::new(ep.clone(), ep);
-    cfg.instrument_keys = HashMap::from([("BOSCHLTD".to_string(), KEY.to_string())]);
+    cfg.instrument_keys = Arc::new(InstrumentMap::from_pairs([("BOSCHLTD", KEY)]));
     cfg.confirm_delay = Duration::from_millis(10);
     let token = dir.join("upstox.token");
     std::fs::write(&token, format!("{TOKEN}\n")).expect("write token");

@@ -57,6 +57,7 @@ fn config(rest_enabled: bool) -> EngineConfig {
         lookup_every: Duration::from_secs(1),
         rest_enabled,
         seed: 7,
+        ..EngineConfig::default()
     }
 }
 
@@ -506,6 +507,12 @@ impl Harness {
     fn register(&mut self, spec: PositionSpec) -> Result<(), TestCaseError> {
         let active = self.e.book().active();
         let known = self.e.book().find(&spec.id).is_some();
+        let closed = self
+            .e
+            .book()
+            .find(&spec.id)
+            .and_then(|i| self.e.book().get(i))
+            .is_some_and(|p| p.state.is_terminal());
         let valid = spec.validate().is_ok();
         let r = self.command(Command::Register(spec))?;
         match r {
@@ -517,8 +524,10 @@ impl Harness {
                 prop_assert!(active < M && !known && valid);
             }
             Ok(Reply::Registered { existed: true, .. }) | Err(CoreError::DuplicateId) => {
-                prop_assert!(known)
+                prop_assert!(known && !closed)
             }
+            // A closed id is never registered again (a retried registration must not sell twice).
+            Err(CoreError::Closed) => prop_assert!(closed),
             Err(e) => prop_assert!(!valid, "valid spec refused: {e:?}"),
             Ok(other) => prop_assert!(false, "unexpected reply {other:?}"),
         }
@@ -551,18 +560,25 @@ impl Harness {
     fn broker(&mut self, pick: usize, kind: u8, frac: u8, stray: bool) -> Result<(), TestCaseError> {
         let open: Vec<usize> = (0..self.venue.len()).filter(|&i| !self.venue[i].done).collect();
         if stray || open.is_empty() {
-            // A report no attempt is waiting for: an old attempt's id, or a made-up one.
-            let (pos, client_id) = match self.venue.iter().filter(|o| o.done).nth(pick % 7) {
-                Some(o) => (o.pos, o.client_id.clone()),
-                None => (PosIdx((pick % M) as u16), ClientId::try_from("tg0-nobody-1").expect("fits")),
+            // A report no attempt is waiting for: an old attempt's id, or a made-up one. An old
+            // attempt's report tells the venue's truth (late answers are reconciled, so they
+            // must not change what is already known); a made-up id claims a huge fill.
+            let (pos, client_id, outcome) = match self.venue.iter().filter(|o| o.done).nth(pick % 7) {
+                Some(o) if o.executed.is_positive() => (
+                    o.pos,
+                    o.client_id.clone(),
+                    Outcome::PartiallyFilled { executed: o.executed, price: None },
+                ),
+                Some(o) => (o.pos, o.client_id.clone(), Outcome::Rejected),
+                None => (
+                    PosIdx((pick % M) as u16),
+                    ClientId::try_from("tg0-nobody-1").expect("fits"),
+                    Outcome::Filled { executed: Qty::from_units(1_000_000_000), price: None },
+                ),
             };
             let before: Vec<_> = self.e.book().iter().map(|(_, p)| (p.state.clone(), p.filled)).collect();
             let pre = self.snapshot();
-            let r = BrokerReport {
-                pos,
-                client_id,
-                outcome: Outcome::Filled { executed: Qty::from_units(1_000_000_000), price: None },
-            };
+            let r = BrokerReport { pos, client_id, outcome };
             self.e.on_broker(self.now, &r, &mut self.out);
             self.check(&pre)?;
             let after: Vec<_> = self.e.book().iter().map(|(_, p)| (p.state.clone(), p.filled)).collect();

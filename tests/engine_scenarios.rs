@@ -438,13 +438,19 @@ fn l4_blind_needs_no_usable_price_and_no_working_source() {
     sim.live(x, "100", "100.5");
     sim.at(s(2));
     sim.feed(FeedEvent::Disconnected);
+    // REST's first answer gets `stale_after` (30 s) from the drop.
     assert_eq!(sim.e.rung(x, sim.now), Rung::Rest);
 
-    // Way past expiry, REST still counts as working: not blind.
-    sim.at(s(1_000));
-    let st = sim.timer();
-    assert_eq!(st.count(is_blind_notice), 0);
-    assert_eq!(sim.e.rung(x, sim.now), Rung::Rest);
+    // REST pricing every 20 s: working, way past the live price's expiry, never blind.
+    let mut t = 20;
+    while t <= 1_000 {
+        sim.at(s(t));
+        sim.rest(x, "100", s(t));
+        let st = sim.timer();
+        assert_eq!(st.count(is_blind_notice), 0, "at {t} s");
+        assert_eq!(sim.e.rung(x, sim.now), Rung::Rest, "at {t} s");
+        t += 20;
+    }
 
     // Two consecutive REST errors: still working.
     sim.feed(FeedEvent::RestError(x));
@@ -455,46 +461,75 @@ fn l4_blind_needs_no_usable_price_and_no_working_source() {
     sim.feed(FeedEvent::RestError(x));
     let st = sim.feed(FeedEvent::RestError(x));
     assert_eq!(st.count(is_blind_notice), 0);
-    assert!(sim.e.rest_working(x));
-    // The third consecutive error: no source, no usable price: blind at once.
+    assert!(sim.e.rest_working(x, sim.now));
+    // The third consecutive error: no working source; the price (its age is 0 s) is usable.
     let st = sim.feed(FeedEvent::RestError(x));
-    assert!(!sim.e.rest_working(x));
+    assert!(!sim.e.rest_working(x, sim.now));
+    assert_eq!(sim.e.rung(x, sim.now), Rung::Cache);
+    assert_eq!(st.count(is_blind_notice), 0);
+    // The price expires: no source, no usable price: blind.
+    sim.at(s(1_301));
+    let st = sim.timer();
     assert_eq!(sim.e.rung(x, sim.now), Rung::Blind);
     assert!(st.has(&Notice::Blind { pos }));
     assert!(st.has(&Notice::Fallback {
         instrument: x,
-        from: Rung::Rest,
+        from: Rung::Cache,
         to: Rung::Blind,
-        age: Some(secs(999)),
+        age: Some(secs(301))
     }));
     assert_eq!(sim.e.alarm(sim.now).0, Alarm::Blind);
 
-    // A source coming back clears it.
-    sim.at(s(1_001));
-    let st = sim.feed(FeedEvent::RestOk(x));
+    // A source that prices again clears it.
+    sim.at(s(1_302));
+    sim.feed(FeedEvent::RestOk(x));
+    sim.rest(x, "100", s(1_302));
+    let st = sim.timer();
     assert!(st.has(&Notice::BlindCleared { pos }));
     assert_eq!(sim.e.rung(x, sim.now), Rung::Rest);
 }
 
 #[test]
-fn quiet_instrument_on_a_healthy_feed_is_stale_never_blind() {
+fn rest_that_answers_but_never_prices_an_instrument_is_not_working_for_it() {
+    // Defect 3 in the core: a REST source that answers (RestOk) but never carries this
+    // instrument's price must not keep it on rung `rest` with no price for ever.
+    let mut sim = Sim8::new(EngineConfig { rest_enabled: true, ..cfg_every_call() });
+    let pos = sim.register(long("p1", "DELISTED", Some("90"), None));
+    let x = sim.inst("DELISTED");
+    sim.at(s(1));
+    sim.feed(FeedEvent::RestOk(x));
+    assert_eq!(sim.e.rung(x, sim.now), Rung::Rest, "the first answer gets stale_after");
+    sim.at(s(31));
+    sim.feed(FeedEvent::RestOk(x));
+    let st = sim.timer();
+    assert_eq!(sim.e.rung(x, sim.now), Rung::Blind);
+    assert!(st.has(&Notice::Blind { pos }) || sim.e.book().get(pos).is_some_and(|p| p.blind_since.is_some()));
+}
+
+#[test]
+fn quiet_instrument_on_a_healthy_feed_is_stale_then_blind_once_its_price_expires() {
+    // A subscribed instrument that stops pricing is stale after `stale_after` and, once its
+    // price expires, has no usable price: blind after `blind_grace` more, whatever the feed's
+    // state (the invariant: every open position has a usable price or is blind).
     let mut sim = Sim8::new(cfg());
-    let pos =
-        sim.register(spec("p1", "QUIET", Side::Long, "1", "100", Some("90"), None, BlindPolicy::Flatten));
+    let pos = sim.register(spec("p1", "QUIET", Side::Long, "1", "100", Some("90"), None, BlindPolicy::Alert));
     let x = sim.inst("QUIET");
     sim.feed(FeedEvent::SubscribedAll);
     sim.at(s(1));
     sim.live(x, "100", "100.5");
-    let st = sim.run_until(s(3_600));
+    let st = sim.run_until(s(300));
     assert_eq!(st.count(is_blind_notice), 0);
-    assert_eq!(st.count(is_blind_policy), 0);
-    assert!(st.orders.is_empty());
     assert!(st.has(&Notice::Band { instrument: x, band: Band::Stale, age: secs(30) }));
-    assert!(st.count(|n| matches!(n, Notice::Band { band: Band::Expired, .. })) == 1);
     assert_eq!(sim.e.rung(x, sim.now), Rung::Live);
-    assert_eq!(sim.e.band(x, sim.now), Some(Band::Expired));
-    assert_eq!(sim.state(pos), &PosState::Open);
     assert_eq!(sim.e.alarm(sim.now).0, Alarm::Stale);
+    // Expired after 301 s; blind `blind_grace` (60 s) later, within one sweep.
+    let st = sim.run_until(s(360));
+    assert_eq!(st.count(is_blind_notice), 0);
+    let st = sim.run_until(s(362));
+    assert!(st.has(&Notice::Blind { pos }));
+    assert_eq!(sim.e.alarm(sim.now).0, Alarm::Blind);
+    assert!(st.orders.is_empty(), "policy alert: nothing sent");
+    assert_eq!(sim.state(pos), &PosState::Open);
 }
 
 #[test]
@@ -928,7 +963,14 @@ fn working_order_is_never_duplicated_only_looked_up() {
     // Then only look-ups, once per lookup_every, never a new order.
     let st = sim.run_until(s(71));
     assert!(st.places().is_empty());
-    assert_eq!(st.lookups(pos), 10);
+    // One look-up at a time: the next is due only once this one has reported.
+    assert_eq!(st.lookups(pos), 1);
+    for i in 0..9 {
+        sim.broker(pos, working("0"));
+        let st = sim.run_until(s(72 + i));
+        assert!(st.places().is_empty());
+        assert_eq!(st.lookups(pos), 1, "one look-up per report and lookup_every");
+    }
     for o in &st.orders {
         assert_eq!(
             o,
@@ -944,7 +986,7 @@ fn working_order_is_never_duplicated_only_looked_up() {
     assert!(st.orders.is_empty());
     // A new decision cannot arise either: a crossing tick or an emergency close is refused.
     let x = sim.inst("X");
-    sim.at(s(72));
+    sim.at(s(81));
     assert!(sim.live(x, "1", "1.1").orders.is_empty());
     let (r, st) = sim.cmd(Command::Close {
         target: CloseTarget::Id(PositionId::try_from("p1").expect("id")),
@@ -973,7 +1015,8 @@ fn unknown_outcome_is_looked_up_and_resolved_before_any_new_order() {
     // Look-ups only.
     let st = sim.run_until(s(36));
     assert!(st.places().is_empty());
-    assert_eq!(st.lookups(pos), 30);
+    // One look-up at a time (the next once this one reports): never two that could disagree.
+    assert_eq!(st.lookups(pos), 1);
     // The look-up proves it absent (rejected): now, and only now, a retry after the backoff.
     let st = sim.broker(pos, Outcome::Rejected);
     assert!(st.has(&Notice::Retry { pos, attempt: 1, delay: secs(1) }));
@@ -1277,13 +1320,16 @@ fn blind_flatten_rejected_is_rejudged_on_a_fresh_price_and_reopens_between_level
     // The venue rejects it: known not to have reached the market.
     sim.at(ms(300_200));
     sim.broker(pos, Outcome::Rejected);
-    // The feed returns; a fresh price between the levels re-opens the position.
+    // The feed returns: still no price, so still blind (a connected feed is not a price).
     sim.at(ms(300_300));
     let st = sim.feed(FeedEvent::SubscribedAll);
-    assert!(st.has(&Notice::BlindCleared { pos }));
+    assert!(!st.has(&Notice::BlindCleared { pos }));
+    // A fresh price between the levels re-opens the position and clears the blindness.
     sim.at(ms(300_400));
     let st = sim.live(x, "100", "100.5");
     assert!(st.has(&Notice::Rejudged { pos, price: px("100") }));
+    sim.run_until(s(301));
+    assert_eq!(sim.e.book().get(pos).and_then(|p| p.blind_since), None);
     assert!(st.orders.is_empty());
     assert_eq!(sim.state(pos), &PosState::Open);
     assert_eq!(sim.e.book().get(pos).and_then(|p| p.decision), None);
@@ -1399,11 +1445,25 @@ fn full_instrument_cache_is_a_clear_error() {
     for sym in ["A", "B", "C", "D"] {
         sim.register(long(sym, sym, Some("90"), None));
     }
+    // The watch set is full before the cache: the registration is refused naming the limit,
+    // never accepted unwatched.
     let (r, _) = sim.cmd(Command::Register(long("e", "E", Some("90"), None)));
-    assert_eq!(r, Err(CoreError::CacheFull { capacity: 4 }));
+    assert_eq!(r, Err(CoreError::WatchFull { limit: 4 }));
     assert_eq!(sim.e.book().active(), 4);
     // A known instrument still takes positions.
     sim.register(long("a2", "A", Some("90"), None));
+}
+
+#[test]
+fn watch_limit_below_the_cache_refuses_a_new_instrument() {
+    let mut sim = Sim8::new(EngineConfig { max_watched: 2, ..cfg() });
+    sim.register(long("a", "A", Some("90"), None));
+    sim.register(long("b", "B", Some("90"), None));
+    let (r, _) = sim.cmd(Command::Register(long("c", "C", Some("90"), None)));
+    assert_eq!(r, Err(CoreError::WatchFull { limit: 2 }));
+    assert_eq!(sim.e.watched().count(), 2);
+    let (r, _) = sim.cmd(Command::Register(long("a2", "A", Some("90"), None)));
+    assert!(matches!(r, Ok(Reply::Registered { new_instrument: false, .. })));
 }
 
 #[test]
@@ -1694,4 +1754,169 @@ fn seed_incident_kaynes_take_profit_touched_while_feed_down_closes_from_cache() 
         (d.reason, d.price, d.source, d.age, d.level),
         (CloseReason::TakeProfit, Some(px("204.10")), PriceSource::Cache, secs(10), Some(px("197.76")))
     );
+}
+
+// ----- issue 12: the core's share of the protection defects -----------------------------
+
+#[test]
+fn defect_11_late_fill_of_a_concluded_attempt_is_reconciled_not_sent_again() {
+    // An overlapping look-up concluded attempt 1 absent; another finds it filled. The fill is
+    // taken, and no second order sells the same quantity.
+    let (mut sim, pos) = decided(cfg());
+    sim.at(s(6));
+    sim.broker(pos, Outcome::Unknown);
+    sim.at(s(20));
+    let st = sim.broker(pos, Outcome::Rejected); // "proven absent"
+    assert!(st.has(&Notice::Retry { pos, attempt: 1, delay: secs(1) }));
+    // Before the retry goes, the late answer: attempt 1 filled in full.
+    sim.at(ms(20_500));
+    let first = ClientId::try_from("tg1-p1-1").expect("fits");
+    let st = sim.broker_as(pos, first, filled("10", "94"));
+    assert!(st.has(&Notice::Closed { pos, how: ClosedHow::Filled }));
+    assert!(st.orders.is_empty());
+    assert!(sim.run_until(s(60)).places().is_empty(), "no second sell");
+    assert_eq!(sim.filled(pos), qty("10"));
+    assert_eq!(sim.e.stats().late_reports, 1);
+}
+
+#[test]
+fn defect_11_late_fill_of_the_previous_attempt_reduces_the_next_one() {
+    let (mut sim, pos) = decided(cfg());
+    sim.at(s(20));
+    sim.broker(pos, Outcome::Rejected);
+    // The retry goes: attempt 2 for the whole 10.
+    let st = sim.run_until(s(22));
+    let second = st.place(pos).expect("attempt 2");
+    assert_eq!(second.attempt, 2);
+    // Attempt 1 is found partly filled after all (4), while attempt 2 is in flight.
+    let first = ClientId::try_from("tg1-p1-1").expect("fits");
+    let st = sim.broker_as(pos, first, partial("4", "94"));
+    assert!(st.has(&Notice::Fill { pos, qty: qty("4"), price: Some(px("94")), remaining: qty("6") }));
+    // Attempt 2 fills 6 of its 10 (the venue sold what the account held): closed, exactly 10.
+    let st = sim.broker(pos, partial("6", "94"));
+    assert!(st.has(&Notice::Closed { pos, how: ClosedHow::Filled }));
+    assert_eq!(sim.filled(pos), qty("10"));
+}
+
+#[test]
+fn unknown_outcome_past_the_alarm_is_loud_and_settled_by_the_operator() {
+    let (mut sim, pos) = decided(EngineConfig { unknown_alarm: secs(60), ..cfg() });
+    sim.at(s(6));
+    sim.broker(pos, Outcome::Unknown);
+    sim.at(s(60));
+    assert_eq!(sim.e.unknown_overdue(sim.now), 0);
+    assert_ne!(sim.e.alarm(sim.now).0, Alarm::CloseFailed);
+    sim.at(s(62));
+    assert_eq!(sim.e.unknown_overdue(sim.now), 1);
+    assert_eq!(sim.e.alarm(sim.now).0, Alarm::CloseFailed, "an unknown outcome needs the operator");
+    let id = || PositionId::try_from("p1").expect("id");
+    // Settling another attempt is refused, naming the current one.
+    let (r, _) = sim.cmd(Command::Settle { id: id(), attempt: 2, executed: qty("0"), price: None });
+    assert_eq!(r, Err(CoreError::WrongAttempt { current: 1 }));
+    // The operator checked the venue: 4 of 10 executed. The remainder (6) goes at once.
+    let (r, st) =
+        sim.cmd(Command::Settle { id: id(), attempt: 1, executed: qty("4"), price: Some(px("94")) });
+    assert_eq!(r, Ok(Reply::Done { pos }));
+    let next = st.place(pos).expect("remainder");
+    assert_eq!((next.attempt, next.qty), (2, qty("6")));
+    assert_eq!(sim.filled(pos), qty("4"));
+    assert_eq!(sim.e.unknown_overdue(sim.now), 0);
+    let st = sim.broker(pos, filled("6", "94"));
+    assert!(st.has(&Notice::Closed { pos, how: ClosedHow::Filled }));
+}
+
+#[test]
+fn settlement_of_a_full_fill_closes_the_position() {
+    let (mut sim, pos) = decided(cfg());
+    sim.at(s(6));
+    sim.broker(pos, Outcome::Unknown);
+    let id = PositionId::try_from("p1").expect("id");
+    let (r, st) = sim.cmd(Command::Settle { id, attempt: 1, executed: qty("10"), price: None });
+    assert_eq!(r, Ok(Reply::Done { pos }));
+    assert!(st.has(&Notice::Closed { pos, how: ClosedHow::Filled }));
+    assert!(st.orders.is_empty());
+}
+
+#[test]
+fn defect_10_zero_price_is_dropped_for_that_instrument_and_never_triggers_a_stop() {
+    let mut sim = Sim8::new(cfg());
+    let pos = sim.register(long("p1", "X", Some("95"), None));
+    let x = sim.inst("X");
+    sim.feed(FeedEvent::SubscribedAll);
+    sim.at(s(1));
+    sim.live(x, "100", "100.1");
+    // An empty bid side (Binance sends 0): no decision, the ask is kept, counted.
+    let st = sim.tick(x, quote(Some("0"), Some("100.2"), None, Source::Live, s(2)));
+    assert!(st.decisions(pos).is_empty());
+    assert_eq!(sim.e.stats().prices_dropped, 1);
+    // A REST answer of zero: dropped whole.
+    let st = sim.rest(x, "0", s(3));
+    assert!(st.decisions(pos).is_empty());
+    assert_eq!(sim.e.stats().prices_dropped, 2);
+    assert_eq!(sim.state(pos), &PosState::Open);
+    // A coalesced run holding a zero bid still judges on the real ones.
+    let mut t = Tick::new(x, quote(Some("0"), Some("99"), None, Source::Live, s(4)));
+    t.coalesce(&quote(Some("94"), Some("94.1"), None, Source::Live, s(5)));
+    sim.at(s(5));
+    let st = sim.tick_run(t);
+    assert_eq!(st.decision(pos).and_then(|d| d.price), Some(px("94")));
+}
+
+#[test]
+fn defect_05_a_closed_id_is_never_registered_again() {
+    let mut sim = Sim8::new(cfg());
+    let sp = long("p1", "X", Some("95"), None);
+    sim.register(sp.clone());
+    let (r, _) = sim.cmd(Command::Withdraw { id: PositionId::try_from("p1").expect("id") });
+    assert!(r.is_ok());
+    // The same body again (a bot reusing ids, or retrying a registration): refused.
+    let (r, _) = sim.cmd(Command::Register(sp));
+    assert_eq!(r, Err(CoreError::Closed));
+}
+
+#[test]
+fn registration_taken_back_and_changes_put_back_when_the_journal_fails() {
+    let mut sim = Sim8::new(cfg());
+    let pos = sim.register(long("p1", "X", Some("95"), None));
+    sim.e.forget(pos);
+    assert!(sim.e.book().find("p1").is_none());
+    let pos = sim.register(long("p1", "X", Some("95"), None));
+    let saved = sim.e.book().get(pos).cloned().expect("there");
+    let (r, _) = sim.cmd(Command::Withdraw { id: PositionId::try_from("p1").expect("id") });
+    assert!(r.is_ok());
+    sim.e.put_back(pos, saved);
+    assert_eq!(sim.state(pos), &PosState::Open);
+    // Still judged: linked to its instrument again.
+    let x = sim.inst("X");
+    sim.feed(FeedEvent::SubscribedAll);
+    sim.at(s(1));
+    assert!(sim.live(x, "94", "94.1").place(pos).is_some());
+}
+
+#[test]
+fn unpriced_position_on_a_connected_feed_is_blind_after_its_grace() {
+    // Defects 1 to 3 in the core: subscribed, never priced (unknown or lower-case symbol,
+    // never re-subscribed after a restart): blind after blind_grace, never "healthy".
+    let mut sim = Sim8::new(EngineConfig { blind_grace: secs(10), ..cfg() });
+    sim.feed(FeedEvent::SubscribedAll);
+    sim.at(s(300));
+    let pos = sim.register(long("p1", "NOPRICE", Some("95"), None));
+    let x = sim.inst("NOPRICE");
+    sim.feed(FeedEvent::Subscribed(x));
+    let st = sim.run_until(s(309));
+    assert_eq!(st.count(is_blind_notice), 0);
+    let st = sim.run_until(s(311));
+    assert!(st.has(&Notice::Blind { pos }));
+    assert_eq!(sim.e.alarm(sim.now).0, Alarm::Blind);
+    // While the market is closed the grace does not run; it restarts at the open.
+    let mut sim = Sim8::new(EngineConfig { blind_grace: secs(10), ..cfg() });
+    sim.feed(FeedEvent::SubscribedAll);
+    sim.feed(FeedEvent::Market(false));
+    let pos = sim.register(long("p1", "NOPRICE", Some("95"), None));
+    let x = sim.inst("NOPRICE");
+    sim.feed(FeedEvent::Subscribed(x));
+    assert_eq!(sim.run_until(s(3_600)).count(is_blind_notice), 0);
+    sim.feed(FeedEvent::Market(true));
+    assert_eq!(sim.run_until(s(3_609)).count(is_blind_notice), 0);
+    assert!(sim.run_until(s(3_611)).has(&Notice::Blind { pos }));
 }

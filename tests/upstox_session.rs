@@ -130,7 +130,11 @@ async fn rotation_and_reconnects_close_the_old_connection_first() {
         codes.sort();
         codes.dedup();
         assert_eq!(codes.len(), conns.len(), "each connection its own code");
-        for c in conns.iter().filter(|c| !c.live) {
+        // A connection the reset cut before it subscribed (possible on a loaded machine) sent
+        // nothing; at most that one. Every other one subscribed every key.
+        let unsubscribed = conns.iter().filter(|c| !c.live && c.requests.is_empty()).count();
+        assert!(unsubscribed <= 1, "only the reset connection may have subscribed nothing: {conns:?}");
+        for c in conns.iter().filter(|c| !c.live && !c.requests.is_empty()) {
             for (_, key) in KEYS {
                 assert_eq!(c.subscribed.get(key).map(String::as_str), Some("full"), "{c:?}");
             }

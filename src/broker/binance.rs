@@ -667,12 +667,18 @@ impl Binance {
     }
 
     /// Balances from `GET /api/v3/account` (signed, `omitZeroBalances=true`): asset →
-    /// (free, locked). An asset not listed holds nothing.
+    /// (free, locked). An asset not listed holds nothing; an asset whose amount cannot be read
+    /// is left out (see [`Binance::account`] to tell the two apart).
     pub async fn balances(&self) -> Result<HashMap<String, (Qty, Qty)>, String> {
-        self.balances_within(self.cfg.query_timeout).await
+        self.account_within(self.cfg.query_timeout).await.map(|a| a.balances)
     }
 
-    async fn balances_within(&self, timeout: Duration) -> Result<HashMap<String, (Qty, Qty)>, String> {
+    /// The account's balances, and the assets whose amount could not be read.
+    pub async fn account(&self) -> Result<Account, String> {
+        self.account_within(self.cfg.query_timeout).await
+    }
+
+    async fn account_within(&self, timeout: Duration) -> Result<Account, String> {
         if let Some(wait) = self.held_off() {
             return Err(format!("held off after a rate limit for {} ms", wait.as_millis()));
         }
@@ -691,20 +697,8 @@ impl Binance {
                 None => format!("account: HTTP {}", a.status),
             });
         }
-        let v: Value = serde_json::from_slice(&a.body).map_err(|e| format!("account is not JSON: {e}"))?;
-        let mut out = HashMap::new();
-        for b in v.get("balances").and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[]) {
-            let Some(asset) = b.get("asset").and_then(Value::as_str) else { continue };
-            let q = |k: &str| b.get(k).and_then(Value::as_str).and_then(|t| Qty::parse(t).ok());
-            // An unreadable amount (beyond what 64-bit fixed point holds) leaves the asset out:
-            // its balance is then unknown, not zero.
-            if let (Some(free), Some(locked)) = (q("free"), q("locked")) {
-                out.insert(asset.to_string(), (free, locked));
-            }
-        }
-        Ok(out)
+        Account::parse(&a.body)
     }
-
     async fn sync_if_needed(&self) {
         if self.needs_sync() {
             let budget = self.cfg.prepare_budget;
@@ -749,11 +743,24 @@ impl Binance {
         let left = deadline.saturating_duration_since(Instant::now());
         let balance = match tokio::time::timeout(
             left,
-            self.balances_within(left.max(Duration::from_millis(1))),
+            self.account_within(left.max(Duration::from_millis(1))),
         )
         .await
         {
-            Ok(Ok(b)) => Some(b.get(&r.base_asset).copied().unwrap_or((Qty::ZERO, Qty::ZERO))),
+            Ok(Ok(acct)) => match acct.balance(&r.base_asset) {
+                Some(b) => Some(b),
+                None => {
+                    // Unreadable (e.g. beyond what 64-bit fixed point holds): unknown, never
+                    // zero. Zero would size the close as dust and report it filled with
+                    // nothing sold; the position's own quantity is sent instead, which the
+                    // venue refuses if the account does not hold it (safe either way).
+                    log::warn!(
+                        "[CLOSE] event=balance_unknown venue=binance symbol={symbol} asset={} cause=\"unreadable amount\" (sending the position's quantity)",
+                        r.base_asset
+                    );
+                    None
+                }
+            },
             Ok(Err(e)) => {
                 log::warn!(
                     "[CLOSE] event=balance_unknown venue=binance symbol={symbol} cause=\"{e}\" (sending the position's quantity)"
@@ -768,6 +775,44 @@ impl Binance {
             }
         };
         (Some(r), balance)
+    }
+}
+
+/// An account answer: balances per asset, and the assets whose amounts could not be read.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Account {
+    /// Asset → (free, locked), for every asset whose amounts were read.
+    pub balances: HashMap<String, (Qty, Qty)>,
+    /// Assets listed with an amount that cannot be read (beyond what 64-bit fixed point
+    /// holds, about 92 billion units, or not a decimal): their balance is **unknown**.
+    pub unreadable: Vec<String>,
+}
+
+impl Account {
+    /// Parses `GET /api/v3/account`.
+    pub fn parse(body: &[u8]) -> Result<Account, String> {
+        let v: Value = serde_json::from_slice(body).map_err(|e| format!("account is not JSON: {e}"))?;
+        let mut out = Account::default();
+        for b in v.get("balances").and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[]) {
+            let Some(asset) = b.get("asset").and_then(Value::as_str) else { continue };
+            let q = |k: &str| b.get(k).and_then(Value::as_str).and_then(|t| Qty::parse(t).ok());
+            match (q("free"), q("locked")) {
+                (Some(free), Some(locked)) => {
+                    out.balances.insert(asset.to_string(), (free, locked));
+                }
+                _ => out.unreadable.push(asset.to_string()),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The balance of `asset`: zero when the account does not list it (Binance omits zero
+    /// balances), `None` when it is listed with an amount that cannot be read.
+    pub fn balance(&self, asset: &str) -> Option<(Qty, Qty)> {
+        if self.unreadable.iter().any(|a| a == asset) {
+            return None;
+        }
+        Some(self.balances.get(asset).copied().unwrap_or((Qty::ZERO, Qty::ZERO)))
     }
 }
 
@@ -906,12 +951,20 @@ impl Broker for Binance {
         for s in &self.cfg.symbols {
             self.rules(s).await?;
         }
-        let balances = self.balances().await?;
+        let acct = self.account().await?;
         let rules: Vec<(String, String)> =
             self.lock().rules.iter().map(|(s, r)| (s.clone(), r.base_asset.clone())).collect();
         let mut out = Vec::with_capacity(rules.len());
         for (sym, base) in rules {
-            let (free, locked) = balances.get(&base).copied().unwrap_or((Qty::ZERO, Qty::ZERO));
+            // An amount that cannot be read is unknown: the symbol is left out (Binance's list
+            // is not exhaustive, so reconciliation leaves its positions alone), never
+            // reported as zero, which would mark them closed externally.
+            let Some((free, locked)) = acct.balance(&base) else {
+                log::warn!(
+                    "[CLOSE] event=balance_unknown venue=binance symbol={sym} asset={base} cause=\"unreadable amount\" (left out of the holdings)"
+                );
+                continue;
+            };
             if let Ok(s) = Symbol::try_from(sym.as_str()) {
                 out.push((s, free.checked_add(locked).unwrap_or(free)));
             }

@@ -73,9 +73,10 @@ pub trait Broker: Send + Sync + 'static {
     /// nothing.
     fn absent_after(&self) -> Duration;
     /// True when [`Broker::holdings`] lists every instrument the account could hold, so that
-    /// a symbol missing from it is held at zero (Upstox's positions). Binance balances are
-    /// per asset and only known for the symbols the broker has looked up: missing means
-    /// unknown there, and reconciliation must then leave the position alone.
+    /// a symbol missing from it is held at zero. No real broker claims it any more: a missing
+    /// symbol is unknown, and only an explicit zero is "holds none" (Upstox lists every symbol
+    /// of its instrument map, at zero when not held; Binance lists the base assets it could
+    /// read). Reconciliation and the held-close check leave a position alone on unknown.
     fn holdings_exhaustive(&self) -> bool {
         false
     }
@@ -200,6 +201,33 @@ pub async fn resolve<B: Broker>(
     }
 }
 
+/// Whether the account is known to hold exactly none of `order`'s symbol (a complete answer
+/// listing it at zero). An answer that failed or leaves the symbol out is not "none": the
+/// close is sent (the safe side: a crossed stop never stays open on a guess).
+async fn holds_none<B: Broker>(broker: &B, order: &CloseOrder) -> bool {
+    match tokio::time::timeout(Duration::from_secs(5), broker.holdings()).await {
+        Ok(Ok(held)) => match held.iter().find(|(s, _)| *s == order.symbol) {
+            Some((_, q)) => q.units() == 0,
+            None => broker.holdings_exhaustive(),
+        },
+        Ok(Err(e)) => {
+            log::warn!(
+                "[CLOSE] id={} event=held_close_holdings_unknown cause=\"{}\" (sending)",
+                order.pos_id,
+                e.replace('"', "'")
+            );
+            false
+        }
+        Err(_) => {
+            log::warn!(
+                "[CLOSE] id={} event=held_close_holdings_unknown cause=\"timeout\" (sending)",
+                order.pos_id
+            );
+            false
+        }
+    }
+}
+
 /// Journals an attempt's outcome on a blocking thread (group commit with other writers).
 async fn record_outcome(
     journal: &Option<Arc<dyn OrderJournal>>,
@@ -232,7 +260,28 @@ pub async fn run_executor<B: Broker>(
         // Each order runs on its own task, so this loop never waits on the venue or the engine.
         tokio::spawn(async move {
             let report = match req {
-                BrokerRequest::Place { pos, order } => {
+                BrokerRequest::Place { pos, order, check_holdings } => {
+                    if check_holdings && holds_none(broker.as_ref(), &order).await {
+                        // Held overnight and sold by hand meanwhile: sending would sell what
+                        // the account no longer holds. Nothing is sent: the attempt is
+                        // reported not executed and the position closed externally.
+                        log::warn!(
+                            "[CLOSE] id={} symbol={} client_id={} event=held_close_not_sent (the account holds none at the open; closed externally)",
+                            order.pos_id,
+                            order.symbol,
+                            order.client_id
+                        );
+                        record_outcome(&journal, &order.pos_id, &order.client_id, Outcome::Rejected).await;
+                        let report = BrokerReport {
+                            pos,
+                            client_id: order.client_id.clone(),
+                            outcome: Outcome::Rejected,
+                        };
+                        let _ = engine.requests.send(Request::Broker(report)).await;
+                        let cmd = crate::core::engine::Command::ClosedExternally { id: order.pos_id.clone() };
+                        let _ = engine.requests.send(Request::Command { cmd, reply: None }).await;
+                        return;
+                    }
                     let sent_at = clock.now();
                     // On a blocking thread: the fsync must not stall the runtime (the engine),
                     // and concurrent orders share one fsync (the journal's group commit).

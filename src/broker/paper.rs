@@ -63,6 +63,8 @@ impl Broker for Paper {
         }
     }
 
+    /// The paper account answers for no symbol: an empty list, in which every symbol is
+    /// unknown (never "holds none"), so reconciliation can never close a paper position.
     async fn holdings(&self) -> Result<Vec<(Symbol, Qty)>, String> {
         Ok(Vec::new())
     }

@@ -17,7 +17,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -29,6 +29,7 @@ use crate::core::backoff::{BreakerState, CircuitBreaker};
 use crate::core::engine::Outcome;
 use crate::core::price::{Price, Qty, SCALE};
 use crate::core::types::{Side, Symbol};
+use crate::feed::upstox::InstrumentMap;
 use crate::net::http::{self, Answer, Connector, Endpoint, HttpError, Req};
 use crate::runtime::clock::Clock;
 
@@ -93,9 +94,10 @@ pub struct UpstoxConfig {
     pub rest: Endpoint,
     /// The token file, read again after a 401 (`None`: the token given is all there is).
     pub token_file: Option<PathBuf>,
-    /// Symbol → Upstox `instrument_token` (`NSE_EQ|INE...`). A symbol that already is an
-    /// instrument key (contains `|`) maps to itself.
-    pub instrument_keys: HashMap<String, String>,
+    /// Symbol ↔ Upstox `instrument_token` (`NSE_EQ|INE...`): the venue-instrument map shared
+    /// with the feed session and the LTP poller. A symbol that already is an instrument key
+    /// (contains `|`) maps to itself.
+    pub instrument_keys: Arc<InstrumentMap>,
     /// Product of positions with none of their own.
     pub default_product: Product,
     /// Product per position id (`[[positions]] product`).
@@ -119,7 +121,7 @@ impl UpstoxConfig {
             order,
             rest,
             token_file: None,
-            instrument_keys: HashMap::new(),
+            instrument_keys: Arc::new(InstrumentMap::default()),
             default_product: Product::D,
             products: HashMap::new(),
             order_timeout: Duration::from_secs(5),
@@ -131,11 +133,11 @@ impl UpstoxConfig {
     }
 
     /// From `broker.order_url`, `broker.rest_url`, `broker.token_file` (else
-    /// `feed.token_file`) and the positions' `product`; `instrument_keys` maps symbols to
-    /// instrument tokens (`[feed.instrument_keys]` once that key exists).
+    /// `feed.token_file`) and the positions' `product`; `instrument_keys` is the shared
+    /// venue-instrument map ([`InstrumentMap::from_config`]).
     pub fn from_config(
         cfg: &Config,
-        instrument_keys: HashMap<String, String>,
+        instrument_keys: Arc<InstrumentMap>,
     ) -> Result<UpstoxConfig, ConfigError> {
         let ep = |key: &str, url: &str| {
             Endpoint::parse(url).map_err(|e| ConfigError::Invalid {
@@ -400,11 +402,7 @@ impl Upstox {
 
     /// The instrument token of `symbol`.
     fn instrument(&self, symbol: &str) -> Option<String> {
-        self.cfg
-            .instrument_keys
-            .get(symbol)
-            .cloned()
-            .or_else(|| symbol.contains('|').then(|| symbol.to_string()))
+        self.cfg.instrument_keys.key(symbol)
     }
 
     /// Absence of `tag` in the history proves something only for an attempt known to have
@@ -461,15 +459,33 @@ impl Upstox {
             });
         }
         let v: Value = serde_json::from_slice(&a.body).map_err(|e| format!("{path}: not JSON: {e}"))?;
-        let rows = v.get("data").and_then(Value::as_array).ok_or_else(|| format!("{path}: no data"))?;
-        Ok(rows
-            .iter()
-            .filter_map(|r| {
-                let key = r.get("instrument_token").and_then(Value::as_str)?;
-                Some((key.to_string(), r.get("quantity").and_then(Value::as_i64).unwrap_or(0)))
-            })
-            .collect())
+        portfolio_rows(path, &v)
     }
+}
+
+/// The `(instrument_token, quantity)` rows of a portfolio answer (`{"data":[{..}, ..]}`),
+/// quantities signed (a short day position is negative). All or nothing: a row whose
+/// instrument or quantity cannot be read fails the whole answer — a number that cannot be
+/// read is unknown, never zero, and a list missing a row could be read as "holds none".
+pub fn portfolio_rows(path: &str, v: &Value) -> Result<Vec<(String, i64)>, String> {
+    let rows = v.get("data").and_then(Value::as_array).ok_or_else(|| format!("{path}: no data"))?;
+    let mut out = Vec::with_capacity(rows.len());
+    for (i, r) in rows.iter().enumerate() {
+        let Some(key) = r.get("instrument_token").and_then(Value::as_str) else {
+            return Err(format!("{path}: row {i} has no readable instrument_token (answer partial)"));
+        };
+        let q = r.get("quantity");
+        // Whole units; an integral float (`10.0`) is accepted, nothing else.
+        let qty = q.and_then(Value::as_i64).or_else(|| {
+            let f = q?.as_f64()?;
+            (f.fract() == 0.0 && f.abs() < 1e15).then_some(f as i64)
+        });
+        let Some(qty) = qty else {
+            return Err(format!("{path}: row {i} ({key}) has no readable quantity (answer partial)"));
+        };
+        out.push((key.to_string(), qty));
+    }
+    Ok(out)
 }
 
 /// Percent-encodes everything but RFC 3986 unreserved characters.
@@ -600,9 +616,12 @@ impl Broker for Upstox {
         self.history(client_id).await
     }
 
-    /// Net quantity per configured symbol: long-term holdings plus the day's positions
-    /// (`/v2/portfolio/long-term-holdings`, `/v2/portfolio/short-term-positions`), signed
-    /// (a short is negative).
+    /// Net quantity per symbol of the venue-instrument map: long-term holdings plus the day's
+    /// positions (`/v2/portfolio/long-term-holdings`, `/v2/portfolio/short-term-positions`),
+    /// signed (a short is negative). Every symbol the map knows is listed, at zero when neither
+    /// list holds its key (both lists are the whole account); an instrument held under no known
+    /// symbol is listed under its key. All or nothing: when either call fails or a row cannot
+    /// be read, the answer is an error (a partial answer must never read as "holds none").
     async fn holdings(&self) -> Result<Vec<(Symbol, Qty)>, String> {
         if let Some(wait) = self.held_off() {
             return Err(format!("held off after a rate limit for {} ms", wait.as_millis()));
@@ -610,26 +629,32 @@ impl Broker for Upstox {
         let mut by_key: HashMap<String, i64> = HashMap::new();
         for path in ["/v2/portfolio/long-term-holdings", "/v2/portfolio/short-term-positions"] {
             for (k, q) in self.portfolio(path).await? {
-                *by_key.entry(k).or_insert(0) += q;
+                let e = by_key.entry(k).or_insert(0);
+                *e = e.checked_add(q).ok_or_else(|| format!("{path}: quantity overflow"))?;
             }
         }
+        let units = |q: i64| {
+            q.checked_mul(SCALE).map(Qty::from_units).ok_or_else(|| format!("quantity {q} out of range"))
+        };
+        let known = self.cfg.instrument_keys.entries();
         let mut out: Vec<(Symbol, Qty)> = Vec::new();
-        for (sym, key) in &self.cfg.instrument_keys {
+        for (sym, key) in &known {
             let q = by_key.get(key).copied().unwrap_or(0);
             if let Ok(s) = Symbol::try_from(sym.as_str()) {
-                out.push((s, Qty::from_units(q.saturating_mul(SCALE))));
+                out.push((s, units(q)?));
             }
         }
-        // Instruments held under no configured symbol are reported by their key (a symbol that
-        // is itself an instrument key names them that way).
+        // Instruments held under no known symbol are reported by their key (a symbol that is
+        // itself an instrument key names them that way).
         for (key, q) in by_key {
-            if !self.cfg.instrument_keys.values().any(|k| *k == key) {
+            if !known.iter().any(|(_, k)| *k == key) {
                 if let Ok(s) = Symbol::try_from(key.as_str()) {
-                    out.push((s, Qty::from_units(q.saturating_mul(SCALE))));
+                    out.push((s, units(q)?));
                 }
             }
         }
         out.sort_by(|a, b| a.0.cmp(&b.0));
+        out.dedup_by(|a, b| a.0 == b.0);
         Ok(out)
     }
 
@@ -637,7 +662,35 @@ impl Broker for Upstox {
         self.cfg.order_timeout + self.cfg.absent_margin
     }
 
+    /// False: every symbol the venue-instrument map knows is listed explicitly (zero
+    /// included), so a symbol missing from the list has no instrument key here: unknown.
     fn holdings_exhaustive(&self) -> bool {
-        true
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn portfolio_rows_are_signed_and_all_or_nothing() {
+        let ok = json!({"data":[
+            {"instrument_token":"NSE_EQ|A","quantity":10},
+            {"instrument_token":"NSE_EQ|B","quantity":-4},
+            {"instrument_token":"NSE_EQ|C","quantity":3.0}]});
+        assert_eq!(
+            portfolio_rows("/p", &ok),
+            Ok(vec![("NSE_EQ|A".into(), 10), ("NSE_EQ|B".into(), -4), ("NSE_EQ|C".into(), 3)])
+        );
+        for bad in [
+            json!({"data":[{"instrument_token":"NSE_EQ|A","quantity":"10"}]}),
+            json!({"data":[{"instrument_token":"NSE_EQ|A"}]}),
+            json!({"data":[{"instrument_token":"NSE_EQ|A","quantity":2.5}]}),
+            json!({"data":[{"quantity":10}]}),
+            json!({"data":null}),
+        ] {
+            assert!(portfolio_rows("/p", &bad).is_err(), "{bad}");
+        }
     }
 }

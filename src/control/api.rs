@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use embedded_svc::http::Method;
 use embedded_svc::http::server::{Connection, Handler};
@@ -196,6 +196,7 @@ pub struct Api {
     products: Mutex<BTreeMap<String, String>>,
     watch: Arc<WatchState>,
     product_sink: Option<super::ProductSink>,
+    symbols: Option<super::SymbolGate>,
     http: OnceLock<Arc<HttpStats>>,
     started: Instant,
     ids: AtomicU64,
@@ -220,6 +221,8 @@ pub struct ApiConfig {
     pub watch: Arc<WatchState>,
     /// Where registrations' `product` goes (the Upstox broker).
     pub products: Option<super::ProductSink>,
+    /// How registrations' symbols are checked at the door.
+    pub symbols: Option<super::SymbolGate>,
 }
 
 impl Api {
@@ -235,6 +238,7 @@ impl Api {
             products: Mutex::new(BTreeMap::new()),
             watch: cfg.watch,
             product_sink: cfg.products,
+            symbols: cfg.symbols,
             http: OnceLock::new(),
             started: Instant::now(),
             ids: AtomicU64::new(0),
@@ -334,7 +338,15 @@ impl Api {
             },
             (Route::Position(id), Method::Delete) => self.withdraw(&id),
             (Route::Position(id), _) => self.get_position(&id),
-            (Route::Resolve(id), _) => self.resolve(&id),
+            (Route::Resolve(id), _) => match json_body(&body) {
+                Ok(m) if m.contains_key("attempt") => self.settle(&id, &m),
+                Ok(m) if m.is_empty() => self.resolve(&id),
+                Ok(m) => match m.keys().find(|k| !["note"].contains(&k.as_str())) {
+                    Some(k) => Answer::field(k, "unknown field (fields: attempt, executed_qty, price, note)"),
+                    None => self.resolve(&id),
+                },
+                Err(a) => a,
+            },
             (Route::ClosePosition(id), _) => match json_body(&body) {
                 Ok(m) => self.close_one(&id, &m),
                 Err(a) => a,
@@ -426,6 +438,53 @@ impl Api {
                     checks.insert(
                         "price_sources",
                         format!("no working price source for {}", without.join(", ")),
+                    );
+                }
+            }
+            Err(e) => {
+                ready = false;
+                checks.insert("engine", e.to_string());
+                checks.insert("price_sources", "unknown".to_string());
+            }
+        }
+        // Every position watched, or named: blind ones (whatever their rung says: a feed that
+        // is up but never prices an instrument leaves it as unwatched as a dead one) and
+        // closes whose outcome has stayed unknown past `broker.unknown_alarm_s`.
+        let named = self.bridge.inspect(|e, now| {
+            let mut blind = Vec::new();
+            let mut unknown = Vec::new();
+            for (_, p) in e.book().iter() {
+                if p.state.is_terminal() {
+                    continue;
+                }
+                if p.blind_since.is_some() {
+                    blind.push(format!("{} ({})", p.id, e.cache().symbol(p.instrument)));
+                }
+                if e.is_unknown_overdue(p, now) {
+                    let attempt = p.state.closing().map_or(0, |c| c.attempt);
+                    unknown.push(format!("{} (attempt {attempt})", p.id));
+                }
+            }
+            (blind, unknown)
+        });
+        match named {
+            Ok((blind, unknown)) => {
+                if blind.is_empty() {
+                    checks.insert("positions_priced", "ok".to_string());
+                } else {
+                    ready = false;
+                    checks.insert("positions_priced", format!("blind: {}", blind.join(", ")));
+                }
+                if unknown.is_empty() {
+                    checks.insert("close_outcomes", "ok".to_string());
+                } else {
+                    ready = false;
+                    checks.insert(
+                        "close_outcomes",
+                        format!(
+                            "unknown past broker.unknown_alarm_s, settle after checking the venue: {}",
+                            unknown.join(", ")
+                        ),
                     );
                 }
             }
@@ -553,7 +612,11 @@ impl Api {
     }
 
     fn product_of(&self, id: &str) -> Option<String> {
-        self.products.lock().ok().and_then(|m| m.get(id).cloned())
+        self.products
+            .lock()
+            .ok()
+            .and_then(|m| m.get(id).cloned())
+            .or_else(|| self.journal.as_ref().and_then(|j| j.product_of(id)))
     }
 
     fn status(&self) -> Answer {
@@ -849,8 +912,26 @@ impl Api {
                     &json!({"detail": format!("instrument cache full (capacity {capacity}); no new symbol can be watched"), "capacity": capacity}),
                 );
             }
+            Err(CoreError::WatchFull { limit }) => {
+                return Answer::json(
+                    507,
+                    &json!({"detail": format!("watch set full: {limit} instruments are watched (the limit: MAX_INSTRUMENTS or feed.max_subscriptions); no new instrument can be watched, so the position is not accepted"), "capacity": limit}),
+                );
+            }
+            Err(CoreError::Closed) => return self.closed_id(&id),
             Err(e) => return core_field_error(e),
         };
+        if let (Some(p), Some(j)) = (&product, &self.journal) {
+            // Written on a repeat too (200): a retry after a 503 must leave it on disk.
+            // The product decides how the close is placed after a restart too: on disk first.
+            if let Err(e) = j.product(&id, p) {
+                return Answer::detail(
+                    503,
+                    format!("registered, but its product could not be written to the journal ({e}); repeat the same request"),
+                )
+                .header("Retry-After", "1");
+            }
+        }
         if let Some(p) = product {
             if let (Some(sink), Some(prod)) = (&self.product_sink, crate::broker::upstox::Product::parse(&p))
             {
@@ -869,6 +950,28 @@ impl Api {
             return a;
         }
         self.position_answer(status, &id).header("Location", format!("/api/v1/positions/{id}"))
+    }
+
+    /// `409` for a registration on the id of a position that has closed.
+    fn closed_id(&self, id: &str) -> Answer {
+        let from_journal = self.journal.as_ref().and_then(|j| j.closed(id));
+        let (how, at) = match from_journal {
+            Some((how, ms)) => (how.to_string(), views::iso8601(UNIX_EPOCH + Duration::from_millis(ms))),
+            None => match self.position_snap(id) {
+                Ok(Some((s, p))) => {
+                    let v = views::position_view(&s, &p, None);
+                    (
+                        v.closed_how.unwrap_or("closed").to_string(),
+                        v.closed_at.unwrap_or_else(|| "unknown time".into()),
+                    )
+                }
+                _ => ("closed".to_string(), "unknown time".to_string()),
+            },
+        };
+        Answer::json(
+            409,
+            &json!({"detail": format!("position {id} closed ({how} at {at}); register with a new id"), "field": "id"}),
+        )
     }
 
     fn parse_spec(&self, m: &Map<String, Value>) -> Result<(PositionSpec, Option<String>), Answer> {
@@ -895,11 +998,17 @@ impl Api {
                 format!("must be 1 to {POSITION_ID_MAX} characters of A-Z a-z 0-9 _ -"),
             ));
         }
-        let symbol = match m.get("symbol") {
+        let mut symbol = match m.get("symbol") {
             Some(Value::String(s)) => s.clone(),
             Some(_) => return Err(Answer::field("symbol", "must be a string")),
             None => return Err(Answer::field("symbol", "is required")),
         };
+        if let Some(g) = &self.symbols {
+            if g.uppercase {
+                // The venue's symbols are case-free: `btcusdt` is BTCUSDT, the name its frames carry.
+                symbol.make_ascii_uppercase();
+            }
+        }
         if symbol.is_empty()
             || symbol.len() > SYMBOL_MAX
             || !symbol.bytes().all(|b| b.is_ascii_graphic() && b != b',')
@@ -963,6 +1072,23 @@ impl Api {
         };
         if let Err(e) = spec.validate() {
             return Err(core_field_error(e));
+        }
+        if let Some(g) = &self.symbols {
+            match (g.check)(&spec.symbol) {
+                super::SymbolVerdict::Traded => {}
+                super::SymbolVerdict::NotTraded => {
+                    return Err(Answer::field(
+                        "symbol",
+                        format!("{} is not traded on {}", spec.symbol, g.venue),
+                    ));
+                }
+                super::SymbolVerdict::Unverified => log::warn!(
+                    "[SYMBOLS] id={} symbol={} event=symbol_unverified venue={} (the venue's list is not known yet; watched, blind if it never prices)",
+                    spec.id,
+                    spec.symbol,
+                    g.venue
+                ),
+            }
         }
         Ok((spec, product))
     }
@@ -1031,6 +1157,63 @@ impl Api {
             Ok(Err(CoreError::UnknownPosition)) => Answer::detail(404, format!("No position {id}")),
             Ok(Err(CoreError::NotDurable)) => core_field_error(CoreError::NotDurable),
             Ok(Err(_)) => self.conflict(id, "protection cannot be withdrawn while it is closing or closed"),
+            Err(e) => Answer::engine(e),
+        }
+    }
+
+    /// Settles an attempt whose outcome stayed unknown, after the operator checked the venue.
+    fn settle(&self, id: &str, m: &Map<String, Value>) -> Answer {
+        const KNOWN: [&str; 4] = ["attempt", "executed_qty", "price", "note"];
+        if let Some(k) = m.keys().find(|k| !KNOWN.contains(&k.as_str())) {
+            return Answer::field(k, format!("unknown field (fields: {})", KNOWN.join(", ")));
+        }
+        let attempt = match m.get("attempt") {
+            Some(Value::Number(n)) => match n.as_u64().and_then(|v| u16::try_from(v).ok()) {
+                Some(a) if a > 0 => a,
+                _ => return Answer::field("attempt", "must be a whole number from 1 to 65535"),
+            },
+            _ => return Answer::field("attempt", "must be a whole number (the attempt being settled)"),
+        };
+        let executed = match decimal(m.get("executed_qty")) {
+            Ok(Some(u)) if u >= 0 => Qty::from_units(u),
+            Ok(Some(_)) => return Answer::field("executed_qty", "must be zero or more"),
+            Ok(None) => return Answer::field("executed_qty", "is required (\"0\" when nothing executed)"),
+            Err(e) => return Answer::field("executed_qty", e),
+        };
+        let price = match decimal(m.get("price")) {
+            Ok(Some(u)) if u > 0 => Some(Price::from_units(u)),
+            Ok(Some(_)) => return Answer::field("price", "must be above zero"),
+            Ok(None) => None,
+            Err(e) => return Answer::field("price", e),
+        };
+        let note = match m.get("note") {
+            None | Some(Value::Null) => String::new(),
+            Some(Value::String(s)) if s.len() <= 200 => s.replace(['"', '\n', '\r'], " "),
+            Some(_) => return Answer::field("note", "must be a string of at most 200 characters"),
+        };
+        let Ok(pid) = PositionId::try_from(id) else {
+            return Answer::detail(404, format!("No position {id}"));
+        };
+        match self.bridge.command(Command::Settle { id: pid, attempt, executed, price }) {
+            Ok(Ok(_)) => {
+                log::warn!(
+                    "[CLOSE] id={id} event=settled_by_operator attempt={attempt} executed_qty={executed} note=\"{note}\""
+                );
+                if let Err(a) = self.sync_journal() {
+                    return a;
+                }
+                self.position_answer(200, id)
+            }
+            Ok(Err(CoreError::UnknownPosition)) => Answer::detail(404, format!("No position {id}")),
+            Ok(Err(CoreError::NotDurable)) => core_field_error(CoreError::NotDurable),
+            Ok(Err(CoreError::WrongAttempt { current })) => Answer::json(
+                409,
+                &json!({"detail": format!("position {id}: attempt {attempt} is not the current one (the current attempt is {current})"), "field": "attempt"}),
+            ),
+            Ok(Err(CoreError::BadQuantity)) => {
+                Answer::field("executed_qty", "must not exceed the attempt's quantity")
+            }
+            Ok(Err(_)) => self.conflict(id, "only a closing position's current attempt can be settled"),
             Err(e) => Answer::engine(e),
         }
     }

@@ -383,8 +383,14 @@ fn engine_metrics(o: &mut Out, s: &Snap) {
     o.one(
         "tickguard_blind_positions",
         "gauge",
-        "Positions with no usable price and no working source.",
+        "Positions that are blind: no usable price and no working source, or no usable price for blind_grace.",
         s.blind,
+    );
+    o.one(
+        "tickguard_close_outcome_unknown_positions",
+        "gauge",
+        "Positions whose close attempt has had no known outcome for longer than broker.unknown_alarm_s (settle them).",
+        s.unknown_overdue,
     );
     o.family(
         "tickguard_alarm",
@@ -434,5 +440,17 @@ fn engine_metrics(o: &mut Out, s: &Snap) {
         "counter",
         "Engine notices dropped (log lines lost).",
         s.stats.notices_dropped,
+    );
+    o.one(
+        "tickguard_prices_dropped_total",
+        "counter",
+        "Quotes that carried a zero or negative price (that price was dropped, for that instrument only).",
+        s.stats.prices_dropped,
+    );
+    o.one(
+        "tickguard_late_broker_reports_total",
+        "counter",
+        "Broker answers about an earlier or concluded attempt whose fills were reconciled.",
+        s.stats.late_reports,
     );
 }

@@ -54,6 +54,48 @@ pub trait Journal: Send + Sync {
     fn writable(&self) -> Result<(), String>;
     /// Size of the journal in bytes (`tickguard_journal_bytes`).
     fn bytes(&self) -> Option<u64>;
+    /// How and when (Unix ms) the position with this id closed, if it ever did: remembered
+    /// after the position itself is pruned, so a closed id is never registered again.
+    fn closed(&self, _id: &str) -> Option<(&'static str, u64)> {
+        None
+    }
+    /// Records a position's Upstox product (durable before returning `Ok`).
+    fn product(&self, _id: &str, _product: &str) -> Result<(), String> {
+        Ok(())
+    }
+    /// The product journaled for a position, if any.
+    fn product_of(&self, _id: &str) -> Option<String> {
+        None
+    }
+}
+
+/// What the venue says of a symbol (the venue's full list, kept in the state directory).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SymbolVerdict {
+    /// On the venue's list and trading.
+    Traded,
+    /// Not on the list, or not trading.
+    NotTraded,
+    /// No list known yet (first start during an outage): accepted, watched, and caught by
+    /// the blind rule if it never prices.
+    Unverified,
+}
+
+/// How registrations' symbols are checked at the door.
+#[derive(Clone)]
+pub struct SymbolGate {
+    /// The venue's name (`binance`).
+    pub venue: &'static str,
+    /// The venue's symbols are case-free: registrations are upper-cased.
+    pub uppercase: bool,
+    /// The check.
+    pub check: Arc<dyn Fn(&str) -> SymbolVerdict + Send + Sync>,
+}
+
+impl std::fmt::Debug for SymbolGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SymbolGate({})", self.venue)
+    }
 }
 
 /// Where the Upstox `product` of a position registered through the API goes: the Upstox
@@ -119,6 +161,8 @@ pub struct ControlConfig {
     pub limits: http::Limits,
     /// Where registrations' `product` goes (the Upstox broker), if anywhere.
     pub products: Option<ProductSink>,
+    /// How registrations' symbols are checked (Binance: the venue's list), if at all.
+    pub symbols: Option<SymbolGate>,
 }
 
 impl ControlConfig {
@@ -143,6 +187,7 @@ impl ControlConfig {
             extra_ca: None,
             limits: http::Limits::default(),
             products: None,
+            symbols: None,
         }
     }
 
@@ -254,6 +299,7 @@ pub fn spawn(
         venue: cfg.venue,
         watch: watch_state.clone(),
         products: cfg.products.clone(),
+        symbols: cfg.symbols.clone(),
     }));
     let watcher = watch::Watcher::start(bridge, watch_state.clone()).map_err(|e| e.to_string())?;
     let server: Arc<Mutex<Option<http::Server>>> = Arc::new(Mutex::new(None));

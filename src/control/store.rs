@@ -14,4 +14,13 @@ impl super::Journal for crate::store::Journal {
     fn bytes(&self) -> Option<u64> {
         Some(crate::store::Journal::bytes(self))
     }
+    fn closed(&self, id: &str) -> Option<(&'static str, u64)> {
+        crate::store::Journal::closed(self, id).map(|c| (c.how_str(), c.at_unix_ms))
+    }
+    fn product_of(&self, id: &str) -> Option<String> {
+        crate::store::Journal::product(self, id)
+    }
+    fn product(&self, id: &str, product: &str) -> Result<(), String> {
+        self.append(&crate::store::product_record(id, product)).map_err(|e| e.to_string())
+    }
 }

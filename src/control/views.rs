@@ -116,6 +116,8 @@ pub struct Snap {
     pub counts: [usize; 4],
     /// Positions that are blind now.
     pub blind: usize,
+    /// Positions whose close attempt has had no known outcome past `broker.unknown_alarm_s`.
+    pub unknown_overdue: usize,
     /// Largest price age among instruments with positions that are not closed.
     pub max_open_age: Option<Duration>,
     /// Instruments with open positions, by rung (live, rest, cache, blind).
@@ -196,7 +198,7 @@ pub fn snapshot(e: &AppEngine, now: Timestamp, parts: Parts) -> Snap {
                 band,
                 rung,
                 live: e.is_live(id),
-                rest_working: e.rest_working(id),
+                rest_working: e.rest_working(id, now),
                 open_positions: open,
             });
         }
@@ -241,6 +243,7 @@ pub fn snapshot(e: &AppEngine, now: Timestamp, parts: Parts) -> Snap {
         stats: e.stats(),
         counts,
         blind,
+        unknown_overdue: usize::from(e.unknown_overdue(now)),
         max_open_age,
         open_rungs,
         open_bands,
@@ -687,6 +690,7 @@ mod tests {
             stats: Stats::default(),
             counts: [0; 4],
             blind: 0,
+            unknown_overdue: 0,
             max_open_age: None,
             open_rungs: [0; 4],
             open_bands: [0; 4],

@@ -82,6 +82,8 @@ struct Obs {
     price: Option<Price>,
     source: Option<PriceSource>,
     blind: bool,
+    /// The current attempt's outcome has been unknown past `broker.unknown_alarm_s`.
+    unknown: bool,
     exit: Option<Price>,
     filled: Qty,
     attempts: u16,
@@ -128,7 +130,7 @@ impl Drop for Watcher {
 
 fn observe(bridge: &Bridge) -> Option<(bool, Vec<Obs>)> {
     bridge
-        .inspect(|e, _| {
+        .inspect(|e, now| {
             let obs = e
                 .book()
                 .iter()
@@ -153,6 +155,7 @@ fn observe(bridge: &Bridge) -> Option<(bool, Vec<Obs>)> {
                     price: p.decision.and_then(|d| d.price),
                     source: p.decision.map(|d| d.source),
                     blind: p.blind_since.is_some() && !p.state.is_terminal(),
+                    unknown: e.is_unknown_overdue(p, now),
                     exit: p.avg_exit(),
                     filled: p.filled,
                     attempts: p.attempts,
@@ -266,11 +269,32 @@ fn run(bridge: &Bridge, state: &WatchState, stop: &AtomicBool) {
                     f,
                 ));
             }
+            if o.unknown && o.state != 2 && !s.failed {
+                // As loud as a close that failed for good: a person must settle it.
+                s.failed = true;
+                state.close_failed[r].fetch_add(1, Ordering::Relaxed);
+                let mut f = fields(o);
+                f.insert("attempts".into(), json!(o.attempts));
+                f.insert("outcome".into(), json!("unknown"));
+                n.notify(event(
+                    EventKind::CloseFailed,
+                    format!(
+                        "CLOSE OUTCOME UNKNOWN for {} {} ({} {}), attempt {}: check the venue's order history and settle it (POST /api/v1/positions/{}/resolve with the attempt and what it executed)",
+                        o.id,
+                        o.symbol,
+                        o.side.as_str(),
+                        o.qty,
+                        o.attempts,
+                        o.id
+                    ),
+                    f,
+                ));
+            }
             if o.blind && !s.blind {
                 s.blind = true;
                 n.notify(event(
                     EventKind::Blind,
-                    format!("{} {} is BLIND: no usable price and no working source", o.id, o.symbol),
+                    format!("{} {} is BLIND: no usable price (no working source, or none priced it for its grace)", o.id, o.symbol),
                     fields(o),
                 ));
             } else if !o.blind {

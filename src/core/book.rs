@@ -74,6 +74,18 @@ pub struct Closing {
     pub next_at: Timestamp,
 }
 
+/// The attempt before the current one, kept so that a late report about it (a look-up that
+/// finds it filled after another concluded it absent) is reconciled, never ignored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PrevAttempt {
+    /// Its client id.
+    pub client_id: ClientId,
+    /// Quantity it asked for.
+    pub order_qty: Qty,
+    /// Quantity it is known to have executed.
+    pub executed: Qty,
+}
+
 /// How a position ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ClosedHow {
@@ -238,8 +250,10 @@ pub struct Position {
     pub attempts: u16,
     /// Sum of `price * qty` over fills (units of 10^-8), for the average exit price.
     pub exit_notional: i128,
-    /// When it was registered.
+    /// When it was registered (or restored: the start of its watch on this boot).
     pub registered_at: Timestamp,
+    /// The attempt before the current one.
+    pub prev_attempt: Option<PrevAttempt>,
     pub(crate) next: u16,
 }
 
@@ -264,6 +278,7 @@ impl Position {
             attempts: 0,
             exit_notional: 0,
             registered_at: now,
+            prev_attempt: None,
             next: NIL,
         }
     }

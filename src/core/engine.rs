@@ -37,6 +37,9 @@ use super::types::{
 };
 use crate::limits::{NOTICE_CAP, RECENT_CLOSES, REST_FAILING_AFTER};
 
+/// A look-up that has not reported after this long is issued again.
+const LOOKUP_OVERDUE: Duration = Duration::from_secs(60);
+
 /// Engine settings (from the configuration; shortened in the demo).
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
@@ -62,6 +65,11 @@ pub struct EngineConfig {
     pub rest_enabled: bool,
     /// Seed of the jitter generator.
     pub seed: u64,
+    /// An attempt whose outcome stays unknown this long counts in the alarm
+    /// (`broker.unknown_alarm_s`): the operator must settle it.
+    pub unknown_alarm: Duration,
+    /// Most instruments the watch set may hold (`feed.max_subscriptions`, at most `N`).
+    pub max_watched: usize,
 }
 
 impl Default for EngineConfig {
@@ -78,6 +86,8 @@ impl Default for EngineConfig {
             lookup_every: Duration::from_secs(1),
             rest_enabled: false,
             seed: 0x7469_636b_6775_6172,
+            unknown_alarm: Duration::from_secs(60),
+            max_watched: usize::MAX,
         }
     }
 }
@@ -424,6 +434,19 @@ pub enum Command {
         /// Which position.
         id: PositionId,
     },
+    /// An operator settles an attempt whose outcome the appliance could not learn, after
+    /// checking the venue: `executed` of the attempt's quantity executed (at `price`). A
+    /// shortfall re-opens the close for the remainder only.
+    Settle {
+        /// Which position.
+        id: PositionId,
+        /// The attempt settled (must be the current one).
+        attempt: u16,
+        /// Quantity that attempt executed in total.
+        executed: Qty,
+        /// Its average price, if known.
+        price: Option<Price>,
+    },
     /// The broker shows the position closed elsewhere.
     ClosedExternally {
         /// Which position.
@@ -516,6 +539,12 @@ pub struct Stats {
     pub close_failures: u64,
     /// Notices dropped.
     pub notices_dropped: u64,
+    /// Quotes that carried a zero or negative price (that field was dropped; a quote left
+    /// with no price at all was dropped whole).
+    pub prices_dropped: u64,
+    /// Broker reports for an earlier attempt, or for a concluded one, whose fills were
+    /// reconciled instead of ignored.
+    pub late_reports: u64,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -525,6 +554,12 @@ struct InstState {
     rest_failures: u8,
     rung: Rung,
     band: Option<Band>,
+    /// In the watch set (configured, or carrying a position that is not closed).
+    watched: bool,
+    /// When REST last priced it.
+    rest_priced: Option<Timestamp>,
+    /// Since when REST has been asked to price it (it lost its live source, or was added).
+    rest_from: Timestamp,
 }
 
 /// The protection engine over `N` instruments and `M` positions. See the module docs for the
@@ -543,6 +578,10 @@ pub struct Engine<const N: usize, const M: usize> {
     recent: heapless::Deque<CloseRecord, RECENT_CLOSES>,
     acked: Option<(u16, u16)>,
     stats: Stats,
+    /// When the market last opened (boot, if open then): an unpriced position's grace
+    /// counts from here at the earliest, so closed hours never count.
+    market_opened_at: Timestamp,
+    watched: usize,
 }
 
 impl<const N: usize, const M: usize> Engine<N, M> {
@@ -563,6 +602,8 @@ impl<const N: usize, const M: usize> Engine<N, M> {
             recent: heapless::Deque::new(),
             acked: None,
             stats: Stats::default(),
+            market_opened_at: boot,
+            watched: 0,
         }
     }
 
@@ -613,28 +654,133 @@ impl<const N: usize, const M: usize> Engine<N, M> {
     pub fn is_live(&self, id: InstrumentId) -> bool {
         self.feed_connected && self.inst.get(usize::from(id.0)).is_some_and(|s| s.subscribed)
     }
-    /// Whether the instrument's REST source counts as working.
-    pub fn rest_working(&self, id: InstrumentId) -> bool {
+    /// Whether the instrument's REST source counts as working at `now`: fewer than
+    /// `REST_FAILING_AFTER` consecutive errors **and** it has priced the instrument within
+    /// `stale_after` (or was asked to less than `stale_after` ago: the first answer gets that
+    /// long). A source that answers for other instruments but never for this one (unknown or
+    /// delisted symbol) is not working for it.
+    pub fn rest_working(&self, id: InstrumentId, now: Timestamp) -> bool {
         self.cfg.rest_enabled
-            && self.inst.get(usize::from(id.0)).is_some_and(|s| s.rest_failures < REST_FAILING_AFTER)
+            && self.inst.get(usize::from(id.0)).is_some_and(|s| {
+                s.rest_failures < REST_FAILING_AFTER
+                    && match s.rest_priced {
+                        Some(t) if t >= s.rest_from => now.since(t) <= self.cfg.stale_after,
+                        _ => now.since(s.rest_from) < self.cfg.stale_after,
+                    }
+            })
     }
 
-    /// Adds an instrument to watch (configuration); returns its id.
+    /// Adds an instrument to the watch set (configuration); returns its id.
     pub fn add_instrument(&mut self, symbol: &str) -> Result<InstrumentId, CoreError> {
+        let id = self.intern(symbol)?;
+        self.watch(id)?;
+        Ok(id)
+    }
+
+    /// Interns an instrument without watching it (a restored closed position).
+    fn intern(&mut self, symbol: &str) -> Result<InstrumentId, CoreError> {
         let id = self.cache.intern(symbol)?;
+        let now = self.boot;
         while self.inst.len() <= usize::from(id.0) {
-            let fresh =
-                InstState { head: NIL, subscribed: false, rest_failures: 0, rung: Rung::Live, band: None };
+            let fresh = InstState {
+                head: NIL,
+                subscribed: false,
+                rest_failures: 0,
+                rung: Rung::Live,
+                band: None,
+                watched: false,
+                rest_priced: None,
+                rest_from: now,
+            };
             self.inst.push(fresh).map_err(|_| CoreError::CacheFull { capacity: N })?;
         }
         Ok(id)
+    }
+
+    /// Puts an interned instrument in the watch set; `Ok(true)` when it joined just now.
+    fn watch(&mut self, id: InstrumentId) -> Result<bool, CoreError> {
+        let limit = self.cfg.max_watched.min(N);
+        let watched = self.watched;
+        let Some(s) = self.inst.get_mut(usize::from(id.0)) else {
+            return Err(CoreError::CacheFull { capacity: N });
+        };
+        if s.watched {
+            return Ok(false);
+        }
+        if watched >= limit {
+            return Err(CoreError::WatchFull { limit });
+        }
+        s.watched = true;
+        self.watched += 1;
+        Ok(true)
+    }
+
+    /// Whether a registration on `symbol` could join the watch set now.
+    fn can_watch(&self, symbol: &str) -> Result<(), CoreError> {
+        let limit = self.cfg.max_watched.min(N);
+        let known = self.cache.lookup(symbol);
+        let watched = known.and_then(|id| self.inst.get(usize::from(id.0))).is_some_and(|s| s.watched);
+        if watched {
+            return Ok(());
+        }
+        if self.watched >= limit {
+            return Err(CoreError::WatchFull { limit });
+        }
+        if known.is_none() && self.cache.len() >= N {
+            return Err(CoreError::CacheFull { capacity: N });
+        }
+        Ok(())
+    }
+
+    /// The watch set: every instrument the feed must subscribe and the REST poller price.
+    pub fn watched(&self) -> impl Iterator<Item = InstrumentId> + '_ {
+        self.inst.iter().enumerate().filter(|(_, s)| s.watched).map(|(i, _)| InstrumentId(i as u16))
+    }
+
+    /// Since when the position has lacked a usable price, while the market is open (its
+    /// registration or restore, the market's open, or the moment its last price expired,
+    /// whichever is latest); `None` while it has one or the market is closed.
+    pub fn unpriced_since(&self, idx: PosIdx, now: Timestamp) -> Option<Timestamp> {
+        if !self.market_open {
+            return None;
+        }
+        let p = self.book.get(idx)?;
+        let mut since = p.registered_at.max(self.market_opened_at);
+        if let Some(q) = self.cache.quote(p.instrument) {
+            let age = now.since(q.dated);
+            if age <= self.cfg.expire_after && q.price_for(p.side).is_some() {
+                return None;
+            }
+            since = since.max(q.dated + self.cfg.expire_after);
+        }
+        Some(since)
+    }
+
+    /// Positions whose current attempt has had no known outcome for longer than
+    /// `unknown_alarm` (sent or unknown): the operator must settle them.
+    pub fn unknown_overdue(&self, now: Timestamp) -> u16 {
+        let mut n = 0u16;
+        for (_, p) in self.book.iter() {
+            if self.is_unknown_overdue(p, now) {
+                n = n.saturating_add(1);
+            }
+        }
+        n
+    }
+
+    /// Whether `p`'s current attempt is overdue (see [`Engine::unknown_overdue`]).
+    pub fn is_unknown_overdue(&self, p: &Position, now: Timestamp) -> bool {
+        p.state.closing().is_some_and(|c| {
+            matches!(c.order, OrderPhase::Sent | OrderPhase::Unknown)
+                && now.since(c.sent_at) > self.cfg.unknown_alarm
+        })
     }
 
     /// The ladder rung an instrument's price comes from at `now`.
     pub fn rung(&self, id: InstrumentId, now: Timestamp) -> Rung {
         if self.is_live(id) {
             Rung::Live
-        } else if self.rest_working(id) {
+        } else if self.rest_working(id, now) {
             Rung::Rest
         } else if self.cache.age(id, now).is_some_and(|a| a <= self.cfg.expire_after) {
             Rung::Cache
@@ -650,7 +796,7 @@ impl<const N: usize, const M: usize> Engine<N, M> {
 
     /// What the LED and buzzer should show, and whether the operator silenced it.
     pub fn alarm(&self, now: Timestamp) -> (Alarm, bool) {
-        let (failed, blind) = self.alarm_counts();
+        let (failed, blind) = self.alarm_counts(now);
         let alarm = if failed > 0 {
             Alarm::CloseFailed
         } else if blind > 0 {
@@ -671,11 +817,13 @@ impl<const N: usize, const M: usize> Engine<N, M> {
         (alarm, self.acked == Some((failed, blind)) && alarm <= Alarm::Blind)
     }
 
-    fn alarm_counts(&self) -> (u16, u16) {
+    /// `close_failed` positions (with attempts overdue an outcome: both need the operator)
+    /// and blind ones.
+    fn alarm_counts(&self, now: Timestamp) -> (u16, u16) {
         let mut failed = 0u16;
         let mut blind = 0u16;
         for (_, p) in self.book.iter() {
-            if matches!(p.state, PosState::CloseFailed(_)) {
+            if matches!(p.state, PosState::CloseFailed(_)) || self.is_unknown_overdue(p, now) {
                 failed += 1;
             }
             if p.blind_since.is_some() && !p.state.is_terminal() {
@@ -709,6 +857,18 @@ impl<const N: usize, const M: usize> Engine<N, M> {
         let Some(st) = self.inst.get(usize::from(id.0)).copied() else {
             return;
         };
+        if tick.quote.has_unusable() {
+            // A zero or negative price is no price: drop that field (for this instrument
+            // only), and the whole quote when nothing is left. The tick's extremes already
+            // leave such prices out (`Extremes`).
+            self.stats.prices_dropped += 1;
+            let mut clean = *tick;
+            if !clean.quote.sanitize() {
+                return;
+            }
+            self.on_tick(now, &clean, out);
+            return;
+        }
         if !self.cache.update(id, &tick.quote) {
             self.stats.ticks_superseded += 1;
             return;
@@ -719,6 +879,11 @@ impl<const N: usize, const M: usize> Engine<N, M> {
             Source::Manual => 2,
         };
         self.stats.ticks[src] += 1;
+        if src == 1 {
+            if let Some(s) = self.inst.get_mut(usize::from(id.0)) {
+                s.rest_priced = Some(tick.quote.dated.max(s.rest_priced.unwrap_or(tick.quote.dated)));
+            }
+        }
         if st.head == NIL {
             return;
         }
@@ -793,6 +958,12 @@ impl<const N: usize, const M: usize> Engine<N, M> {
                 }
             }
             FeedEvent::Disconnected => {
+                if self.feed_connected {
+                    // REST is asked from now on: its first answer gets `stale_after`.
+                    for s in self.inst.iter_mut().filter(|s| s.subscribed) {
+                        s.rest_from = now;
+                    }
+                }
                 self.feed_connected = false;
                 for s in self.inst.iter_mut() {
                     s.subscribed = false;
@@ -811,6 +982,9 @@ impl<const N: usize, const M: usize> Engine<N, M> {
             FeedEvent::Market(open) => {
                 let opened = open && !self.market_open;
                 self.market_open = open;
+                if opened {
+                    self.market_opened_at = now;
+                }
                 if opened {
                     // Held closes go now.
                     for i in 0..self.book.slot_count() {
@@ -840,7 +1014,12 @@ impl<const N: usize, const M: usize> Engine<N, M> {
             return;
         };
         if c.client_id != report.client_id || c.order == OrderPhase::Waiting {
-            out.notice(Notice::StrayReport { pos: idx });
+            // Not the attempt in flight: a late answer about an earlier attempt, or about
+            // this one after it was concluded (an overlapping look-up found it absent). What
+            // it executed is real: reconcile it, never ignore it, so the next attempt never
+            // sells it again.
+            self.late_report(idx, now, report, out);
+            self.flush_dropped(out);
             return;
         }
         match report.outcome {
@@ -937,6 +1116,9 @@ impl<const N: usize, const M: usize> Engine<N, M> {
                 self.finish(idx, now, ClosedHow::Resolved, out);
                 Ok(Reply::Done { pos: idx })
             }
+            Command::Settle { id, attempt, executed, price } => {
+                self.settle(now, &id, attempt, executed, price, out)
+            }
             Command::ClosedExternally { id } => {
                 let idx = self.book.find(&id).ok_or(CoreError::UnknownPosition)?;
                 let p = self.book.get(idx).ok_or(CoreError::UnknownPosition)?;
@@ -951,7 +1133,7 @@ impl<const N: usize, const M: usize> Engine<N, M> {
                 Ok(Reply::Done { pos: idx })
             }
             Command::AckAlerts => {
-                self.acked = Some(self.alarm_counts());
+                self.acked = Some(self.alarm_counts(now));
                 Ok(Reply::Acked)
             }
         };
@@ -968,14 +1150,15 @@ impl<const N: usize, const M: usize> Engine<N, M> {
         if self.book.find(&r.spec.id).is_some() {
             return Err(CoreError::DuplicateId);
         }
-        let instrument = self.add_instrument(&r.spec.symbol)?;
+        let terminal = matches!(r.phase, RestoredPhase::Closed(_));
+        let instrument =
+            if terminal { self.intern(&r.spec.symbol)? } else { self.add_instrument(&r.spec.symbol)? };
         let mut pos = Position::new(&r.spec, instrument, r.generation, now);
         pos.filled = r.filled.min(pos.qty);
         pos.exit_notional = r.exit_notional;
         pos.attempts = r.attempts;
         pos.decision = r.decision;
         let max_attempts = self.cfg.max_close_attempts.max(1);
-        let terminal = matches!(r.phase, RestoredPhase::Closed(_));
         pos.state = match &r.phase {
             RestoredPhase::Open => PosState::Open,
             RestoredPhase::Closed(how) => PosState::Closed { at: now, how: *how },
@@ -1024,6 +1207,12 @@ impl<const N: usize, const M: usize> Engine<N, M> {
         spec.validate()?;
         if let Some(idx) = self.book.find(&spec.id) {
             let p = self.book.get(idx).ok_or(CoreError::UnknownPosition)?;
+            if p.state.is_terminal() {
+                // A closed id is never re-opened, even with the same body: a bot retrying a
+                // registration that timed out after an instant close must not get a second
+                // sell. A new registration needs a new id.
+                return Err(CoreError::Closed);
+            }
             let own = self.cache.symbol(p.instrument);
             return if p.matches(spec, &spec.symbol, own) {
                 Ok(Reply::Registered {
@@ -1039,8 +1228,11 @@ impl<const N: usize, const M: usize> Engine<N, M> {
         if self.book.active() >= M {
             return Err(CoreError::BookFull { capacity: M });
         }
-        let known = self.cache.lookup(&spec.symbol).is_some();
-        let instrument = self.add_instrument(&spec.symbol)?;
+        // Never accepted unwatched: the instrument joins the watch set or the registration is
+        // refused, naming the limit.
+        self.can_watch(&spec.symbol)?;
+        let instrument = self.intern(&spec.symbol)?;
+        let joined = self.watch(instrument)?;
         let generation = self.next_generation;
         let pos = Position::new(spec, instrument, generation, now);
         let idx = self.book.insert(pos)?;
@@ -1048,7 +1240,68 @@ impl<const N: usize, const M: usize> Engine<N, M> {
         self.link(idx);
         // A position registered with its level already crossed is closed at once.
         self.judge_cached(idx, now, out);
-        Ok(Reply::Registered { pos: idx, instrument, new_instrument: !known, existed: false })
+        Ok(Reply::Registered { pos: idx, instrument, new_instrument: joined, existed: false })
+    }
+
+    fn settle(
+        &mut self,
+        now: Timestamp,
+        id: &str,
+        attempt: u16,
+        executed: Qty,
+        price: Option<Price>,
+        out: &mut Actions<M>,
+    ) -> Result<Reply, CoreError> {
+        let idx = self.book.find(id).ok_or(CoreError::UnknownPosition)?;
+        let p = self.book.get(idx).ok_or(CoreError::UnknownPosition)?;
+        let c = p.state.closing().ok_or(if p.state.is_terminal() {
+            CoreError::NotOpen
+        } else {
+            CoreError::NotCloseFailed
+        })?;
+        if c.attempt != attempt || c.client_id.is_empty() {
+            return Err(CoreError::WrongAttempt { current: c.attempt });
+        }
+        if executed.units() < 0 || executed > c.order_qty {
+            return Err(CoreError::BadQuantity);
+        }
+        // The operator's word replaces the unknown: the attempt is over with `executed`.
+        self.apply_fill(idx, executed, price, out);
+        let done = self.book.get(idx).is_some_and(|p| !p.remaining().is_positive());
+        if done {
+            self.finish(idx, now, ClosedHow::Filled, out);
+        } else if let Some(c) = self.closing_mut(idx) {
+            // A shortfall re-opens the close for the remainder only, at once.
+            c.order = OrderPhase::Waiting;
+            c.next_at = now;
+            self.place(idx, now, out);
+        }
+        Ok(Reply::Done { pos: idx })
+    }
+
+    /// Takes back a registration the journal could not record (the caller answers 503 and
+    /// the bot retries): the position leaves the book as if never registered.
+    pub fn forget(&mut self, idx: PosIdx) {
+        self.unlink(idx);
+        self.book.remove(idx);
+    }
+
+    /// Puts a position back as it was before a command the journal could not record
+    /// (withdraw, resolve, closed externally, settle): memory never runs ahead of the disk
+    /// for an acknowledged change, and an unrecorded close stays protected.
+    pub fn put_back(&mut self, idx: PosIdx, saved: Position) {
+        let was_linked = self.book.get(idx).is_some_and(|p| !p.state.is_terminal());
+        let linked = !saved.state.is_terminal();
+        if was_linked {
+            self.unlink(idx);
+        }
+        if let Some(p) = self.book.get_mut(idx) {
+            *p = saved;
+            p.next = NIL;
+        }
+        if linked {
+            self.link(idx);
+        }
     }
 
     fn close_now(
@@ -1291,6 +1544,13 @@ impl<const N: usize, const M: usize> Engine<N, M> {
             }
             return;
         }
+        if !c.client_id.is_empty() {
+            p.prev_attempt = Some(super::book::PrevAttempt {
+                client_id: c.client_id.clone(),
+                order_qty: c.order_qty,
+                executed: c.order_executed,
+            });
+        }
         c.attempt = c.attempt.saturating_add(1);
         p.attempts = c.attempt;
         c.client_id = client_id(generation, &id, c.attempt);
@@ -1310,6 +1570,65 @@ impl<const N: usize, const M: usize> Engine<N, M> {
         };
         self.stats.orders_placed += 1;
         out.order(action);
+    }
+
+    /// A report that is not about the attempt in flight (see [`Engine::on_broker`]).
+    fn late_report(&mut self, idx: PosIdx, now: Timestamp, report: &BrokerReport, out: &mut Actions<M>) {
+        let (executed, price, working) = match report.outcome {
+            Outcome::Filled { executed, price } | Outcome::PartiallyFilled { executed, price } => {
+                (executed, price, false)
+            }
+            Outcome::Working { executed, price } => (executed, price, true),
+            Outcome::Rejected | Outcome::Unknown => {
+                out.notice(Notice::StrayReport { pos: idx });
+                return;
+            }
+        };
+        let Some(p) = self.book.get_mut(idx) else { return };
+        let current = p.state.closing().is_some_and(|c| c.client_id == report.client_id);
+        if current {
+            // The attempt was concluded (absent or failed) and the next one is not sent yet:
+            // take its fills, and if it is still working at the venue, wait for it again.
+            self.stats.late_reports += 1;
+            self.apply_fill(idx, executed, price, out);
+            if working {
+                let next = now + self.cfg.lookup_every;
+                if let Some(c) = self.closing_mut(idx) {
+                    c.order = OrderPhase::Working;
+                    c.next_at = next;
+                }
+            } else if self.book.get(idx).is_some_and(|p| !p.remaining().is_positive()) {
+                self.finish(idx, now, ClosedHow::Filled, out);
+            }
+            return;
+        }
+        let Some(prev) = p.prev_attempt.as_mut().filter(|a| a.client_id == report.client_id) else {
+            out.notice(Notice::StrayReport { pos: idx });
+            return;
+        };
+        let executed = executed.min(prev.order_qty);
+        let delta = executed.saturating_sub(prev.executed);
+        if !delta.is_positive() {
+            return;
+        }
+        prev.executed = executed;
+        self.stats.late_reports += 1;
+        let remaining_before = p.remaining();
+        let applied = delta.min(remaining_before);
+        let excess = delta.saturating_sub(applied);
+        p.filled = p.filled.checked_add(applied).unwrap_or(p.qty).min(p.qty);
+        p.exit_notional += notional(price.unwrap_or(p.entry), applied);
+        let remaining = p.remaining();
+        let waiting = p.state.closing().is_some_and(|c| c.order == OrderPhase::Waiting);
+        out.notice(Notice::Fill { pos: idx, qty: applied, price, remaining });
+        if excess.is_positive() {
+            // Both attempts executed: the venue sold more than the position. Loud; the
+            // operator must buy the excess back.
+            out.notice(Notice::Overfill { pos: idx, excess });
+        }
+        if waiting && !remaining.is_positive() {
+            self.finish(idx, now, ClosedHow::Filled, out);
+        }
     }
 
     /// Applies an attempt's cumulative executed quantity, clamped so that filled never
@@ -1447,8 +1766,12 @@ impl<const N: usize, const M: usize> Engine<N, M> {
 
     fn sweep_blind(&mut self, idx: PosIdx, now: Timestamp, out: &mut Actions<M>) {
         let Some(p) = self.book.get(idx) else { return };
-        // A closed market has no prices to miss: nobody is blind until it opens.
-        let blind = self.market_open && self.rung(p.instrument, now) == Rung::Blind;
+        // A closed market has no prices to miss: nobody is blind until it opens. A position
+        // with no usable price for `blind_grace` is blind whatever its rung says: a feed that
+        // is up but never prices the instrument (unknown or delisted symbol), or a REST source
+        // that answers for others only, leaves it as unwatched as a dead feed does.
+        let unpriced = self.unpriced_since(idx, now).is_some_and(|t| now.since(t) >= self.cfg.blind_grace);
+        let blind = self.market_open && (unpriced || self.rung(p.instrument, now) == Rung::Blind);
         let grace_end =
             |since: Timestamp| (since + self.cfg.blind_grace).max(self.boot + self.cfg.expire_after);
         let Some(p) = self.book.get_mut(idx) else { return };
@@ -1491,7 +1814,11 @@ impl<const N: usize, const M: usize> Engine<N, M> {
         match c.order {
             OrderPhase::Waiting => self.place(idx, now, out),
             OrderPhase::Working | OrderPhase::Unknown => {
-                c.next_at = now + lookup_every;
+                // One look-up at a time: the next is due once this one reports (its report
+                // sets the next deadline). Two overlapping look-ups could disagree (one
+                // concluding "absent" while the other finds a fill) and a new attempt would
+                // follow the first. The long deadline only covers a report that never comes.
+                c.next_at = now + LOOKUP_OVERDUE.max(lookup_every);
                 let a = OrderAction::Lookup { pos: idx, client_id: c.client_id.clone(), sent_at: c.sent_at };
                 out.order(a);
             }

@@ -49,6 +49,21 @@ pub enum CoreError {
     NotCloseFailed,
     /// An order for the position may still be working.
     OrderInFlight,
+    /// The instrument cannot join the watch set: `limit` instruments are watched already
+    /// (`MAX_INSTRUMENTS` or `feed.max_subscriptions`).
+    WatchFull {
+        /// The limit reached.
+        limit: usize,
+    },
+    /// The id belongs to a position that has closed: a new registration needs a new id.
+    Closed,
+    /// A settlement named an attempt other than the position's current one.
+    WrongAttempt {
+        /// The current attempt.
+        current: u16,
+    },
+    /// The engine task has stopped (shutting down).
+    EngineStopped,
     /// Accepted, but the journal could not record it: not acknowledged as durable (the
     /// position is protected in memory; retry the request).
     NotDurable,
@@ -76,6 +91,14 @@ impl fmt::Display for CoreError {
             CoreError::NotOpen => write!(f, "position is not open (closing or closed)"),
             CoreError::NotCloseFailed => write!(f, "position is not in close_failed"),
             CoreError::OrderInFlight => write!(f, "an order for this position may still be working"),
+            CoreError::WatchFull { limit } => {
+                write!(f, "watch set full: {limit} instruments are watched already (the limit)")
+            }
+            CoreError::Closed => write!(f, "position is closed; register with a new id"),
+            CoreError::WrongAttempt { current } => {
+                write!(f, "that is not the current attempt (the current attempt is {current})")
+            }
+            CoreError::EngineStopped => write!(f, "the engine has stopped"),
             CoreError::NotDurable => {
                 write!(f, "protected in memory but not written to the journal (store failing); retry")
             }

@@ -252,6 +252,20 @@ impl Quote {
             Side::Short => self.short_price(),
         }
     }
+    /// True when a field is zero or negative (see [`Quote::sanitize`]).
+    #[inline]
+    pub fn has_unusable(&self) -> bool {
+        self.bid.is_some_and(|p| !p.is_positive())
+            || self.ask.is_some_and(|p| !p.is_positive())
+            || self.last.is_some_and(|p| !p.is_positive())
+    }
+    /// Drops every zero or negative field; returns false when no price is left.
+    pub fn sanitize(&mut self) -> bool {
+        self.bid = usable(self.bid);
+        self.ask = usable(self.ask);
+        self.last = usable(self.last);
+        self.bid.is_some() || self.ask.is_some() || self.last.is_some()
+    }
     /// True when `self` should replace `older` in the cache: dated later, or dated at the same
     /// instant and not a REST answer over a live price (a REST price is dated at its send
     /// time, so on a tie the live price was received no earlier).
@@ -275,7 +289,15 @@ pub struct Extremes {
     pub hi_short: Option<Price>,
 }
 
+/// A price the engine may judge on: a zero or negative one is no price (Binance sends `0`
+/// for an empty book side; one bad field must not trigger every long stop).
+#[inline]
+fn usable(p: Option<Price>) -> Option<Price> {
+    p.filter(|v| v.is_positive())
+}
+
 fn min_opt(a: Option<Price>, b: Option<Price>) -> Option<Price> {
+    let b = usable(b);
     match (a, b) {
         (Some(x), Some(y)) => Some(x.min(y)),
         (x, None) => x,
@@ -284,6 +306,7 @@ fn min_opt(a: Option<Price>, b: Option<Price>) -> Option<Price> {
 }
 
 fn max_opt(a: Option<Price>, b: Option<Price>) -> Option<Price> {
+    let b = usable(b);
     match (a, b) {
         (Some(x), Some(y)) => Some(x.max(y)),
         (x, None) => x,
@@ -294,12 +317,8 @@ fn max_opt(a: Option<Price>, b: Option<Price>) -> Option<Price> {
 impl Extremes {
     /// The extremes of a single quote.
     pub fn of(q: &Quote) -> Extremes {
-        Extremes {
-            lo_long: q.long_price(),
-            hi_long: q.long_price(),
-            lo_short: q.short_price(),
-            hi_short: q.short_price(),
-        }
+        let (l, s) = (usable(q.long_price()), usable(q.short_price()));
+        Extremes { lo_long: l, hi_long: l, lo_short: s, hi_short: s }
     }
     /// Widens to include `q`.
     pub fn include(&mut self, q: &Quote) {

@@ -735,6 +735,30 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_book_side_is_a_zero_price_and_the_other_side_still_counts() {
+        // Binance sends "0.00000000" for an empty side of the book. The decoder hands it on as
+        // a zero price (the engine drops that side only, counted); rejecting the whole frame
+        // would lose the other side's price too. Every path (whole-frame fast path, raw
+        // stream fixed layout, general) agrees.
+        let zero = p("0");
+        assert_eq!(zero, Some(Price::ZERO));
+        for (bid, ask) in [("0.00000000", "25.36520000"), ("25.35190000", "0.00000000"), ("0", "1.5")] {
+            let data =
+                format!(r#"{{"u":1,"s":"X","b":"{bid}","B":"0.00000000","a":"{ask}","A":"0.00000000"}}"#);
+            let f = format!(r#"{{"stream":"x@bookTicker","data":{data}}}"#);
+            let want = Frame::Quote { symbol: b"X", bid: p(bid), ask: p(ask), last: None, exch_ts: None };
+            assert_eq!(decode(f.as_bytes()), Ok(want), "{f}");
+            assert_eq!(decode_general(f.as_bytes()), Ok(want), "{f}");
+            if let Some(fast) = combined_book_ticker(f.as_bytes()) {
+                assert_eq!(fast, want, "{f}");
+            }
+            assert_eq!(decode(data.as_bytes()), Ok(want), "raw stream: {data}");
+        }
+        let t = br#"{"stream":"x@trade","data":{"e":"trade","E":1,"s":"X","t":1,"p":"0.00000000","q":"1","T":1}}"#;
+        assert!(matches!(decode(t), Ok(Frame::Quote { last: Some(l), .. }) if l == Price::ZERO));
+    }
+
+    #[test]
     fn trade_and_agg_trade() {
         let t = br#"{"stream":"bnbbtc@trade","data":{"e":"trade","E":1672515782136,"s":"BNBBTC","t":12345,"p":"0.001","q":"100","T":1672515782136,"m":true,"M":true}}"#;
         assert_eq!(

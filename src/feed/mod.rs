@@ -9,3 +9,4 @@ pub mod session;
 pub mod symbols;
 pub mod upstox;
 pub mod upstox_proto;
+pub mod venue_symbols;

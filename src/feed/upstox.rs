@@ -172,10 +172,16 @@ impl UpstoxConfig {
 
 // ----- shared state --------------------------------------------------------------------------
 
+/// Most symbols (instruments) one key can be watched under.
+pub const KEY_IDS_MAX: usize = crate::limits::UPSTOX_KEY_SYMBOLS_MAX;
+type KeyIds = heapless::Vec<InstrumentId, KEY_IDS_MAX>;
+
 /// Instrument keys by id and ids by key.
 #[derive(Default)]
 struct KeyTable {
-    by_key: HashMap<String, InstrumentId>,
+    /// Instruments by key: several symbols may name one instrument (a configured symbol and
+    /// its key registered as a symbol of its own); each gets the key's prices.
+    by_key: HashMap<String, KeyIds>,
     /// Indexed by instrument id: the key and its price scale.
     by_id: Vec<Option<(String, u32)>>,
 }
@@ -187,7 +193,13 @@ impl KeyTable {
             self.by_id.resize(i + 1, None);
         }
         self.by_id[i] = Some((key.to_string(), price_scale(key)));
-        self.by_key.insert(key.to_string(), id);
+        let ids = self.by_key.entry(key.to_string()).or_default();
+        if !ids.contains(&id) && ids.push(id).is_err() {
+            log::error!(
+                "[RECONNECT] event=unmapped_symbol key=\"{key}\" instrument={} (more than {KEY_IDS_MAX} symbols name this key; it gets no live price under this one)",
+                id.0
+            );
+        }
     }
     fn key(&self, id: InstrumentId) -> Option<&str> {
         self.by_id.get(usize::from(id.0)).and_then(|k| k.as_ref()).map(|(k, _)| k.as_str())
@@ -229,11 +241,84 @@ impl TokenFile {
     }
 }
 
+/// The one venue-instrument map of Upstox: symbol ↔ instrument key, shared (behind an `Arc`)
+/// by the feed session's subscriptions, the LTP poller, the broker's orders and its
+/// `holdings()` (so reconciliation reads what the account holds under the symbols the book
+/// uses).
+///
+/// A symbol's key is its `[feed.instrument_keys]` entry, or the symbol itself when it already
+/// is a key (`NSE_EQ|INE323A01026`) — [`crate::config::FeedConfig::instrument_key`]. Every
+/// configured pair is known from the start; a symbol that is its own key becomes known the
+/// first time it is resolved (a position registered on it: the feed session adds its
+/// instrument). Symbols learned this way are bounded by [`MAX_INSTRUMENTS`].
+#[derive(Debug, Default)]
+pub struct InstrumentMap {
+    configured: BTreeMap<String, String>,
+    /// Symbols that are their own key, learned when resolved.
+    learned: RwLock<BTreeMap<String, String>>,
+}
+
+impl InstrumentMap {
+    /// A map of the configured `symbol → key` pairs.
+    pub fn new(configured: BTreeMap<String, String>) -> InstrumentMap {
+        InstrumentMap { configured, learned: RwLock::new(BTreeMap::new()) }
+    }
+
+    /// `[feed.instrument_keys]`, plus every symbol of `feed.instruments` and `[[positions]]`
+    /// that is itself a key.
+    pub fn from_config(cfg: &crate::config::Config) -> InstrumentMap {
+        let m = InstrumentMap::new(cfg.feed.instrument_keys.clone());
+        for s in cfg.watched_symbols() {
+            let _ = m.key(&s);
+        }
+        m
+    }
+
+    /// A map of these pairs (tests, tools).
+    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> InstrumentMap {
+        InstrumentMap::new(pairs.into_iter().map(|(s, k)| (s.to_string(), k.to_string())).collect())
+    }
+
+    /// The key of `symbol` (its configured key, or itself when it is a key), remembering a
+    /// symbol that is its own key; `None` when the symbol has no key.
+    pub fn key(&self, symbol: &str) -> Option<String> {
+        if let Some(k) = self.configured.get(symbol) {
+            return Some(k.clone());
+        }
+        if !symbol.contains('|') {
+            return None;
+        }
+        let known = self.learned.read().map(|l| l.contains_key(symbol)).unwrap_or(false);
+        if !known {
+            let mut l = self.learned.write().unwrap_or_else(|p| p.into_inner());
+            if l.len() < MAX_INSTRUMENTS {
+                l.insert(symbol.to_string(), symbol.to_string());
+            }
+        }
+        Some(symbol.to_string())
+    }
+
+    /// Every known `(symbol, key)` pair: the configured ones and the learned ones.
+    pub fn entries(&self) -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> =
+            self.configured.iter().map(|(s, k)| (s.clone(), k.clone())).collect();
+        if let Ok(l) = self.learned.read() {
+            v.extend(l.iter().map(|(s, k)| (s.clone(), k.clone())));
+        }
+        v
+    }
+
+    /// The symbols known for `key` (several symbols may name one instrument).
+    pub fn symbols_of(&self, key: &str) -> Vec<String> {
+        self.entries().into_iter().filter(|(_, k)| k == key).map(|(s, _)| s).collect()
+    }
+}
+
 /// State of the Upstox edge shared by the session, the LTP poller and the calendar task.
 pub struct UpstoxShared {
     keys: RwLock<KeyTable>,
-    /// `[feed.instrument_keys]` (symbol → key), for instruments registered later.
-    symbol_keys: BTreeMap<String, String>,
+    /// The venue-instrument map shared with the broker.
+    map: Arc<InstrumentMap>,
     token: Mutex<TokenFile>,
     /// The venue's market status on the live connection (`None`: no word, or no connection).
     venue_market: Mutex<Option<bool>>,
@@ -244,9 +329,14 @@ pub struct UpstoxShared {
 impl UpstoxShared {
     /// Shared state for a token file and the configured symbol → key map.
     pub fn new(token_file: PathBuf, symbol_keys: BTreeMap<String, String>) -> UpstoxShared {
+        UpstoxShared::with_map(token_file, Arc::new(InstrumentMap::new(symbol_keys)))
+    }
+
+    /// Shared state for a token file and the venue-instrument map shared with the broker.
+    pub fn with_map(token_file: PathBuf, map: Arc<InstrumentMap>) -> UpstoxShared {
         UpstoxShared {
             keys: RwLock::new(KeyTable::default()),
-            symbol_keys,
+            map,
             token: Mutex::new(TokenFile { path: token_file, value: None, stamp: None }),
             venue_market: Mutex::new(None),
             market_changed: Notify::new(),
@@ -255,7 +345,12 @@ impl UpstoxShared {
 
     /// The key of `symbol`: its configured key, or the symbol itself when it is a key.
     pub fn key_for_symbol(&self, symbol: &str) -> Option<String> {
-        self.symbol_keys.get(symbol).cloned().or_else(|| symbol.contains('|').then(|| symbol.to_string()))
+        self.map.key(symbol)
+    }
+
+    /// The venue-instrument map.
+    pub fn map(&self) -> &Arc<InstrumentMap> {
+        &self.map
     }
 
     /// Maps `id` (watched as `symbol`) to its key; false when the symbol has none.
@@ -496,26 +591,13 @@ struct FrameSink<'a> {
 impl Sink for FrameSink<'_> {
     fn entry(&mut self, e: &pb::Entry<'_>) {
         // The decoder checked the key is UTF-8.
-        let id = std::str::from_utf8(e.key).ok().and_then(|k| self.keys.by_key.get(k)).copied();
-        let Some(id) = id else {
+        let ids = std::str::from_utf8(e.key).ok().and_then(|k| self.keys.by_key.get(k));
+        let Some(ids) = ids else {
             self.buf.unknown += 1;
             return;
         };
-        let i = usize::from(id.0);
-        let frame_no = self.buf.frame_no;
-        match self.buf.slot.get_mut(i) {
-            Some((f, at)) if *f == frame_no => {
-                if let Some(p) = self.buf.pending.get_mut(*at as usize) {
-                    p.1 = e.last;
-                }
-            }
-            Some(s) => {
-                if self.buf.pending.len() < self.buf.pending.capacity() {
-                    *s = (frame_no, self.buf.pending.len() as u32);
-                    self.buf.pending.push((id, e.last));
-                }
-            }
-            None => self.buf.unknown += 1,
+        for &id in ids {
+            self.one(id, e.last);
         }
     }
     fn segment(&mut self, segment: &[u8], status: i32) {
@@ -524,6 +606,28 @@ impl Sink for FrameSink<'_> {
             e.1 = status;
         } else if let Ok(name) = heapless::String::try_from(s) {
             let _ = self.buf.segments.push((name, status));
+        }
+    }
+}
+
+impl FrameSink<'_> {
+    /// One instrument's entry: the last entry of a key in a frame wins.
+    fn one(&mut self, id: InstrumentId, last: Option<Last>) {
+        let i = usize::from(id.0);
+        let frame_no = self.buf.frame_no;
+        match self.buf.slot.get_mut(i) {
+            Some((f, at)) if *f == frame_no => {
+                if let Some(p) = self.buf.pending.get_mut(*at as usize) {
+                    p.1 = last;
+                }
+            }
+            Some(s) => {
+                if self.buf.pending.len() < self.buf.pending.capacity() {
+                    *s = (frame_no, self.buf.pending.len() as u32);
+                    self.buf.pending.push((id, last));
+                }
+            }
+            None => self.buf.unknown += 1,
         }
     }
 }
@@ -699,7 +803,13 @@ async fn open(
         if n > 0 {
             tokio::time::sleep(cfg.control_spacing).await;
         }
-        let keys: Vec<&str> = chunk.iter().map(|(_, k)| k.as_str()).collect();
+        // A key watched under two symbols is asked for once.
+        let mut keys: Vec<&str> = Vec::with_capacity(chunk.len());
+        for (_, k) in chunk {
+            if !keys.contains(&k.as_str()) {
+                keys.push(k.as_str());
+            }
+        }
         let msg = control_message(&guid(&mut conn.rng), "sub", Some(cfg.mode), &keys);
         conn.ws
             .send_binary(msg.as_bytes())
@@ -987,7 +1097,49 @@ async fn read_loop(
 
 // ----- the LTP quote fallback ----------------------------------------------------------------
 
+/// First wait before a key the venue refused is asked for again (alone); it doubles up to
+/// [`LTP_REFUSED_RETRY_MAX`].
+pub const LTP_REFUSED_RETRY_INITIAL: Duration = Duration::from_secs(30);
+/// Longest wait before a refused key is asked for again.
+pub const LTP_REFUSED_RETRY_MAX: Duration = Duration::from_secs(600);
+/// Most LTP requests in one poll (splitting batches to find refused keys included): the
+/// instruments left when it is reached get a REST error this round, and are asked next round.
+pub const LTP_REQUESTS_PER_POLL: usize = crate::limits::LTP_REQUESTS_PER_POLL;
+
+/// An instrument the poller asks for: its id, instrument key and symbol.
+type Want = (InstrumentId, String, String);
+
+/// A key the venue refused: left out of the batches until `retry_at`.
+struct Refused {
+    retry_at: Instant,
+    backoff: Duration,
+}
+
+/// What became of one LTP request.
+enum Batch {
+    /// Answered (prices handed over, per-instrument status reported).
+    Done,
+    /// The feed came back while it was in flight: the poll ends, nothing applied.
+    Discarded,
+    /// The venue refused the request as such (a 4xx about its keys): split it, or refuse its
+    /// one key.
+    Refused { status: u16, code: String },
+    /// The request failed as a whole (network, 5xx, 401, 429): the poll ends. `hold_off`:
+    /// the venue asked for a pause (429); `breaker`: the failure counts for the breaker.
+    Failed { cause: String, hold_off: Option<Duration>, breaker: bool },
+}
+
 /// Runs the LTP poller until `stop` fires.
+///
+/// Per instrument: every polled instrument gets `FeedEvent::RestOk` (priced by this answer)
+/// or `FeedEvent::RestError` (not priced: missing from the answer, unreadable, refused, or the
+/// request failed), so the engine can tell an instrument the venue never prices. A request
+/// the venue refuses with a 4xx (one bad key fails Upstox's whole batch) is split in halves
+/// until the offending key is alone; that key is logged (`[FALLBACK]
+/// event=rest_symbol_refused`), left out of later batches and asked for alone again after
+/// [`LTP_REFUSED_RETRY_INITIAL`] (doubling up to [`LTP_REFUSED_RETRY_MAX`]); the other
+/// instruments keep their LTP. Every request counts in `status.rest.polls`, every failed or
+/// refused one in `status.rest.errors` (the `tickguard_rest_*` metrics).
 pub async fn run_ltp(
     cfg: UpstoxConfig,
     connector: Connector,
@@ -998,6 +1150,7 @@ pub async fn run_ltp(
     let mut breaker = CircuitBreaker::new(3, Duration::from_secs(5), Duration::from_secs(120));
     let mut rng = Rng::new(ctx.clock.now().as_nanos() ^ cfg.seed);
     let mut announced = false;
+    let mut refused: HashMap<String, Refused> = HashMap::new();
     loop {
         tokio::select! {
             _ = stop.changed() => return,
@@ -1010,14 +1163,14 @@ pub async fn run_ltp(
         if ctx.shared.auth_blocked.load(Ordering::SeqCst) {
             continue;
         }
-        let wanted: Vec<InstrumentId> = ctx
+        let wanted: Vec<(InstrumentId, String)> = ctx
             .engine
             .inspect(|e, _| {
-                let mut v: Vec<InstrumentId> = e
+                let mut v: Vec<(InstrumentId, String)> = e
                     .book()
                     .iter()
                     .filter(|(_, p)| !p.state.is_terminal())
-                    .map(|(_, p)| p.instrument)
+                    .map(|(_, p)| (p.instrument, e.cache().symbol(p.instrument).to_string()))
                     .collect();
                 v.sort();
                 v.dedup();
@@ -1025,9 +1178,31 @@ pub async fn run_ltp(
             })
             .await
             .unwrap_or_default();
-        let wanted: Vec<(InstrumentId, String)> =
-            wanted.into_iter().filter_map(|id| ux.key_of(id).map(|k| (id, k))).collect();
-        if wanted.is_empty() || !breaker.allow(ctx.clock.now()) {
+        let mut unmapped: Vec<InstrumentId> = Vec::new();
+        let mut due: Vec<Want> = Vec::new();
+        let mut batched: Vec<Want> = Vec::new();
+        let now = Instant::now();
+        for (id, sym) in wanted {
+            // The feed session maps instruments as they join; one it has not seen yet is
+            // mapped here (the shared map resolves it the same way).
+            let key = ux.key_of(id).or_else(|| if ux.add(id, &sym) { ux.key_of(id) } else { None });
+            let Some(key) = key else {
+                unmapped.push(id);
+                continue;
+            };
+            match refused.get(&key) {
+                Some(r) if now < r.retry_at => unmapped.push(id),
+                Some(_) => due.push((id, key, sym)),
+                None => batched.push((id, key, sym)),
+            }
+        }
+        // Never priced by this source: no key, or refused by the venue and not yet due.
+        for id in &unmapped {
+            ctx.engine.feed(FeedEvent::RestError(*id)).await;
+        }
+        let open = !breaker.allow(ctx.clock.now());
+        ctx.engine.status.rest.breaker_open.store(open, Ordering::Relaxed);
+        if (batched.is_empty() && due.is_empty()) || open {
             continue;
         }
         let token = match ux.token() {
@@ -1038,110 +1213,202 @@ pub async fn run_ltp(
             }
         };
         let bearer = format!("Bearer {token}");
-        for chunk in wanted.chunks(LTP_MAX_KEYS) {
-            let keys: Vec<&str> = chunk.iter().map(|(_, k)| k.as_str()).collect();
-            let path = ltp_path(&cfg.rest.path, &keys);
-            let epoch = ctx.shared.epoch.load(Ordering::Relaxed);
-            let sent_at = ctx.clock.now();
-            let t0 = Instant::now();
-            let req = Req {
-                method: "GET",
-                path: &path,
-                headers: &[("authorization", &bearer), ("accept", "application/json")],
-                body: None,
-                timeout: cfg.rest_timeout,
-                max_body: 1024 * 1024,
-            };
-            let result = http::request(&connector, &cfg.rest, req).await;
-            let ms = t0.elapsed().as_millis();
-            let failed: Option<String> = match result {
-                Ok(ans) if ans.status == 200 => {
-                    if ctx.shared.live.load(Ordering::Relaxed)
-                        || ctx.shared.epoch.load(Ordering::Relaxed) != epoch
-                    {
-                        log::info!("[FALLBACK] event=rest_discarded reason=feed_returned time_ms={ms}");
-                        break;
-                    }
-                    breaker.on_success();
-                    if !announced {
-                        announced = true;
-                        log::info!(
-                            "[FALLBACK] event=rest_polling host={} addr={} dns={} every_ms={} instruments={} time_ms={ms}",
-                            cfg.rest.host,
-                            ans.addr,
-                            ans.dns.label(),
-                            cfg.rest_poll.as_millis(),
-                            wanted.len()
-                        );
-                    }
-                    let scale_of = |id: InstrumentId| ux.keys.read().map_or(2, |t| t.scale(id));
-                    let mut got: Vec<InstrumentId> = Vec::with_capacity(chunk.len());
-                    match parse_ltp(&ans.body) {
-                        Ok(prices) => {
-                            for (token, v) in prices {
-                                let Some((id, _)) = chunk.iter().find(|(_, k)| *k == token) else { continue };
-                                match Price::from_f64(v, scale_of(*id)) {
-                                    Ok(p) if p.is_positive() => {
-                                        let q = Quote {
-                                            bid: None,
-                                            ask: None,
-                                            last: Some(p),
-                                            source: Source::Rest,
-                                            exch_ts: None,
-                                            dated: sent_at,
-                                        };
-                                        ctx.engine.ticks.push(Tick::new(*id, q));
-                                        got.push(*id);
-                                    }
-                                    _ => log::warn!("[FALLBACK] event=rest_bad_price key={token}"),
-                                }
-                            }
-                        }
-                        Err(e) => log::warn!(
-                            "[FALLBACK] event=rest_error cause=\"unreadable answer: {e}\" time_ms={ms}"
-                        ),
-                    }
-                    for (id, key) in chunk {
-                        if got.contains(id) {
-                            ctx.engine.feed(FeedEvent::RestOk(*id)).await;
-                        } else {
-                            log::warn!("[FALLBACK] event=rest_missing key={key}");
-                            ctx.engine.feed(FeedEvent::RestError(*id)).await;
-                        }
-                    }
-                    None
-                }
-                Ok(ans) if ans.status == 401 => {
-                    auth_failed(&ctx, &ux, "ltp", 401);
-                    Some("HTTP 401 (authorization refused)".to_string())
-                }
-                Ok(ans) if ans.status == 429 => {
-                    let wait = Duration::from_secs(ans.retry_after.unwrap_or(60).clamp(1, 3600));
-                    breaker.hold_off(ctx.clock.now(), wait);
-                    Some(format!("HTTP 429 (rate limited; holding off {} s)", wait.as_secs()))
-                }
-                Ok(ans) => {
-                    breaker.on_failure(ctx.clock.now(), &mut rng);
-                    Some(format!("HTTP {}", ans.status))
-                }
-                Err(e) => {
-                    breaker.on_failure(ctx.clock.now(), &mut rng);
-                    Some(describe(&e))
-                }
-            };
-            if let Some(cause) = failed {
+        let total = batched.len() + due.len();
+        let mut queue: std::collections::VecDeque<Vec<Want>> =
+            batched.chunks(LTP_MAX_KEYS).map(<[Want]>::to_vec).collect();
+        // Refused keys due for another try go alone: they cannot fail anyone else's batch.
+        queue.extend(due.into_iter().map(|w| vec![w]));
+        let mut requests = 0usize;
+        while let Some(batch) = queue.pop_front() {
+            if requests >= LTP_REQUESTS_PER_POLL {
+                let left: usize = batch.len() + queue.iter().map(Vec::len).sum::<usize>();
                 log::warn!(
-                    "[FALLBACK] event=rest_error instruments={} cause=\"{}\" time_ms={ms}",
-                    chunk.len(),
-                    cause.replace('"', "'")
+                    "[FALLBACK] event=rest_error instruments={left} cause=\"{LTP_REQUESTS_PER_POLL} requests this poll (splitting refused batches); the rest wait for the next poll\""
                 );
-                for (id, _) in chunk {
+                for (id, _, _) in batch.iter().chain(queue.iter().flatten()) {
                     ctx.engine.feed(FeedEvent::RestError(*id)).await;
                 }
                 break;
             }
+            requests += 1;
+            let t0 = Instant::now();
+            let outcome =
+                ltp_request(&cfg, &connector, &ctx, &ux, &bearer, &batch, &mut announced, total).await;
+            let ms = t0.elapsed().as_millis();
+            match outcome {
+                Batch::Done => {
+                    breaker.on_success();
+                    for (_, key, sym) in &batch {
+                        if refused.remove(key).is_some() {
+                            log::info!("[FALLBACK] event=rest_symbol_accepted symbol={sym} key=\"{key}\"");
+                        }
+                    }
+                }
+                Batch::Discarded => {
+                    log::info!("[FALLBACK] event=rest_discarded reason=feed_returned time_ms={ms}");
+                    break;
+                }
+                Batch::Refused { status, code } if batch.len() > 1 => {
+                    ctx.engine.status.rest.errors.fetch_add(1, Ordering::Relaxed);
+                    log::info!(
+                        "[FALLBACK] event=rest_batch_refused instruments={} http={status} code={code} time_ms={ms} (split to find the refused key)",
+                        batch.len()
+                    );
+                    let (a, b) = batch.split_at(batch.len() / 2);
+                    queue.push_front(b.to_vec());
+                    queue.push_front(a.to_vec());
+                }
+                Batch::Refused { status, code } => {
+                    ctx.engine.status.rest.errors.fetch_add(1, Ordering::Relaxed);
+                    for (id, key, sym) in &batch {
+                        let backoff = match refused.get(key) {
+                            Some(r) => (r.backoff * 2).min(LTP_REFUSED_RETRY_MAX),
+                            None => LTP_REFUSED_RETRY_INITIAL,
+                        };
+                        if refused.contains_key(key) || refused.len() < crate::limits::REST_REFUSED_MAX {
+                            refused
+                                .insert(key.clone(), Refused { retry_at: Instant::now() + backoff, backoff });
+                        }
+                        log::warn!(
+                            "[FALLBACK] event=rest_symbol_refused symbol={sym} key=\"{key}\" http={status} code={code} retry_ms={} (left out of the batch; the other instruments keep their LTP)",
+                            backoff.as_millis()
+                        );
+                        ctx.engine.feed(FeedEvent::RestError(*id)).await;
+                    }
+                }
+                Batch::Failed { cause, hold_off, breaker: counts } => {
+                    ctx.engine.status.rest.errors.fetch_add(1, Ordering::Relaxed);
+                    let left: usize = batch.len() + queue.iter().map(Vec::len).sum::<usize>();
+                    log::warn!(
+                        "[FALLBACK] event=rest_error instruments={left} cause=\"{}\" time_ms={ms}",
+                        cause.replace('"', "'")
+                    );
+                    if counts {
+                        breaker.on_failure(ctx.clock.now(), &mut rng);
+                    }
+                    if let Some(wait) = hold_off {
+                        breaker.hold_off(ctx.clock.now(), wait);
+                    }
+                    for (id, _, _) in batch.iter().chain(queue.iter().flatten()) {
+                        ctx.engine.feed(FeedEvent::RestError(*id)).await;
+                    }
+                    break;
+                }
+            }
         }
     }
+}
+
+/// One LTP request for `batch`: hands its prices to the engine and reports each instrument's
+/// REST status when answered.
+#[allow(clippy::too_many_arguments)]
+async fn ltp_request(
+    cfg: &UpstoxConfig,
+    connector: &Connector,
+    ctx: &Ctx,
+    ux: &UpstoxShared,
+    bearer: &str,
+    batch: &[Want],
+    announced: &mut bool,
+    total: usize,
+) -> Batch {
+    let keys: Vec<&str> = batch.iter().map(|(_, k, _)| k.as_str()).collect();
+    let path = ltp_path(&cfg.rest.path, &keys);
+    let epoch = ctx.shared.epoch.load(Ordering::Relaxed);
+    let sent_at = ctx.clock.now();
+    let t0 = Instant::now();
+    ctx.engine.status.rest.polls.fetch_add(1, Ordering::Relaxed);
+    let req = Req {
+        method: "GET",
+        path: &path,
+        headers: &[("authorization", bearer), ("accept", "application/json")],
+        body: None,
+        timeout: cfg.rest_timeout,
+        max_body: 1024 * 1024,
+    };
+    let result = http::request(connector, &cfg.rest, req).await;
+    let ms = t0.elapsed().as_millis();
+    let ans = match result {
+        Ok(ans) => ans,
+        Err(e) => return Batch::Failed { cause: describe(&e), hold_off: None, breaker: true },
+    };
+    match ans.status {
+        200 => {}
+        401 => {
+            auth_failed(ctx, ux, "ltp", 401);
+            return Batch::Failed {
+                cause: "HTTP 401 (authorization refused)".into(),
+                hold_off: None,
+                breaker: false,
+            };
+        }
+        429 => {
+            let wait = ans.retry_after.unwrap_or(60).clamp(1, 3600);
+            return Batch::Failed {
+                cause: format!("HTTP 429 (rate limited; holding off {wait} s)"),
+                hold_off: Some(Duration::from_secs(wait)),
+                breaker: false,
+            };
+        }
+        s @ (400..=407 | 409..=499) => {
+            let code =
+                crate::broker::upstox::error_code(&ans.body).map_or_else(|| "none".to_string(), |(c, _)| c);
+            return Batch::Refused { status: s, code };
+        }
+        s => return Batch::Failed { cause: format!("HTTP {s}"), hold_off: None, breaker: true },
+    }
+    if ctx.shared.live.load(Ordering::Relaxed) || ctx.shared.epoch.load(Ordering::Relaxed) != epoch {
+        return Batch::Discarded;
+    }
+    if !*announced {
+        *announced = true;
+        log::info!(
+            "[FALLBACK] event=rest_polling host={} addr={} dns={} every_ms={} instruments={total} time_ms={ms}",
+            cfg.rest.host,
+            ans.addr,
+            ans.dns.label(),
+            cfg.rest_poll.as_millis(),
+        );
+    }
+    let scale_of = |id: InstrumentId| ux.keys.read().map_or(2, |t| t.scale(id));
+    let mut got: Vec<InstrumentId> = Vec::with_capacity(batch.len());
+    match parse_ltp(&ans.body) {
+        Ok(prices) => {
+            for (token, v) in prices {
+                // Several instruments may share a key (a symbol and its key both registered).
+                for (id, _, _) in batch.iter().filter(|(_, k, _)| *k == token) {
+                    match Price::from_f64(v, scale_of(*id)) {
+                        Ok(p) if p.is_positive() => {
+                            let q = Quote {
+                                bid: None,
+                                ask: None,
+                                last: Some(p),
+                                source: Source::Rest,
+                                exch_ts: None,
+                                dated: sent_at,
+                            };
+                            ctx.engine.ticks.push(Tick::new(*id, q));
+                            got.push(*id);
+                        }
+                        _ => log::warn!("[FALLBACK] event=rest_bad_price key={token}"),
+                    }
+                }
+            }
+        }
+        Err(e) => {
+            ctx.engine.status.rest.errors.fetch_add(1, Ordering::Relaxed);
+            log::warn!("[FALLBACK] event=rest_error cause=\"unreadable answer: {e}\" time_ms={ms}");
+        }
+    }
+    for (id, key, _) in batch {
+        if got.contains(id) {
+            ctx.engine.feed(FeedEvent::RestOk(*id)).await;
+        } else {
+            log::warn!("[FALLBACK] event=rest_missing key={key}");
+            ctx.engine.feed(FeedEvent::RestError(*id)).await;
+        }
+    }
+    Batch::Done
 }
 
 fn describe(e: &HttpError) -> String {
@@ -1181,6 +1448,7 @@ pub async fn run_market(
 }
 
 /// Everything the Upstox edge runs: the feed session, the LTP poller and the market clock.
+/// `map` is the venue-instrument map the broker shares ([`InstrumentMap::from_config`]).
 #[allow(clippy::too_many_arguments)]
 pub fn spawn(
     cfg: &crate::config::Config,
@@ -1192,9 +1460,10 @@ pub fn spawn(
     added: mpsc::Receiver<(InstrumentId, Symbol)>,
     stop: watch::Receiver<bool>,
     seed: u64,
+    map: Arc<InstrumentMap>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let ucfg = UpstoxConfig::from_config(cfg, rest, seed);
-    let ux = Arc::new(UpstoxShared::new(ucfg.token_file.clone(), cfg.feed.instrument_keys.clone()));
+    let ux = Arc::new(UpstoxShared::with_map(ucfg.token_file.clone(), map));
     for (id, sym) in instruments {
         shared.add(*id, Symbol::try_from(sym.as_str()).unwrap_or_default());
         if !ux.add(*id, sym) {
@@ -1222,6 +1491,26 @@ pub fn spawn(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_map_resolves_configured_symbols_and_keys() {
+        let m = InstrumentMap::from_pairs([("BOSCHLTD", "NSE_EQ|INE323A01026")]);
+        assert_eq!(m.key("BOSCHLTD").as_deref(), Some("NSE_EQ|INE323A01026"));
+        assert_eq!(m.key("NOKEY"), None);
+        assert_eq!(m.entries().len(), 1);
+        // A symbol that is its own key is learned when resolved, once.
+        assert_eq!(m.key("NSE_EQ|INE002A01018").as_deref(), Some("NSE_EQ|INE002A01018"));
+        assert_eq!(m.key("NSE_EQ|INE002A01018").as_deref(), Some("NSE_EQ|INE002A01018"));
+        assert_eq!(m.entries().len(), 2);
+        assert_eq!(m.symbols_of("NSE_EQ|INE323A01026"), vec!["BOSCHLTD".to_string()]);
+        // The feed's shared state resolves through the same map.
+        let map = Arc::new(m);
+        let ux = UpstoxShared::with_map("/nonexistent".into(), map.clone());
+        assert!(ux.add(InstrumentId(3), "BOSCHLTD"));
+        assert!(!ux.add(InstrumentId(4), "NOKEY"));
+        assert_eq!(ux.key_of(InstrumentId(3)).as_deref(), Some("NSE_EQ|INE323A01026"));
+        assert!(Arc::ptr_eq(ux.map(), &map));
+    }
 
     #[test]
     fn wire_helpers() {

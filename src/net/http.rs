@@ -178,18 +178,109 @@ pub struct Req<'a> {
     pub max_body: usize,
 }
 
+/// The head of an answer: its status and what tickguard reads from its headers.
+#[derive(Clone, Debug)]
+pub struct Head {
+    /// HTTP status.
+    pub status: u16,
+    /// `Retry-After` in seconds, if given.
+    pub retry_after: Option<u64>,
+    /// The address the request went to.
+    pub addr: SocketAddr,
+    /// How that address was found (a fallback resolver, the last-good cache ...).
+    pub dns: super::dns::Via,
+}
+
+/// Aborts the connection's driver task when dropped: on success, on an error and when the
+/// exchange's timeout drops it, so no connection outlives its request.
+struct Driver(tokio::task::JoinHandle<Result<(), hyper::Error>>);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Sends one request (`Connection: close`) and reads the answer, bounded by `req.timeout` as
 /// a whole and `req.max_body` bytes.
 pub async fn request(conn: &Connector, ep: &Endpoint, req: Req<'_>) -> Result<Answer, HttpError> {
-    let Req { method, path: path_and_query, headers, body, timeout, max_body } = req;
+    let max_body = req.max_body;
+    exchange(conn, ep, req, None, |head, body, host| async move {
+        let body = Limited::new(body, max_body)
+            .collect()
+            .await
+            .map_err(|e| HttpError::Exchange { host, why: e.to_string() })?
+            .to_bytes();
+        Ok(Answer {
+            status: head.status,
+            body,
+            retry_after: head.retry_after,
+            addr: head.addr,
+            dns: head.dns,
+        })
+    })
+    .await
+}
+
+/// As [`request`], but the body is never held whole: it is handed to `on_chunk` piece by piece
+/// as it arrives (`Content-Length` or `chunked`; hyper decodes the framing), in pieces of at
+/// most `chunk` bytes, and hyper's read buffer is bounded by `chunk` too (at least 8 KiB, hyper's
+/// minimum), so the memory one answer takes is about `chunk` whatever its size. Same bounds as
+/// [`request`]: `req.timeout` for the whole exchange and `req.max_body` bytes read (more is an
+/// error). `on_chunk` sees the head with each piece (an error answer's body is handed over too);
+/// an `Err` from it ends the exchange with [`HttpError::Exchange`] carrying its text.
+pub async fn request_streaming(
+    conn: &Connector,
+    ep: &Endpoint,
+    req: Req<'_>,
+    chunk: usize,
+    mut on_chunk: impl FnMut(&Head, &[u8]) -> Result<(), String>,
+) -> Result<Head, HttpError> {
+    let max_body = req.max_body;
+    let chunk = chunk.max(8192);
+    exchange(conn, ep, req, Some(chunk), |head, body, host| async move {
+        let mut body = Limited::new(body, max_body);
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| HttpError::Exchange { host: host.clone(), why: e.to_string() })?;
+            let Ok(data) = frame.into_data() else { continue };
+            for piece in data.chunks(chunk) {
+                on_chunk(&head, piece).map_err(|why| HttpError::Exchange { host: host.clone(), why })?;
+            }
+        }
+        Ok(head)
+    })
+    .await
+}
+
+/// The exchange shared by [`request`] and [`request_streaming`]: connects (outside the
+/// timeout, which [`Connector::connect`] bounds itself), then, bounded by `req.timeout` as a
+/// whole, sends the request and reads the head; `read_body(head, body, host)` reads the body.
+/// `read_buf` bounds hyper's read buffer (`None`: hyper's default, about 400 KiB).
+async fn exchange<T, F, Fut>(
+    conn: &Connector,
+    ep: &Endpoint,
+    req: Req<'_>,
+    read_buf: Option<usize>,
+    read_body: F,
+) -> Result<T, HttpError>
+where
+    F: FnOnce(Head, hyper::body::Incoming, String) -> Fut,
+    Fut: std::future::Future<Output = Result<T, HttpError>>,
+{
+    let Req { method, path: path_and_query, headers, body, timeout, max_body: _ } = req;
     let host = ep.host.clone();
     let (stream, addr, resolved) = conn.connect(ep, false).await?;
     let exchange = async {
         let io = hyper_util::rt::TokioIo::new(stream);
-        let (mut sender, connection) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(io)
+        let mut builder = hyper::client::conn::http1::Builder::new();
+        if let Some(max) = read_buf {
+            builder.max_buf_size(max.max(8192));
+        }
+        let (mut sender, connection) = builder
+            .handshake::<_, Full<Bytes>>(io)
             .await
             .map_err(|e| HttpError::Exchange { host: host.clone(), why: e.to_string() })?;
-        let driver = tokio::spawn(connection);
+        let _driver = Driver(tokio::spawn(connection));
         let mut req = Request::builder()
             .method(method)
             .uri(path_and_query)
@@ -206,19 +297,17 @@ pub async fn request(conn: &Connector, ep: &Endpoint, req: Req<'_>) -> Result<An
             .send_request(req)
             .await
             .map_err(|e| HttpError::Exchange { host: host.clone(), why: e.to_string() })?;
-        let status = resp.status().as_u16();
-        let retry_after = resp
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse().ok());
-        let body = Limited::new(resp.into_body(), max_body)
-            .collect()
-            .await
-            .map_err(|e| HttpError::Exchange { host: host.clone(), why: e.to_string() })?
-            .to_bytes();
-        driver.abort();
-        Ok(Answer { status, body, retry_after, addr, dns: resolved.via })
+        let head = Head {
+            status: resp.status().as_u16(),
+            retry_after: resp
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse().ok()),
+            addr,
+            dns: resolved.via,
+        };
+        read_body(head, resp.into_body(), host.clone()).await
     };
     match tokio::time::timeout(timeout, exchange).await {
         Ok(r) => r,

@@ -22,7 +22,8 @@ use crate::store::{Fsync, Journal};
 pub const EXIT_CONFIG: u8 = 78;
 /// Exit code of a runtime failure.
 pub const EXIT_RUNTIME: u8 = 1;
-/// How often what the broker holds is compared with the book.
+/// How often what the broker holds is compared with the book, by default
+/// (`broker.reconcile_every_s`).
 pub const RECONCILE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// A short human summary of a validated configuration (for `check-config` and start-up).
@@ -43,6 +44,50 @@ pub fn summary(cfg: &Config) -> String {
         );
     }
     s
+}
+
+/// `check-config`'s symbol check: every Binance symbol of the configuration against the
+/// venue's list stored in the state directory (no network). An unknown symbol names its key;
+/// with no stored list the symbols cannot be checked offline and pass (`run` checks them
+/// against the venue and alarms on any it does not trade).
+pub fn check_symbols(cfg: &Config) -> Result<(), String> {
+    if cfg.feed.venue != Venue::Binance {
+        return Ok(());
+    }
+    let list = match crate::feed::venue_symbols::VenueSymbols::load_for_check(&cfg.store.dir) {
+        Ok(Some(l)) => l,
+        Ok(None) => return Ok(()),
+        Err(e) => return Err(format!("store.dir: the stored symbol list is unreadable: {e}")),
+    };
+    use crate::feed::venue_symbols::Verdict;
+    for s in &cfg.feed.instruments {
+        if list.verdict(s) == Verdict::NotTraded {
+            return Err(format!("feed.instruments: {s} is not traded on binance"));
+        }
+    }
+    for p in &cfg.positions {
+        if list.verdict(&p.symbol) == Verdict::NotTraded {
+            return Err(format!("positions: id={}: symbol: {} is not traded on binance", p.id, p.symbol));
+        }
+    }
+    Ok(())
+}
+
+/// The API's symbol check for the network edge's venue (Binance: its full list).
+fn symbol_gate(cfg: &Config, edge: Option<&super::edge::Edge>) -> Option<crate::control::SymbolGate> {
+    use crate::control::SymbolVerdict;
+    use crate::feed::venue_symbols::Verdict;
+    let edge = edge.filter(|_| cfg.feed.venue == Venue::Binance)?;
+    let list = edge.symbols.clone();
+    Some(crate::control::SymbolGate {
+        venue: "binance",
+        uppercase: true,
+        check: Arc::new(move |s: &str| match list.verdict(s) {
+            Verdict::Traded => SymbolVerdict::Traded,
+            Verdict::NotTraded => SymbolVerdict::NotTraded,
+            Verdict::Unverified => SymbolVerdict::Unverified,
+        }),
+    })
 }
 
 fn config_error(msg: impl std::fmt::Display) -> ExitCode {
@@ -66,11 +111,63 @@ pub async fn run_config(cfg: Config, stop: watch::Receiver<bool>) -> ExitCode {
     run_config_with(cfg, stop, None).await
 }
 
+/// What a running appliance is wired to: the broker and everything that feeds the engine.
+/// [`run_config_with`] builds it from the configuration; tests build their own (a scripted
+/// broker and feed on a virtual clock) and run the very same wiring through
+/// [`run_with_edges`].
+pub struct Edges<B: crate::broker::Broker> {
+    /// The broker closing orders go to.
+    pub broker: Arc<B>,
+    /// Spawns the feed, the REST poller and any other edge task once the engine runs.
+    pub spawn: EdgeSpawner,
+    /// Whether what the broker holds is reconciled with the book (real brokers only).
+    pub reconcile: bool,
+    /// Where registrations' `product` goes (the Upstox broker).
+    pub products: Option<crate::control::ProductSink>,
+    /// How registrations' symbols are checked (the venue's list), if at all.
+    pub symbols: Option<crate::control::SymbolGate>,
+    /// Called once with what the journal recovered, before anything is sent (the Upstox
+    /// broker learns the send times of journaled attempts and the positions' products).
+    pub recovered: Option<RecoveredHook>,
+}
+
+/// See [`Edges::recovered`].
+pub type RecoveredHook = Box<dyn FnOnce(&crate::store::Recovered) + Send>;
+
+/// Starts the edge tasks; called once, after recovery, with the watch set.
+pub type EdgeSpawner = Box<dyn FnOnce(EdgeWiring) -> Vec<tokio::task::JoinHandle<()>> + Send>;
+
+/// What the edge tasks get.
+pub struct EdgeWiring {
+    /// The engine's handle.
+    pub engine: EngineHandle,
+    /// The appliance's clock.
+    pub clock: Clock,
+    /// The watch set at start-up: every instrument of `feed.instruments` and of every position
+    /// not closed, from the configuration and the journal alike (see [`watch_set`]).
+    pub instruments: Vec<(crate::core::types::InstrumentId, String)>,
+    /// Instruments that join the watch set later (registrations on a new instrument).
+    pub added: tokio::sync::mpsc::Receiver<(crate::core::types::InstrumentId, crate::core::types::Symbol)>,
+    /// Fires at shutdown.
+    pub stop: watch::Receiver<bool>,
+    /// The seed for jitter and simulated walks.
+    pub seed: u64,
+}
+
+/// The set of instruments that must be watched, derived in one place: `feed.instruments`
+/// (the configuration's explicit list) and the instrument of every position that is not
+/// closed, whether it came from the configuration, the journal or the API. The feed
+/// subscribes these, the REST poller asks for them and the brokers map them; instruments
+/// that join later arrive through [`EdgeWiring::added`].
+pub fn watch_set(engine: &AppEngine) -> Vec<(crate::core::types::InstrumentId, String)> {
+    engine.watched().map(|id| (id, engine.cache().symbol(id).to_string())).collect()
+}
+
 /// As [`run_config`], handing the engine handle to `ready` once the configured positions are
 /// registered (for in-process integration tests and tools that drive the engine directly).
 pub async fn run_config_with(
     cfg: Config,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
     ready: Option<oneshot::Sender<EngineHandle>>,
 ) -> ExitCode {
     if cfg.feed.venue == Venue::Upstox {
@@ -95,6 +192,128 @@ pub async fn run_config_with(
             return config_error(e);
         }
     }
+    let seed = cfg.sim.seed.unwrap_or_else(entropy_seed);
+    // The network edge (resolver, TLS) serves the feed, REST and the broker alike.
+    let edge = match cfg.feed.venue {
+        Venue::Sim => None,
+        _ => match super::edge::Edge::new(&cfg, seed) {
+            Ok(e) => Some(e),
+            Err(e) => return config_error(e),
+        },
+    };
+    let symbols = symbol_gate(&cfg, edge.as_ref());
+    match (cfg.broker.kind, edge) {
+        (BrokerKind::Binance, Some(edge)) => {
+            let broker = match (
+                crate::broker::binance::BinanceConfig::from_config(&cfg),
+                crate::broker::binance::Credentials::from_config(&cfg),
+            ) {
+                (Ok(bc), Ok(creds)) => {
+                    Arc::new(crate::broker::binance::Binance::new(bc, creds, edge.connector.clone()))
+                }
+                (Err(e), _) | (_, Err(e)) => return config_error(e),
+            };
+            let sync = broker.clone();
+            let feed_cfg = cfg.clone();
+            let spawn: EdgeSpawner = Box::new(move |w: EdgeWiring| {
+                let mut jobs = vec![tokio::spawn(sync.run_time_sync(w.stop.clone()))];
+                jobs.extend(edge.spawn(&feed_cfg, &w.instruments, w.engine, w.clock, w.added, w.stop));
+                jobs
+            });
+            let edges = Edges { broker, spawn, reconcile: true, products: None, symbols, recovered: None };
+            run_with_edges(cfg, stop, ready, edges).await
+        }
+        (BrokerKind::Upstox, Some(edge)) => {
+            // One venue-instrument map (symbol ↔ instrument key) for the broker's orders and
+            // holdings, the feed's subscriptions and the LTP poller (built by `Edge::new`).
+            let keys = edge.upstox_keys.clone();
+            let ucfg = match crate::broker::upstox::UpstoxConfig::from_config(&cfg, keys) {
+                Ok(c) => c,
+                Err(e) => return config_error(e),
+            };
+            let token = match ucfg.read_token() {
+                Ok(t) => t,
+                Err(e) => return config_error(e),
+            };
+            let broker = Arc::new(crate::broker::upstox::Upstox::new(ucfg, token, edge.connector.clone()));
+            // Positions registered over the API carry their product to the broker.
+            let sink = broker.clone();
+            let products =
+                Some(crate::control::ProductSink(Arc::new(move |id: &str, p| sink.set_product(id, p))));
+            let feed_cfg = cfg.clone();
+            let spawn: EdgeSpawner = Box::new(move |w: EdgeWiring| {
+                edge.spawn(&feed_cfg, &w.instruments, w.engine, w.clock, w.added, w.stop)
+            });
+            // Attempts journaled before a restart: absence can still be proven in the same
+            // session (never across one).
+            let noted = broker.clone();
+            let recovered: RecoveredHook = Box::new(move |rec: &crate::store::Recovered| {
+                for (id, p) in &rec.state.positions {
+                    if let Some(prod) = p.product.as_deref().and_then(crate::broker::upstox::Product::parse) {
+                        noted.set_product(id, prod);
+                    }
+                    for a in &p.attempts {
+                        noted.note_sent(&a.client_id, i64::try_from(a.sent_unix_ms).unwrap_or(i64::MAX));
+                    }
+                }
+            });
+            let edges =
+                Edges { broker, spawn, reconcile: true, products, symbols, recovered: Some(recovered) };
+            run_with_edges(cfg, stop, ready, edges).await
+        }
+        (BrokerKind::Binance | BrokerKind::Upstox, None) => config_error(format!(
+            "broker.kind = \"{}\" needs feed.venue = \"{}\"",
+            cfg.broker.kind.as_str(),
+            cfg.broker.kind.as_str()
+        )),
+        (_, edge) => {
+            let board = Arc::new(PriceBoard::new(crate::limits::MAX_INSTRUMENTS));
+            let paper = Arc::new(Paper::new(
+                cfg.broker.paper_fill_delay,
+                Arc::new(AtomicBool::new(true)),
+                board.clone(),
+            ));
+            let feed_cfg = cfg.clone();
+            let spawn: EdgeSpawner = Box::new(move |w: EdgeWiring| match (feed_cfg.feed.venue, edge) {
+                (Venue::Binance | Venue::Upstox, Some(edge)) => {
+                    edge.spawn(&feed_cfg, &w.instruments, w.engine, w.clock, w.added, w.stop)
+                }
+                _ => {
+                    let starts = w
+                        .instruments
+                        .iter()
+                        .map(|(id, sym)| {
+                            let start = feed_cfg
+                                .positions
+                                .iter()
+                                .find(|p| p.symbol.as_str() == sym)
+                                .map_or(Price::from_units(100 * crate::core::price::SCALE), |p| p.entry);
+                            (*id, start)
+                        })
+                        .collect::<Vec<_>>();
+                    log::info!("sim: random walk over {} instruments, seed={}", starts.len(), w.seed);
+                    let sim =
+                        SimFeed { instruments: starts, interval: feed_cfg.sim.tick_interval, seed: w.seed };
+                    vec![tokio::spawn(sim.run(w.engine, board, w.clock, w.stop))]
+                }
+            });
+            let edges =
+                Edges { broker: paper, spawn, reconcile: false, products: None, symbols, recovered: None };
+            run_with_edges(cfg, stop, ready, edges).await
+        }
+    }
+}
+
+/// Runs the appliance's wiring on `edges` until `stop` fires: indicator, engine, journal
+/// recovery, the broker executor, reconciliation, notifier, control plane, the edge tasks on
+/// the watch set, then the configured positions. The same code runs `tickguard run` and the
+/// in-process world simulator.
+pub async fn run_with_edges<B: crate::broker::Broker>(
+    cfg: Config,
+    mut stop: watch::Receiver<bool>,
+    ready: Option<oneshot::Sender<EngineHandle>>,
+    edges: Edges<B>,
+) -> ExitCode {
     log::info!("tickguard {} starting: {}", env!("CARGO_PKG_VERSION"), cfg.summary());
     let indicator = match crate::indicator::Indicator::start(&cfg.indicator) {
         Ok(i) => i,
@@ -105,11 +324,9 @@ pub async fn run_config_with(
     };
     let clock = Clock::new();
     let mut engine: Box<AppEngine> = Box::new(AppEngine::new(cfg.engine_config(), clock.now()));
-    let mut instruments = Vec::new();
     for sym in cfg.watched_symbols() {
-        match engine.add_instrument(&sym) {
-            Ok(id) => instruments.push((id, sym)),
-            Err(e) => return config_error(format!("feed.instruments: {sym}: {e}")),
+        if let Err(e) = engine.add_instrument(&sym) {
+            return config_error(format!("feed.instruments: {sym}: {e}"));
         }
     }
     // Recovery: the journal wins over the configuration.
@@ -144,125 +361,26 @@ pub async fn run_config_with(
         cfg.store.dir.display(),
         recovered.records
     );
+    if let Some(hook) = edges.recovered {
+        hook(&recovered);
+    }
+    // The watch set after the restore: restored positions are watched like configured ones.
+    let instruments = watch_set(&engine);
     let (stop_tx, stop_rx) = watch::channel(false);
     let (mut task, handle, broker_rx) = engine_task(engine, clock, stop_rx.clone());
     task.set_journal(journal.clone());
     let added = task.subscribe_new_instruments();
-    let board = Arc::new(PriceBoard::new(crate::limits::MAX_INSTRUMENTS));
     let engine_join = tokio::spawn(task.run());
     let seed = cfg.sim.seed.unwrap_or_else(entropy_seed);
     let mut jobs = Vec::new();
-    // The network edge (resolver, TLS) serves the feed, REST and the broker alike.
-    let edge = match cfg.feed.venue {
-        Venue::Sim => None,
-        _ => match super::edge::Edge::new(&cfg, seed) {
-            Ok(e) => Some(e),
-            Err(e) => {
-                let _ = stop_tx.send(true);
-                return config_error(e);
-            }
-        },
-    };
     let order_journal: Arc<dyn crate::broker::OrderJournal> = journal.clone();
-    let mut products: Option<crate::control::ProductSink> = None;
-    let paper_join = match (cfg.broker.kind, &edge) {
-        (BrokerKind::Binance, Some(edge)) => {
-            let broker = match (
-                crate::broker::binance::BinanceConfig::from_config(&cfg),
-                crate::broker::binance::Credentials::from_config(&cfg),
-            ) {
-                (Ok(bc), Ok(creds)) => {
-                    Arc::new(crate::broker::binance::Binance::new(bc, creds, edge.connector.clone()))
-                }
-                (Err(e), _) | (_, Err(e)) => {
-                    let _ = stop_tx.send(true);
-                    return config_error(e);
-                }
-            };
-            jobs.push(tokio::spawn(broker.clone().run_time_sync(stop_rx.clone())));
-            jobs.push(tokio::spawn(super::reconcile::run(
-                broker.clone(),
-                handle.clone(),
-                RECONCILE_EVERY,
-                stop_rx.clone(),
-            )));
-            tokio::spawn(crate::broker::run_executor(
-                broker,
-                broker_rx,
-                handle.clone(),
-                Some(order_journal),
-                clock,
-            ))
-        }
-        (BrokerKind::Upstox, Some(edge)) => {
-            let keys: std::collections::HashMap<String, String> = cfg
-                .watched_symbols()
-                .into_iter()
-                .filter_map(|s| cfg.feed.instrument_key(&s).map(|k| (s.clone(), k.to_string())))
-                .collect();
-            let ucfg = match crate::broker::upstox::UpstoxConfig::from_config(&cfg, keys) {
-                Ok(c) => c,
-                Err(e) => {
-                    let _ = stop_tx.send(true);
-                    return config_error(e);
-                }
-            };
-            let token = match ucfg.read_token() {
-                Ok(t) => t,
-                Err(e) => {
-                    let _ = stop_tx.send(true);
-                    return config_error(e);
-                }
-            };
-            let broker = Arc::new(crate::broker::upstox::Upstox::new(ucfg, token, edge.connector.clone()));
-            // Positions registered over the API carry their product to the broker.
-            let sink = broker.clone();
-            products =
-                Some(crate::control::ProductSink(Arc::new(move |id: &str, p| sink.set_product(id, p))));
-            // Attempts journaled before a restart: absence can still be proven in the same
-            // session (never across one).
-            for p in recovered.state.positions.values() {
-                for a in &p.attempts {
-                    broker.note_sent(&a.client_id, i64::try_from(a.sent_unix_ms).unwrap_or(i64::MAX));
-                }
-            }
-            jobs.push(tokio::spawn(super::reconcile::run(
-                broker.clone(),
-                handle.clone(),
-                RECONCILE_EVERY,
-                stop_rx.clone(),
-            )));
-            tokio::spawn(crate::broker::run_executor(
-                broker,
-                broker_rx,
-                handle.clone(),
-                Some(order_journal),
-                clock,
-            ))
-        }
-        (BrokerKind::Binance | BrokerKind::Upstox, None) => {
-            let _ = stop_tx.send(true);
-            return config_error(format!(
-                "broker.kind = \"{}\" needs feed.venue = \"{}\"",
-                cfg.broker.kind.as_str(),
-                cfg.broker.kind.as_str()
-            ));
-        }
-        _ => {
-            let paper = Arc::new(Paper::new(
-                cfg.broker.paper_fill_delay,
-                Arc::new(AtomicBool::new(true)),
-                board.clone(),
-            ));
-            tokio::spawn(crate::broker::run_executor(
-                paper,
-                broker_rx,
-                handle.clone(),
-                Some(order_journal),
-                clock,
-            ))
-        }
-    };
+    let executor = tokio::spawn(crate::broker::run_executor(
+        edges.broker.clone(),
+        broker_rx,
+        handle.clone(),
+        Some(order_journal),
+        clock,
+    ));
     // The status LED and systemd's notifications both follow the engine loop's turns.
     if let Some(ind) = indicator {
         jobs.push(tokio::spawn(ind.run(handle.clone(), stop_rx.clone())));
@@ -271,7 +389,8 @@ pub async fn run_config_with(
     jobs.push(tokio::spawn(notifier.clone().run(handle.clone(), stop_rx.clone())));
     // The control plane (HTTP API, status page, metrics, notifications) on its own threads.
     let control_cfg = crate::control::ControlConfig::from_config(&cfg).map(|mut c| {
-        c.products = products.take();
+        c.products = edges.products.clone();
+        c.symbols = edges.symbols.clone();
         c
     });
     let control = match control_cfg {
@@ -285,39 +404,65 @@ pub async fn run_config_with(
             return config_error(e);
         }
     };
-    match cfg.feed.venue {
-        Venue::Sim => {
-            let starts = instruments
-                .iter()
-                .map(|(id, sym)| {
-                    let start = cfg
-                        .positions
-                        .iter()
-                        .find(|p| p.symbol.as_str() == sym)
-                        .map_or(Price::from_units(100 * crate::core::price::SCALE), |p| p.entry);
-                    (*id, start)
-                })
-                .collect::<Vec<_>>();
-            log::info!("sim: random walk over {} instruments, seed={seed}", starts.len());
-            let sim = SimFeed { instruments: starts, interval: cfg.sim.tick_interval, seed };
-            jobs.push(tokio::spawn(sim.run(handle.clone(), board, clock, stop_rx.clone())));
-            drop(added);
-        }
-        Venue::Binance | Venue::Upstox => {
-            if let Some(edge) = edge {
-                jobs.extend(edge.spawn(&cfg, &instruments, handle.clone(), clock, added, stop_rx.clone()));
-            }
-        }
-    }
+    jobs.extend((edges.spawn)(EdgeWiring {
+        engine: handle.clone(),
+        clock,
+        instruments,
+        added,
+        stop: stop_rx.clone(),
+        seed,
+    }));
     for spec in &cfg.positions {
         if recovered.state.positions.contains_key(spec.id.as_str()) {
             log::info!("[STORE] event=config_position_skipped id={} (the journal already knows it)", spec.id);
             continue;
         }
+        if let Some(c) = journal.closed(spec.id.as_str()) {
+            // Closed before, and pruned since: a configured position is never sold twice.
+            log::warn!(
+                "[STORE] event=config_position_skipped id={} closed={} closed_unix_ms={} (this id closed before; give the position a new id to protect it again)",
+                spec.id,
+                c.how_str(),
+                c.at_unix_ms
+            );
+            continue;
+        }
+        if let Some(g) = &edges.symbols {
+            // Never an exit for a symbol: that would take protection away from every other
+            // position (and the unit does not restart on 78). Watched, alarmed, and blind
+            // after its grace if it never prices.
+            match (g.check)(&spec.symbol) {
+                crate::control::SymbolVerdict::Traded => {}
+                crate::control::SymbolVerdict::NotTraded => log::error!(
+                    "[SYMBOLS] id={} symbol={} event=symbol_not_traded venue={} (not on the venue's list; watched, blind if it never prices)",
+                    spec.id,
+                    spec.symbol,
+                    g.venue
+                ),
+                crate::control::SymbolVerdict::Unverified => log::warn!(
+                    "[SYMBOLS] id={} symbol={} event=symbol_unverified venue={} (the venue's list is not known yet; watched, blind if it never prices)",
+                    spec.id,
+                    spec.symbol,
+                    g.venue
+                ),
+            }
+        }
         if let Err(e) = handle.command(Command::Register(spec.clone())).await {
             let _ = stop_tx.send(true);
             return config_error(format!("positions: id={}: {e}", spec.id));
         }
+    }
+    // The recovered copy (tombstones included) is not needed any more.
+    drop(recovered);
+    // Reconciliation after the configured positions are in the book: its first pass judges
+    // them too.
+    if edges.reconcile {
+        jobs.push(tokio::spawn(super::reconcile::run(
+            edges.broker.clone(),
+            handle.clone(),
+            cfg.broker.reconcile_every,
+            stop_rx.clone(),
+        )));
     }
     if let Some(tx) = ready {
         let _ = tx.send(handle.clone());
@@ -335,7 +480,7 @@ pub async fn run_config_with(
         let _ = j.await;
     }
     let engine = engine_join.await.ok();
-    paper_join.abort();
+    executor.abort();
     log_final_stats(&handle, engine.as_deref(), started.elapsed());
     log::info!("stopped");
     ExitCode::SUCCESS

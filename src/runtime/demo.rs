@@ -60,6 +60,7 @@ pub fn demo_engine_config() -> EngineConfig {
         lookup_every: Duration::from_secs(1),
         rest_enabled: true,
         seed: 2026,
+        ..EngineConfig::default()
     }
 }
 

@@ -13,12 +13,15 @@ use crate::config::Config;
 use crate::core::types::{InstrumentId, Symbol};
 use crate::feed::rest::{self, RestConfig};
 use crate::feed::session::{self, Ctx, FeedShared, SessionConfig};
+use crate::feed::venue_symbols::VenueSymbols;
 use crate::net::dns::{DnsConfig, Resolver};
 use crate::net::http::{Connector, Endpoint};
 use crate::net::tls::TlsClient;
 
 /// Every host is re-resolved this often in the background.
 pub const DNS_REFRESH: Duration = Duration::from_secs(120);
+/// The venue's symbol list (Binance) is fetched at start-up and then this often.
+pub const SYMBOLS_REFRESH: Duration = Duration::from_secs(24 * 3600);
 
 /// Bound of one whole resolution: one `dns.timeout_s` per resolver in the chain (the system
 /// resolver and each of `dns.nameservers`), so that every resolver gets its try, but never more
@@ -37,6 +40,12 @@ pub struct Edge {
     pub connector: Connector,
     /// Feed state shared with the status views.
     pub shared: Arc<FeedShared>,
+    /// The venue's symbol list (Binance; loaded from `store.dir`, refreshed by
+    /// [`Edge::spawn`]). For another venue it stays empty: every verdict is `Unverified`.
+    pub symbols: Arc<VenueSymbols>,
+    /// Upstox's venue-instrument map (symbol ↔ instrument key), shared by the feed session,
+    /// the LTP poller and the Upstox broker (empty for another venue).
+    pub upstox_keys: Arc<crate::feed::upstox::InstrumentMap>,
     ws: Endpoint,
     rest: Endpoint,
     seed: u64,
@@ -61,7 +70,16 @@ impl Edge {
             connect_timeout: Duration::from_secs(5),
             fresh: DNS_REFRESH + Duration::from_secs(30),
         };
-        Ok(Edge { connector, shared: Arc::new(FeedShared::default()), ws, rest, seed })
+        // The stored list is read even before the network is up, so a start during a DNS
+        // outage still checks symbols. Only Binance has one; another venue's edge never reads
+        // nor writes the file.
+        let symbols = if cfg.feed.venue == crate::config::Venue::Binance {
+            VenueSymbols::open(&cfg.store.dir)
+        } else {
+            VenueSymbols::empty(&cfg.store.dir)
+        };
+        let upstox_keys = Arc::new(crate::feed::upstox::InstrumentMap::from_config(cfg));
+        Ok(Edge { connector, shared: Arc::new(FeedShared::default()), symbols, upstox_keys, ws, rest, seed })
     }
 
     /// Spawns the DNS refresher, the feed session and the REST poller.
@@ -109,6 +127,7 @@ impl Edge {
                 added,
                 stop,
                 self.seed,
+                self.upstox_keys.clone(),
             ));
             return jobs;
         }
@@ -122,6 +141,12 @@ impl Edge {
             timeout: cfg.feed.rest_poll.max(Duration::from_secs(2)),
         };
         vec![
+            tokio::spawn(self.symbols.clone().refresh_loop(
+                self.connector.clone(),
+                self.rest.clone(),
+                SYMBOLS_REFRESH,
+                stop.clone(),
+            )),
             tokio::spawn(self.connector.resolver.clone().refresh_loop(hosts, DNS_REFRESH, stop.clone())),
             tokio::spawn(session::run(scfg, self.connector.clone(), ctx.clone(), added, stop.clone())),
             tokio::spawn(rest::run(rcfg, self.connector.clone(), ctx, stop)),

@@ -85,6 +85,9 @@ pub enum BrokerRequest {
         pos: PosIdx,
         /// The order.
         order: crate::broker::CloseOrder,
+        /// The close was held for the market's open: what the account holds is checked right
+        /// before sending (the trader may have sold by hand meanwhile).
+        check_holdings: bool,
     },
     /// Look an attempt up.
     Lookup {
@@ -117,9 +120,9 @@ impl EngineHandle {
     pub async fn command(&self, cmd: Command) -> Result<Reply, CoreError> {
         let (tx, rx) = oneshot::channel();
         if self.requests.send(Request::Command { cmd, reply: Some(tx) }).await.is_err() {
-            return Err(CoreError::UnknownPosition);
+            return Err(CoreError::EngineStopped);
         }
-        rx.await.unwrap_or(Err(CoreError::UnknownPosition))
+        rx.await.unwrap_or(Err(CoreError::EngineStopped))
     }
     /// Reports a feed event.
     pub async fn feed(&self, ev: FeedEvent) {
@@ -158,6 +161,8 @@ pub struct EngineTask {
     new_instruments: Option<mpsc::Sender<(InstrumentId, Symbol)>>,
     /// Fault injection: the loop stops turning at this time (`--fault engine-hang@...`).
     hang_at: Option<Timestamp>,
+    /// Positions whose close was held for the market's open (their next order checks holdings).
+    held: std::collections::HashSet<PosIdx>,
 }
 
 /// Builds the engine task and the handle the edges use. Orders come out of `broker_rx`.
@@ -186,6 +191,7 @@ pub fn engine_task(
         }),
         journal: None,
         status: status.clone(),
+        held: std::collections::HashSet::new(),
     };
     (task, EngineHandle { ticks, requests: req_tx, status }, broker_rx)
 }
@@ -263,52 +269,7 @@ impl EngineTask {
         let now = self.clock.now();
         match req {
             Request::Command { cmd, reply } => {
-                let modify = matches!(cmd, Command::Modify { .. });
-                let mut r = self.engine.on_command(now, cmd, &mut self.out);
-                // The command's own record goes to the journal before the reply: a
-                // registration is acknowledged only once it is on disk.
-                if let Some(j) = &self.journal {
-                    let rec = match &r {
-                        Ok(Reply::Registered { pos, existed: false, .. }) => {
-                            self.engine.book().get(*pos).map(|p| {
-                                let spec = crate::core::book::PositionSpec {
-                                    id: p.id.clone(),
-                                    symbol: Symbol::try_from(self.engine.cache().symbol(p.instrument))
-                                        .unwrap_or_default(),
-                                    side: p.side,
-                                    qty: p.qty,
-                                    entry: p.entry,
-                                    stop_loss: p.stop_loss,
-                                    take_profit: p.take_profit,
-                                    blind_policy: p.blind_policy,
-                                };
-                                crate::store::registered(&spec, p.generation)
-                            })
-                        }
-                        Ok(Reply::Done { pos }) if modify => {
-                            self.engine.book().get(*pos).map(|p| crate::store::Record::Levels {
-                                id: p.id.to_string(),
-                                stop_loss: p.stop_loss.map(|v| v.units()),
-                                take_profit: p.take_profit.map(|v| v.units()),
-                            })
-                        }
-                        _ => None,
-                    };
-                    if let Some(rec) = rec {
-                        if let Err(e) = j.append(&rec) {
-                            log::error!("[STORE] event=write_failed id={} error=\"{e}\"", rec.id());
-                            r = Err(CoreError::NotDurable);
-                        }
-                    }
-                }
-                if let (Ok(Reply::Registered { instrument, new_instrument: true, .. }), Some(tx)) =
-                    (&r, &self.new_instruments)
-                {
-                    let sym = Symbol::try_from(self.engine.cache().symbol(*instrument)).unwrap_or_default();
-                    let _ = tx.try_send((*instrument, sym));
-                }
-                // Decisions and orders of the command (journaled in dispatch) before the reply.
-                self.dispatch(now).await;
+                let r = self.command(now, cmd).await;
                 if let Some(tx) = reply {
                     let _ = tx.send(r);
                 }
@@ -324,37 +285,184 @@ impl EngineTask {
         self.dispatch(now).await;
     }
 
+    /// Runs a command. Everything it changes is on disk before the reply: its own record and
+    /// the records of its notices go in one write; when that write fails, a change that would
+    /// take protection away (registration, withdrawal, resolve, settlement, closed
+    /// externally) is taken back and the answer is `NotDurable` (503: retry). A close it
+    /// decided goes ahead all the same: the safe side of a journal failure is to close.
+    async fn command(&mut self, now: Timestamp, cmd: Command) -> Result<Reply, CoreError> {
+        let target = match &cmd {
+            Command::Withdraw { id }
+            | Command::Resolve { id }
+            | Command::ClosedExternally { id }
+            | Command::Settle { id, .. }
+            | Command::Modify { id, .. } => self.engine.book().find(id),
+            _ => None,
+        };
+        if let (Command::Register(spec), Some(j)) = (&cmd, &self.journal) {
+            if self.engine.book().find(&spec.id).is_none() && j.closed(&spec.id).is_some() {
+                // Closed before and pruned from the book since: still closed.
+                return Err(CoreError::Closed);
+            }
+        }
+        let saved = target.and_then(|i| self.engine.book().get(i).cloned());
+        let settle = match (&cmd, &saved) {
+            (Command::Settle { executed, .. }, Some(p)) => p.state.closing().map(|c| {
+                let outcome = if !executed.is_positive() {
+                    crate::core::engine::Outcome::Rejected
+                } else if *executed >= c.order_qty {
+                    crate::core::engine::Outcome::Filled { executed: *executed, price: None }
+                } else {
+                    crate::core::engine::Outcome::PartiallyFilled { executed: *executed, price: None }
+                };
+                (p.id.to_string(), c.client_id.to_string(), outcome)
+            }),
+            _ => None,
+        };
+        let settle_price = match &cmd {
+            Command::Settle { price, .. } => *price,
+            _ => None,
+        };
+        let modify = matches!(cmd, Command::Modify { .. });
+        let mut r = self.engine.on_command(now, cmd, &mut self.out);
+        let Some(j) = self.journal.clone() else {
+            self.note_new_instrument(&r);
+            self.dispatch(now).await;
+            return r;
+        };
+        let mut recs: Vec<crate::store::Record> = Vec::new();
+        match &r {
+            Ok(Reply::Registered { pos, existed: false, .. }) => {
+                if let Some(p) = self.engine.book().get(*pos) {
+                    recs.push(crate::store::registered(&self.spec_of(p), p.generation));
+                }
+            }
+            Ok(Reply::Done { pos }) if modify => {
+                if let Some(p) = self.engine.book().get(*pos) {
+                    recs.push(crate::store::Record::Levels {
+                        id: p.id.to_string(),
+                        stop_loss: p.stop_loss.map(|v| v.units()),
+                        take_profit: p.take_profit.map(|v| v.units()),
+                    });
+                }
+            }
+            _ => {}
+        }
+        let mut written = true;
+        if let (Ok(_), Some((pos_id, client_id, mut outcome))) = (&r, settle) {
+            // The settlement is the attempt's outcome, as if the venue had said it.
+            if let crate::core::engine::Outcome::Filled { price, .. }
+            | crate::core::engine::Outcome::PartiallyFilled { price, .. } = &mut outcome
+            {
+                *price = settle_price;
+            }
+            let j2 = j.clone();
+            let write = tokio::task::spawn_blocking(move || {
+                crate::broker::OrderJournal::outcome(j2.as_ref(), &pos_id, &client_id, &outcome)
+            })
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()));
+            if let Err(e) = write {
+                log::error!("[STORE] event=write_failed what=settlement error=\"{e}\"");
+                written = false;
+            }
+        }
+        recs.extend(self.notice_records());
+        if written {
+            if let Err(e) = j.append_batch(&recs) {
+                log::error!("[STORE] event=write_failed records={} error=\"{e}\"", recs.len());
+                written = false;
+            }
+        }
+        if !written && r.is_ok() {
+            match (&r, saved) {
+                (Ok(Reply::Registered { pos, existed: false, .. }), _) => {
+                    // Not on disk: not registered. The retry registers (and writes) it anew.
+                    self.engine.forget(*pos);
+                    self.out.orders.clear();
+                }
+                (Ok(Reply::Done { pos }), Some(saved)) if !modify => {
+                    self.engine.put_back(*pos, saved);
+                    self.out.orders.clear();
+                }
+                _ => {}
+            }
+            r = Err(CoreError::NotDurable);
+        }
+        self.note_new_instrument(&r);
+        self.dispatch_with(now, false).await;
+        r
+    }
+
+    /// The engine record of a position as a spec (for the journal).
+    fn spec_of(&self, p: &crate::core::book::Position) -> crate::core::book::PositionSpec {
+        crate::core::book::PositionSpec {
+            id: p.id.clone(),
+            symbol: Symbol::try_from(self.engine.cache().symbol(p.instrument)).unwrap_or_default(),
+            side: p.side,
+            qty: p.qty,
+            entry: p.entry,
+            stop_loss: p.stop_loss,
+            take_profit: p.take_profit,
+            blind_policy: p.blind_policy,
+        }
+    }
+
+    /// Tells the feed about an instrument that joined the watch set.
+    fn note_new_instrument(&self, r: &Result<Reply, CoreError>) {
+        if let (Ok(Reply::Registered { instrument, new_instrument: true, .. }), Some(tx)) =
+            (r, &self.new_instruments)
+        {
+            let sym = Symbol::try_from(self.engine.cache().symbol(*instrument)).unwrap_or_default();
+            let _ = tx.try_send((*instrument, sym));
+        }
+    }
+
+    /// The journal records of the last engine call's notices (decisions, re-opens, closes).
+    fn notice_records(&self) -> Vec<crate::store::Record> {
+        self.out
+            .notices
+            .iter()
+            .filter_map(|n| match n {
+                Notice::Decision { pos, decision } => {
+                    self.engine.book().get(*pos).map(|p| crate::store::decided(&p.id, decision))
+                }
+                Notice::Rejudged { pos, .. } => self
+                    .engine
+                    .book()
+                    .get(*pos)
+                    .map(|p| crate::store::Record::Reopened { id: p.id.to_string() }),
+                Notice::Closed { pos, how } => {
+                    self.engine.book().get(*pos).map(|p| crate::store::closed_record(&p.id, *how))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Carries out the actions of the last engine call: log, then hand orders to the broker.
     async fn dispatch(&mut self, now: Timestamp) {
+        self.dispatch_with(now, true).await;
+    }
+
+    async fn dispatch_with(&mut self, now: Timestamp, journal: bool) {
         for n in self.out.notices.iter() {
             report::log_notice(&self.engine, now, n);
+            match n {
+                Notice::HeldForMarket { pos } => {
+                    self.held.insert(*pos);
+                }
+                Notice::Closed { pos, .. } => {
+                    self.held.remove(pos);
+                }
+                _ => {}
+            }
         }
-        if let Some(j) = &self.journal {
+        if let (Some(j), true) = (&self.journal, journal) {
             // Decisions before their orders: the executor journals each order's intent next.
             // One write and one fsync for the whole call (a gap through every position is one
             // fsync, not one per position).
-            let recs: Vec<crate::store::Record> = self
-                .out
-                .notices
-                .iter()
-                .filter_map(|n| match n {
-                    Notice::Decision { pos, decision } => {
-                        self.engine.book().get(*pos).map(|p| crate::store::decided(&p.id, decision))
-                    }
-                    Notice::Rejudged { pos, .. } => self
-                        .engine
-                        .book()
-                        .get(*pos)
-                        .map(|p| crate::store::Record::Reopened { id: p.id.to_string() }),
-                    Notice::Closed { pos, how } => {
-                        self.engine.book().get(*pos).map(|p| crate::store::Record::Closed {
-                            id: p.id.to_string(),
-                            how: crate::store::how_code(*how),
-                        })
-                    }
-                    _ => None,
-                })
-                .collect();
+            let recs = self.notice_records();
             if let Err(e) = j.append_batch(&recs) {
                 log::error!("[STORE] event=write_failed records={} error=\"{e}\"", recs.len());
             }
@@ -378,7 +486,8 @@ impl EngineTask {
                         reason,
                         price_hint,
                     };
-                    BrokerRequest::Place { pos, order }
+                    let check_holdings = self.held.remove(&pos);
+                    BrokerRequest::Place { pos, order, check_holdings }
                 }
                 OrderAction::Lookup { pos, client_id, sent_at } => {
                     let p = self.engine.book().get(pos);

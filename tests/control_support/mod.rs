@@ -38,6 +38,7 @@ pub fn fast_engine() -> EngineConfig {
         lookup_every: Duration::from_millis(300),
         rest_enabled: false,
         seed: 7,
+        ..EngineConfig::default()
     }
 }
 

@@ -1,6 +1,9 @@
 //! A fake Binance spot REST API on 127.0.0.1 over TLS: signed `POST /api/v3/order` (MARKET
-//! only), `GET /api/v3/order`, `GET /api/v3/account`, `GET /api/v3/exchangeInfo` and
-//! `GET /api/v3/time`.
+//! only), `GET /api/v3/order`, `GET /api/v3/account`, `GET /api/v3/exchangeInfo` (one symbol,
+//! `symbols=[...]` — refused whole with `-1121` when one name is unknown, as Binance does — or
+//! the whole list, e.g. with `permissions=SPOT`), `GET /api/v3/ticker/price` (one symbol, a
+//! `symbols=[...]` batch — again `-1121` whole for one unknown name — or all) and
+//! `GET /api/v3/time`. It can stand in for both `feed.rest_url` and `broker.rest_url`.
 //!
 //! Like the exchange it checks the `X-MBX-APIKEY` header (-2015), the HMAC-SHA256 `signature`
 //! over the query string followed by the body (-1022) and `timestamp` against `recvWindow`
@@ -52,6 +55,8 @@ pub enum Route {
     ExchangeInfo,
     /// `GET /api/v3/time`.
     Time,
+    /// `GET /api/v3/ticker/price`.
+    Ticker,
 }
 
 /// A fault for one request of a route.
@@ -149,6 +154,9 @@ struct State {
     fills: Vec<Fill>,
     faults: HashMap<Route, VecDeque<Fault>>,
     requests: Vec<String>,
+    queries: Vec<String>,
+    raw_balances: BTreeMap<String, (String, String)>,
+    listed_only: BTreeMap<String, String>,
     skew_ms: i64,
     next_id: u64,
     signature_errors: usize,
@@ -192,6 +200,9 @@ impl FakeBinance {
                 fills: Vec::new(),
                 faults: HashMap::new(),
                 requests: Vec::new(),
+                queries: Vec::new(),
+                raw_balances: BTreeMap::new(),
+                listed_only: BTreeMap::new(),
                 skew_ms: 0,
                 next_id: 1000,
                 signature_errors: 0,
@@ -249,6 +260,32 @@ impl FakeBinance {
     pub fn set_balance(&self, asset: &str, free: &str, locked: &str) {
         let q = |s: &str| Qty::parse(s).expect("decimal");
         self.shared.lock().balances.insert(asset.into(), (q(free), q(locked)));
+    }
+
+    /// Makes the account answer show `asset` with these texts verbatim (e.g.
+    /// `"99999999999.00000000"`, beyond what a 64-bit fixed-point quantity holds) while the
+    /// exchange keeps trading against the balance set by [`FakeBinance::set_balance`].
+    pub fn set_balance_text(&self, asset: &str, free: &str, locked: &str) {
+        self.shared.lock().raw_balances.insert(asset.into(), (free.into(), locked.into()));
+    }
+
+    /// Lists `symbol` in the whole `exchangeInfo` with this `status` (e.g. `BREAK`) without
+    /// trading it.
+    pub fn list_symbol(&self, symbol: &str, status: &str) {
+        self.shared.lock().listed_only.insert(symbol.into(), status.into());
+    }
+
+    /// Removes `symbol` (it becomes an invalid symbol everywhere).
+    pub fn remove_symbol(&self, symbol: &str) {
+        let mut st = self.shared.lock();
+        st.symbols.remove(symbol);
+        st.listed_only.remove(symbol);
+    }
+
+    /// The query strings (percent-decoded) of the requests of `method path`, oldest first.
+    pub fn queries(&self, method: &str, path: &str) -> Vec<String> {
+        let want = format!("{method} {path}?");
+        self.shared.lock().queries.iter().filter_map(|q| q.strip_prefix(&want).map(str::to_string)).collect()
     }
 
     /// Free and locked balance of `asset`.
@@ -556,11 +593,16 @@ async fn serve(shared: Arc<Shared>, acceptor: TlsAcceptor, tcp: TcpStream) {
         ("GET", "/api/v3/account") => Some(Route::Account),
         ("GET", "/api/v3/exchangeInfo") => Some(Route::ExchangeInfo),
         ("GET", "/api/v3/time") => Some(Route::Time),
+        ("GET", "/api/v3/ticker/price") => Some(Route::Ticker),
         _ => None,
     };
     let fault = {
         let mut st = shared.lock();
         st.requests.push(format!("{} {}", req.method, req.path));
+        if !req.path.starts_with("/api/v3/order") && req.path != "/api/v3/account" {
+            let q = percent_decode(&req.query);
+            st.queries.push(format!("{} {}?{q}", req.method, req.path));
+        }
         route.and_then(|r| st.faults.get_mut(&r).and_then(VecDeque::pop_front))
     };
     // Faults that refuse the request before it is processed.
@@ -592,6 +634,7 @@ async fn serve(shared: Arc<Shared>, acceptor: TlsAcceptor, tcp: TcpStream) {
         None => (404, err_body(-1000, "Not found.")),
         Some(Route::Time) => (200, format!(r#"{{"serverTime":{}}}"#, now_ms() + shared.lock().skew_ms)),
         Some(Route::ExchangeInfo) => exchange_info(&shared, &req),
+        Some(Route::Ticker) => ticker(&shared, &req),
         Some(r) => match check_signed(&shared, &req) {
             Err(e) => e,
             Ok(()) => match r {
@@ -674,23 +717,101 @@ fn check_signed(shared: &Shared, req: &HttpRequest) -> Result<(), (u16, String)>
     }
 }
 
-fn exchange_info(shared: &Shared, req: &HttpRequest) -> (u16, String) {
-    let st = shared.lock();
-    let Some(sym) = req.param("symbol") else {
-        return (400, err_body(-1102, "Mandatory parameter 'symbol' was not sent."));
-    };
-    let Some(s) = st.symbols.get(&sym) else { return (400, err_body(-1121, "Invalid symbol.")) };
-    let body = format!(
-        r#"{{"timezone":"UTC","serverTime":{now},"rateLimits":[],"exchangeFilters":[],"symbols":[{{"symbol":{sym},"status":"TRADING","baseAsset":{base},"baseAssetPrecision":8,"quoteAsset":{quote},"quotePrecision":8,"orderTypes":["LIMIT","MARKET"],"filters":[{{"filterType":"PRICE_FILTER","minPrice":"0.01000000","maxPrice":"1000000.00000000","tickSize":"0.01000000"}},{{"filterType":"LOT_SIZE","minQty":"{min}","maxQty":"9000.00000000","stepSize":"{step}"}},{{"filterType":"MARKET_LOT_SIZE","minQty":"0.00000000","maxQty":"100.00000000","stepSize":"0.00000000"}},{{"filterType":"NOTIONAL","minNotional":"{notional}","applyMinToMarket":true,"maxNotional":"9000000.00000000","applyMaxToMarket":false,"avgPriceMins":5}}],"permissions":[],"permissionSets":[["SPOT"]]}}]}}"#,
-        now = now_ms() + st.skew_ms,
-        sym = quote(&sym),
+fn symbol_json(sym: &str, s: &SymbolSpec) -> String {
+    format!(
+        r#"{{"symbol":{sym},"status":"TRADING","baseAsset":{base},"baseAssetPrecision":8,"quoteAsset":{quote},"quotePrecision":8,"orderTypes":["LIMIT","MARKET"],"filters":[{{"filterType":"PRICE_FILTER","minPrice":"0.01000000","maxPrice":"1000000.00000000","tickSize":"0.01000000"}},{{"filterType":"LOT_SIZE","minQty":"{min}","maxQty":"9000.00000000","stepSize":"{step}"}},{{"filterType":"MARKET_LOT_SIZE","minQty":"0.00000000","maxQty":"100.00000000","stepSize":"0.00000000"}},{{"filterType":"NOTIONAL","minNotional":"{notional}","applyMinToMarket":true,"maxNotional":"9000000.00000000","applyMaxToMarket":false,"avgPriceMins":5}}],"permissions":[],"permissionSets":[["SPOT"]]}}"#,
+        sym = quote(sym),
         base = quote(&s.base),
         quote = quote(&s.quote),
         min = dec8(s.min_qty.units()),
         step = dec8(s.step.units()),
         notional = dec8(s.min_notional.units()),
+    )
+}
+
+/// `["A","B"]` (percent-decoded) → names; `None` if it is not such a list.
+fn symbol_list(v: &str) -> Option<Vec<String>> {
+    let inner = v.trim().strip_prefix('[')?.strip_suffix(']')?;
+    inner
+        .split(',')
+        .map(|s| s.trim().strip_prefix('"').and_then(|s| s.strip_suffix('"')).map(str::to_string))
+        .collect()
+}
+
+fn exchange_info(shared: &Shared, req: &HttpRequest) -> (u16, String) {
+    let st = shared.lock();
+    let items: Vec<String> = match (req.param("symbol"), req.param("symbols")) {
+        (Some(_), Some(_)) => {
+            return (400, err_body(-1101, "Combination of optional parameters invalid."));
+        }
+        (Some(sym), None) => match st.symbols.get(&sym) {
+            Some(s) => vec![symbol_json(&sym, s)],
+            None => return (400, err_body(-1121, "Invalid symbol.")),
+        },
+        (None, Some(list)) => {
+            let Some(list) = symbol_list(&list) else {
+                return (400, err_body(-1100, "Illegal characters found in parameter 'symbols'."));
+            };
+            let mut v = Vec::new();
+            for sym in &list {
+                match st.symbols.get(sym) {
+                    Some(s) => v.push(symbol_json(sym, s)),
+                    // One unknown name refuses the whole request, as on Binance.
+                    None => return (400, err_body(-1121, "Invalid symbol.")),
+                }
+            }
+            v
+        }
+        (None, None) => {
+            // The whole list (`permissions=SPOT` or none: every symbol here is spot).
+            let mut v: Vec<String> = st.symbols.iter().map(|(sym, s)| symbol_json(sym, s)).collect();
+            for (sym, status) in &st.listed_only {
+                v.push(format!(
+                    r#"{{"symbol":{},"status":{},"baseAsset":"X","quoteAsset":"USDT","filters":[],"permissionSets":[["SPOT"]]}}"#,
+                    quote(sym),
+                    quote(status)
+                ));
+            }
+            v
+        }
+    };
+    let body = format!(
+        r#"{{"timezone":"UTC","serverTime":{now},"rateLimits":[],"exchangeFilters":[],"symbols":[{}]}}"#,
+        items.join(","),
+        now = now_ms() + st.skew_ms,
     );
     (200, body)
+}
+
+fn ticker(shared: &Shared, req: &HttpRequest) -> (u16, String) {
+    let st = shared.lock();
+    let item = |sym: &str, s: &SymbolSpec| {
+        format!(r#"{{"symbol":{},"price":"{}"}}"#, quote(sym), dec8(s.price.units()))
+    };
+    match (req.param("symbol"), req.param("symbols")) {
+        (Some(_), Some(_)) => (400, err_body(-1101, "Combination of optional parameters invalid.")),
+        (Some(sym), None) => match st.symbols.get(&sym) {
+            Some(s) => (200, item(&sym, s)),
+            None => (400, err_body(-1121, "Invalid symbol.")),
+        },
+        (None, Some(list)) => {
+            let Some(list) = symbol_list(&list) else {
+                return (400, err_body(-1100, "Illegal characters found in parameter 'symbols'."));
+            };
+            let mut v = Vec::new();
+            for sym in &list {
+                match st.symbols.get(sym) {
+                    Some(s) => v.push(item(sym, s)),
+                    None => return (400, err_body(-1121, "Invalid symbol.")),
+                }
+            }
+            (200, format!("[{}]", v.join(",")))
+        }
+        (None, None) => {
+            let v: Vec<String> = st.symbols.iter().map(|(sym, s)| item(sym, s)).collect();
+            (200, format!("[{}]", v.join(",")))
+        }
+    }
 }
 
 fn account(shared: &Shared, req: &HttpRequest) -> (u16, String) {
@@ -701,7 +822,11 @@ fn account(shared: &Shared, req: &HttpRequest) -> (u16, String) {
         .iter()
         .filter(|(_, (f, l))| !omit || f.is_positive() || l.is_positive())
         .map(|(a, (f, l))| {
-            format!(r#"{{"asset":{},"free":"{}","locked":"{}"}}"#, quote(a), dec8(f.units()), dec8(l.units()))
+            let (f, l) = match st.raw_balances.get(a) {
+                Some((f, l)) => (f.clone(), l.clone()),
+                None => (dec8(f.units()), dec8(l.units())),
+            };
+            format!(r#"{{"asset":{},"free":"{f}","locked":"{l}"}}"#, quote(a))
         })
         .collect();
     (

@@ -78,6 +78,10 @@ struct State {
     positions: HashMap<String, i64>,
     empty_when_not_found: bool,
     next_id: u64,
+    /// Per portfolio read (`true`: long-term holdings): answer this status instead.
+    portfolio_status: HashMap<bool, u16>,
+    /// Per portfolio read: answer these raw `data` rows instead (unreadable rows).
+    portfolio_raw: HashMap<bool, Vec<Value>>,
 }
 
 struct Shared {
@@ -118,6 +122,8 @@ impl FakeUpstox {
                 positions: HashMap::new(),
                 empty_when_not_found: false,
                 next_id: 250_000_000_000_000,
+                portfolio_status: HashMap::new(),
+                portfolio_raw: HashMap::new(),
             }),
         });
         let acceptor = TlsAcceptor::from(tls);
@@ -158,6 +164,36 @@ impl FakeUpstox {
         let mut st = self.shared.lock();
         st.holdings.insert(instrument_token.into(), holding);
         st.positions.insert(instrument_token.into(), position);
+    }
+
+    /// Answers the long-term holdings (`holdings = true`) or the day positions read with
+    /// `status` (`None`: answers normally again).
+    pub fn set_portfolio_status(&self, holdings: bool, status: Option<u16>) {
+        let mut st = self.shared.lock();
+        match status {
+            Some(s) => st.portfolio_status.insert(holdings, s),
+            None => st.portfolio_status.remove(&holdings),
+        };
+    }
+
+    /// Answers that portfolio read with these raw rows appended to the real ones (`None`:
+    /// the real rows only).
+    pub fn set_portfolio_extra_rows(&self, holdings: bool, rows: Option<Vec<Value>>) {
+        let mut st = self.shared.lock();
+        match rows {
+            Some(r) => st.portfolio_raw.insert(holdings, r),
+            None => st.portfolio_raw.remove(&holdings),
+        };
+    }
+
+    /// How many times a portfolio read (`holdings = true`: long-term holdings) was asked.
+    pub fn portfolio_reads(&self, holdings: bool) -> usize {
+        let path = if holdings {
+            "GET /v2/portfolio/long-term-holdings"
+        } else {
+            "GET /v2/portfolio/short-term-positions"
+        };
+        self.shared.lock().requests.iter().filter(|r| *r == path).count()
     }
 
     /// Every order so far.
@@ -325,8 +361,14 @@ fn history(shared: &Shared, req: &super::fake_binance::HttpRequest) -> (u16, Str
 
 fn portfolio(shared: &Shared, holdings: bool) -> (u16, String) {
     let st = shared.lock();
+    if let Some(s) = st.portfolio_status.get(&holdings) {
+        return (*s, err("UDAPI100500", "Something went wrong"));
+    }
     let map = if holdings { &st.holdings } else { &st.positions };
-    let data: Vec<Value> =
+    let mut data: Vec<Value> =
         map.iter().map(|(k, q)| json!({"instrument_token": k, "quantity": q, "product": "D"})).collect();
+    if let Some(extra) = st.portfolio_raw.get(&holdings) {
+        data.extend(extra.iter().cloned());
+    }
     (200, json!({"status":"success","data":data}).to_string())
 }

@@ -22,6 +22,7 @@ pub mod ca;
 pub mod dns;
 pub mod fake_binance;
 pub mod fake_upstox;
+pub mod guard;
 pub mod json;
 mod net;
 pub mod rest;

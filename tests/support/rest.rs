@@ -1,4 +1,6 @@
-//! A TLS HTTP/1.1 server on 127.0.0.1 serving Binance's `GET /api/v3/ticker/price`.
+//! A TLS HTTP/1.1 server on 127.0.0.1 serving Binance's `GET /api/v3/ticker/price` (a batch
+//! with one unknown name is refused whole with `-1121`, as Binance does) and the whole
+//! `GET /api/v3/exchangeInfo` list (every symbol with a price, status `TRADING`).
 //!
 //! Hand-written: one request per connection, head read until `\r\n\r\n` (16 KiB at most), answer
 //! with `Content-Length` and `Connection: close`, then TLS close_notify and FIN.
@@ -293,6 +295,15 @@ fn route(shared: &Shared, line: &str) -> Vec<u8> {
     let mut parts = line.split(' ');
     let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    if path == "/api/v3/exchangeInfo" && method == "GET" && !query.contains("symbol") {
+        let st = shared.lock();
+        let items: Vec<String> = st
+            .prices
+            .keys()
+            .map(|s| format!(r#"{{"symbol":{},"status":"TRADING","filters":[]}}"#, json::quote(s)))
+            .collect();
+        return response(200, &format!(r#"{{"timezone":"UTC","symbols":[{}]}}"#, items.join(",")));
+    }
     if path != "/api/v3/ticker/price" {
         return response(404, r#"{"code":-1000,"msg":"Not found."}"#);
     }

@@ -340,6 +340,8 @@ struct State {
     concurrent_rejections: usize,
     max_concurrent: usize,
     feed_accepted: usize,
+    /// Keys the LTP quote refuses: a request naming any of them is answered 400 whole.
+    ltp_refused: Vec<String>,
 }
 
 struct Shared {
@@ -405,6 +407,7 @@ impl UpstoxFake {
                 concurrent_rejections: 0,
                 max_concurrent: 0,
                 feed_accepted: 0,
+                ltp_refused: Vec::new(),
             }),
             feed_host: feed_host.into(),
             feed_port,
@@ -432,6 +435,11 @@ impl UpstoxFake {
     /// The token accepted from now on (anything else gets 401).
     pub fn set_token(&self, token: &str) {
         self.shared.lock().token = token.into();
+    }
+
+    /// The LTP quote refuses `key`: any request naming it is answered 400 `UDAPI1011` whole.
+    pub fn refuse_ltp_key(&self, key: &str) {
+        self.shared.lock().ltp_refused.push(key.into());
     }
 
     /// Sets an instrument's trading symbol (for the LTP answer's `SEGMENT:SYMBOL`) and last
@@ -850,6 +858,10 @@ fn route(shared: &Shared, line: &str, head: &str) -> Vec<u8> {
                 .collect();
             if keys.is_empty() || keys.len() > 500 {
                 return response(400, &error_body("UDAPI1087", "Invalid instrument key count (1 to 500)"));
+            }
+            // Like Upstox, one invalid key fails the whole request.
+            if keys.iter().any(|k| st.ltp_refused.contains(k)) {
+                return response(400, &error_body("UDAPI1011", "Invalid Instrument key"));
             }
             let mut items = Vec::new();
             for k in &keys {
