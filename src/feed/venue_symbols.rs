@@ -233,7 +233,7 @@ fn is_ws(b: u8) -> bool {
 /// own entries count, so a `status` nested in an entry or elsewhere is never taken for one.
 ///
 /// Same results as [`parse_exchange_info`] on the same bytes, however they are cut (the
-/// property tests below check it), with two differences that are both refusals: an entry
+/// property tests of this module check it), with two differences that are both refusals: an entry
 /// larger than [`EXCHANGE_INFO_CARRY_MAX`] is refused, and a refused answer may be refused
 /// for another of its faults (the first met in reading order).
 #[derive(Debug)]
@@ -821,20 +821,6 @@ mod tests {
         assert_eq!(l.verdict(""), Verdict::NotTraded);
     }
 
-    #[test]
-    fn refuses_answers_that_are_not_a_list() {
-        for bad in [
-            &b""[..],
-            b"<html>",
-            br#"{"code":-1121,"msg":"Invalid symbol."}"#,
-            br#"{"symbols":[]}"#,
-            br#"{"symbols":[{"symbol":"BTCUSDT","status":"TRADING"}"#,
-            br#"{"symbols":"BTCUSDT"}"#,
-        ] {
-            assert!(parse_exchange_info(bad, 0).is_err(), "{}", String::from_utf8_lossy(bad));
-        }
-    }
-
     /// An answer with one symbol more than [`VENUE_SYMBOLS_MAX`].
     fn too_many() -> String {
         let mut body = String::from(r#"{"symbols":["#);
@@ -1049,7 +1035,8 @@ mod tests {
     }
 
     #[test]
-    fn scanner_refuses_what_the_parser_refuses() {
+    fn refuses_answers_that_are_not_a_list() {
+        // Both the whole-buffer parser and the scanner, fed in pieces of every size.
         for bad in [
             &b""[..],
             b"  \n",
@@ -1065,11 +1052,29 @@ mod tests {
             br#"{"a":[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]],"symbols":[{"symbol":"BTCUSDT","status":"TRADING"}]}"#,
             br#"{"symbols":[{"symbol":"BTCUSDT","status":"TRADING","f":[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]}]}"#,
         ] {
+            assert!(parse_exchange_info(bad, 0).is_err(), "{}", String::from_utf8_lossy(bad));
             for n in [1, 2, 5, 4096] {
                 let got = scan_chunks(bad, n);
                 assert!(got.is_err(), "{n}: {got:?} {}", String::from_utf8_lossy(bad));
                 same(bad, &got);
             }
+        }
+    }
+
+    #[test]
+    fn scanner_accepts_nesting_up_to_the_parsers_bound() {
+        // 16 levels in a top-level member; 16 counting the `symbols` array and the entry.
+        let body = format!(
+            r#"{{"a":{}1{},"symbols":[{{"symbol":"BTCUSDT","status":"TRADING","f":{}1{}}}]}}"#,
+            "[".repeat(MAX_DEPTH),
+            "]".repeat(MAX_DEPTH),
+            "[".repeat(MAX_DEPTH - 2),
+            "]".repeat(MAX_DEPTH - 2)
+        );
+        for n in [1, 3, 4096] {
+            let got = scan_chunks(body.as_bytes(), n);
+            assert!(got.is_ok(), "{got:?}");
+            same(body.as_bytes(), &got);
         }
     }
 
