@@ -221,11 +221,18 @@ async fn defect_09_configured_position_closed_long_ago_is_never_registered_again
         let n = tickguard::limits::CLOSED_REMEMBERED + 1_500;
         for i in 0..n {
             let id = format!("later{i}");
-            j.append_batch(&[reg(&id, 2 + i as u32), tickguard::store::closed_record(&id, ClosedHow::Withdrawn)])
-                .expect("append");
+            j.append_batch(&[
+                reg(&id, 2 + i as u32),
+                tickguard::store::closed_record(&id, ClosedHow::Withdrawn),
+            ])
+            .expect("append");
         }
         let st = j.state();
-        assert!(!st.positions.contains_key("night"), "pruned from the state: {} positions", st.positions.len());
+        assert!(
+            !st.positions.contains_key("night"),
+            "pruned from the state: {} positions",
+            st.positions.len()
+        );
         assert!(j.closed("night").is_some(), "but its id is remembered");
     }
     let broker = Arc::new(Scripted::default());
