@@ -16,13 +16,12 @@ mod support;
 
 use std::collections::HashSet;
 use std::future::Future;
-use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use support::app::{App, Line, Log, field};
-use support::ca::TestCa;
 use support::dns::{Behavior, DnsServer, Transport};
+use support::edge_world::{BinanceEdge, BinanceSetup, LOCALHOST, api_text, wait_subscribed};
 use support::rest::{RestFault, RestServer};
 use support::ws::{Fault, WsServer};
 
@@ -41,7 +40,6 @@ take_profit = "800.00"
 "#;
 /// Instruments watched on top of the positions' symbols.
 const WATCHED: [&str; 3] = ["ADANIENT", "KAYNES", "RELIANCE"];
-const LOCALHOST: Ipv4Addr = Ipv4Addr::LOCALHOST;
 
 async fn bounded<F: Future<Output = ()>>(f: F) {
     tokio::time::timeout(LIMIT, f).await.expect("test exceeded its time limit");
@@ -50,21 +48,18 @@ async fn bounded<F: Future<Output = ()>>(f: F) {
 // ----- the loopback world ----------------------------------------------------------------
 
 /// Three DNS servers (the "system" one named in a test resolv.conf, two fallbacks), the
-/// WebSocket and REST servers, and the CA, for one test.
+/// WebSocket and CA of `support::edge_world`, and the REST price server, for one test.
 struct World {
-    dir: PathBuf,
-    ca: TestCa,
-    system: DnsServer,
-    fb1: DnsServer,
-    fb2: DnsServer,
-    ws: WsServer,
+    edge: BinanceEdge,
     rest: RestServer,
-    /// `api.listen` port of the last configuration written.
-    api_port: std::cell::Cell<u16>,
 }
 
-/// Bearer token of the API (`api.token_file`).
-const API_TOKEN: &str = "network-edge-test-token-0123456789";
+impl std::ops::Deref for World {
+    type Target = BinanceEdge;
+    fn deref(&self) -> &BinanceEdge {
+        &self.edge
+    }
+}
 
 /// Timings and extras of one configuration.
 struct Knobs {
@@ -82,97 +77,35 @@ impl Default for Knobs {
 
 impl World {
     async fn new(name: &str) -> World {
-        let dir = support::test_dir(name);
-        let ca = TestCa::new(&dir);
-        let (system, fb1, fb2) =
-            (DnsServer::start().await, DnsServer::start().await, DnsServer::start().await);
-        let ws = WsServer::start(ca.server_config(&["stream.test"])).await;
-        let rest = RestServer::start(ca.server_config(&["api.test"])).await;
+        let edge = BinanceEdge::start(name, 2).await;
+        let rest = RestServer::start(edge.ca.server_config(&["api.test"])).await;
         rest.set_price("BOSCHLTD", "730.00");
         for s in WATCHED {
             rest.set_price(s, "100.00");
         }
-        let w = World { dir, ca, system, fb1, fb2, ws, rest, api_port: std::cell::Cell::new(0) };
-        w.dns_all(Behavior::Answer(vec![LOCALHOST]));
-        w
+        World { edge, rest }
     }
 
-    fn servers(&self) -> [&DnsServer; 3] {
-        [&self.system, &self.fb1, &self.fb2]
+    /// The first fallback resolver.
+    fn fb1(&self) -> &DnsServer {
+        &self.fallbacks[0]
     }
 
-    /// Sets the behaviour of every DNS server for every name.
-    fn dns_all(&self, b: Behavior) {
-        for s in self.servers() {
-            s.set_default(b.clone());
-        }
+    /// The second fallback resolver.
+    fn fb2(&self) -> &DnsServer {
+        &self.fallbacks[1]
     }
 
     fn config(&self, k: &Knobs) -> PathBuf {
-        let resolv = self.system.write_resolv_conf(&self.dir);
-        let api = free_port();
-        self.api_port.set(api);
-        let token = self.dir.join("api.token");
-        std::fs::write(&token, API_TOKEN).expect("write token");
-        let text = format!(
-            r#"
-[api]
-listen = "127.0.0.1:{api}"
-token_file = "{token}"
-
-[feed]
-venue = "binance"
-ws_url = "wss://stream.test:{ws}/stream"
-rest_url = "https://api.test:{rest}"
-instruments = [{watched}]
-silence_timeout_s = 1
-reconnect_initial_s = 0.2
-reconnect_max_s = 1.5
-rest_poll_s = 0.3
-
-[dns]
-use_system = true
-resolv_conf = "{resolv}"
-nameservers = ["{fb1}", "{fb2}"]
-timeout_s = 0.3
-
-[tls]
-extra_ca = "{ca}"
-
-[cache]
-stale_after_s = {stale}
-expire_after_s = {expire}
-blind_grace_s = {grace}
-
-[broker]
-kind = "paper"
-paper_fill_delay_s = 0.05
-
-[store]
-dir = "{store}"
-
-[sim]
-seed = 7
-{BOSCH}
-{extra}
-"#,
-            ws = self.ws.port,
-            rest = self.rest.port,
-            watched = WATCHED.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", "),
-            resolv = resolv.display(),
-            token = token.display(),
-            fb1 = self.fb1.addr,
-            fb2 = self.fb2.addr,
-            ca = self.ca.ca_path.display(),
-            stale = k.stale_after,
-            expire = k.expire_after,
-            grace = k.blind_grace,
-            store = self.dir.join("state").display(),
-            extra = k.extra,
-        );
-        let path = self.dir.join("tickguard.toml");
-        std::fs::write(&path, text).expect("write config");
-        path
+        self.edge.config(&BinanceSetup {
+            rest_port: self.rest.port,
+            instruments: &WATCHED,
+            stale_after_s: k.stale_after,
+            expire_after_s: k.expire_after,
+            blind_grace_s: k.blind_grace,
+            broker: "kind = \"paper\"\npaper_fill_delay_s = 0.05",
+            tail: &format!("[sim]\nseed = 7\n{BOSCH}\n{}", k.extra),
+        })
     }
 
     /// Every instrument's stream name, as the session must subscribe it.
@@ -183,25 +116,6 @@ seed = 7
             .map(|s| format!("{}@bookTicker", s.to_ascii_lowercase()))
             .collect()
     }
-
-    fn book_ticker(&self, symbol: &str, bid: &str, ask: &str) {
-        self.ws.push(&book_ticker(symbol, bid, ask));
-    }
-}
-
-fn book_ticker(symbol: &str, bid: &str, ask: &str) -> String {
-    format!(
-        r#"{{"stream":"{}@bookTicker","data":{{"u":1,"s":"{symbol}","b":"{bid}","B":"3.5","a":"{ask}","A":"2.0"}}}}"#,
-        symbol.to_ascii_lowercase()
-    )
-}
-
-/// A port free right now (for `api.listen`, so parallel tests never collide on 8000).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind(SocketAddr::from((LOCALHOST, 0)))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
 }
 
 // The binary and its log: `support::app`.
@@ -246,19 +160,6 @@ fn assert_backoff(seq: &[(u32, u64, String)], log: &str) {
     }
 }
 
-/// Waits for the feed to be up and subscribed once; returns the index after that line.
-async fn wait_subscribed(app: &Log, from: usize) -> usize {
-    let l = app
-        .expect_from(
-            from,
-            "[RECONNECT] event=subscribed",
-            |l| l.contains("[RECONNECT] event=subscribed"),
-            Duration::from_secs(10),
-        )
-        .await;
-    l.idx + 1
-}
-
 /// Every WebSocket connection that sent a SUBSCRIBE subscribed every instrument's stream.
 fn assert_full_resubscription(ws: &WsServer) {
     let want = World::all_streams();
@@ -284,8 +185,8 @@ async fn dns_system_and_first_fallback_fail_second_fallback_answers() {
     bounded(async {
         let w = World::new("dns-chain").await;
         w.system.set_default(Behavior::ServFail);
-        w.fb1.set_default(Behavior::Drop);
-        w.fb2.set_default(Behavior::Truncate(vec![LOCALHOST]));
+        w.fb1().set_default(Behavior::Drop);
+        w.fb2().set_default(Behavior::Truncate(vec![LOCALHOST]));
         let app = App::start(&w.config(&Knobs::default()));
         wait_subscribed(&app, 0).await;
         let connected = app
@@ -297,7 +198,7 @@ async fn dns_system_and_first_fallback_fail_second_fallback_answers() {
             )
             .await;
         assert!(connected.text.contains("addr=127.0.0.1:"), "{}", connected.text);
-        let (sys, fb1, fb2) = (w.system.addr.to_string(), w.fb1.addr.to_string(), w.fb2.addr.to_string());
+        let (sys, fb1, fb2) = (w.system.addr.to_string(), w.fb1().addr.to_string(), w.fb2().addr.to_string());
         let dns = |pred: &dyn Fn(&str) -> bool| {
             app.find_from(0, |l| l.contains("[DNS]") && l.contains("host=stream.test") && pred(l))
         };
@@ -327,7 +228,7 @@ async fn dns_system_and_first_fallback_fail_second_fallback_answers() {
         let t: u64 = field(&b.text, "time_ms").and_then(|v| v.parse().ok()).unwrap_or(u64::MAX);
         assert!(t <= 800, "a dead resolver is bounded by dns.timeout_s: {}", b.text);
         // Truncated over UDP, answered over TCP.
-        let q = w.fb2.queries();
+        let q = w.fb2().queries();
         assert!(q.iter().any(|(n, t)| n == "stream.test" && *t == Transport::Udp), "{q:?}");
         assert!(
             q.iter().any(|(n, t)| n == "stream.test" && *t == Transport::Tcp),
@@ -403,8 +304,8 @@ async fn dns_outage_after_start_reconnects_and_polls_through_last_good_addresses
         assert!(field(&lg.text, "age_ms").is_some(), "{}", lg.text);
         assert!(
             w.system.queries().iter().any(|(n, _)| n == "stream.test")
-                && w.fb1.queries().iter().any(|(n, _)| n == "stream.test")
-                && w.fb2.queries().iter().any(|(n, _)| n == "stream.test"),
+                && w.fb1().queries().iter().any(|(n, _)| n == "stream.test")
+                && w.fb2().queries().iter().any(|(n, _)| n == "stream.test"),
             "the health check asked every resolver"
         );
         // The WebSocket host is back (DNS still dead): the feed reconnects through a remembered
@@ -601,8 +502,7 @@ async fn silent_server_is_detected_within_the_silence_timeout() {
 /// WebSocket host refuses (the live connection is closed), and optionally REST is down too.
 fn network_dies(w: &World, rest_too: bool) {
     w.dns_all(Behavior::ServFail);
-    w.ws.set_fault(Fault::Refuse);
-    w.ws.apply_now(Fault::Refuse);
+    w.feed_dies();
     if rest_too {
         w.rest.set_fault(RestFault::Refuse);
     }
@@ -796,22 +696,7 @@ async fn seed_incident_tightened_stop_closes_from_the_cache_when_rest_is_down_to
 /// `PATCH /api/v1/positions/{id}` on the binary's API (issue 6) with the bearer token; returns
 /// the status code and the body.
 async fn patch_position(port: u16, id: &str, body: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut tcp =
-        tokio::time::timeout(Duration::from_secs(3), tokio::net::TcpStream::connect((LOCALHOST, port)))
-            .await
-            .expect("API connect in time")
-            .expect("API listening");
-    let req = format!(
-        "PATCH /api/v1/positions/{id} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {API_TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    tcp.write_all(req.as_bytes()).await.expect("send request");
-    let mut raw = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(3), tcp.read_to_end(&mut raw)).await;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    (status, text.split_once("\r\n\r\n").map_or(String::new(), |(_, b)| b.to_string()))
+    api_text(port, "PATCH", &format!("/api/v1/positions/{id}"), body).await.expect("API listening")
 }
 
 /// Issue 4, must-show 4b through the binary's own API: REST is down too and the trader

@@ -14,21 +14,18 @@
 
 mod support;
 
-use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use support::app::{App, Log};
-use support::ca::TestCa;
-use support::dns::{Behavior, DnsServer};
+use support::app::App;
+use support::dns::Behavior;
+use support::edge_world::{BinanceEdge, BinanceSetup, LOCALHOST, api_text, wait_subscribed};
 use support::fake_binance::{API_KEY, FakeBinance, SECRET};
-use support::ws::{Fault, WsServer};
 use tickguard::core::price::Qty;
 use tickguard::feed::venue_symbols::{FILE_NAME, VenueSymbols, Verdict};
 
 /// Bound of one whole test.
 const LIMIT: Duration = Duration::from_secs(45);
-const LOCALHOST: Ipv4Addr = Ipv4Addr::LOCALHOST;
 const ECHO: &str = "PROTECTION_BINANCE_ECHO";
 
 async fn bounded<F: std::future::Future<Output = ()>>(f: F) {
@@ -39,130 +36,54 @@ fn q(s: &str) -> Qty {
     Qty::parse(s).expect("decimal")
 }
 
-/// The loopback world of one test.
+/// The loopback world of one test: `support::edge_world` with one fallback resolver, and the
+/// fake Binance on `api.test`.
 struct World {
-    dir: PathBuf,
-    ca: TestCa,
-    system: DnsServer,
-    fallback: DnsServer,
-    ws: WsServer,
+    edge: BinanceEdge,
     fake: FakeBinance,
-    /// `api.listen` port of the last configuration written.
-    api_port: std::cell::Cell<u16>,
 }
 
-/// Bearer token of the API (`api.token_file`).
-const API_TOKEN: &str = "protection-binance-test-token-0123456789";
+impl std::ops::Deref for World {
+    type Target = BinanceEdge;
+    fn deref(&self) -> &BinanceEdge {
+        &self.edge
+    }
+}
 
 impl World {
     async fn new(name: &str) -> World {
-        let dir = support::test_dir(name);
-        let ca = TestCa::new(&dir);
-        let (system, fallback) = (DnsServer::start().await, DnsServer::start().await);
-        let ws = WsServer::start(ca.server_config(&["stream.test"])).await;
-        let fake = FakeBinance::start(ca.server_config(&["api.test"])).await;
+        let edge = BinanceEdge::start(name, 1).await;
+        let fake = FakeBinance::start(edge.ca.server_config(&["api.test"])).await;
         fake.add_symbol("BTCUSDT", "BTC", "USDT", "0.00001", "0.00001", "5", "60000");
         fake.add_symbol("ETHUSDT", "ETH", "USDT", "0.0001", "0.0001", "5", "3000");
         fake.list_symbol("LUNAUSDT", "BREAK");
         fake.set_balance("BTC", "2", "0");
-        let w = World { dir, ca, system, fallback, ws, fake, api_port: std::cell::Cell::new(0) };
-        w.dns(Behavior::Answer(vec![LOCALHOST]));
-        w
-    }
-
-    fn dns(&self, b: Behavior) {
-        self.system.set_default(b.clone());
-        self.fallback.set_default(b);
+        World { edge, fake }
     }
 
     /// A configuration with these `[[positions]]`; the state directory is the same for every
     /// configuration of the world (a restart finds what the last run stored).
     fn config(&self, positions: &str) -> PathBuf {
-        let resolv = self.system.write_resolv_conf(&self.dir);
         let key = self.dir.join("broker.key");
         let secret = self.dir.join("broker.secret");
         std::fs::write(&key, API_KEY).expect("write key");
         std::fs::write(&secret, SECRET).expect("write secret");
-        let api = free_port();
-        self.api_port.set(api);
-        let token = self.dir.join("api.token");
-        std::fs::write(&token, API_TOKEN).expect("write token");
-        let text = format!(
-            r#"
-[api]
-listen = "127.0.0.1:{api}"
-token_file = "{token}"
-
-[feed]
-venue = "binance"
-ws_url = "wss://stream.test:{ws}/stream"
-rest_url = "https://api.test:{rest}"
-silence_timeout_s = 1
-reconnect_initial_s = 0.2
-reconnect_max_s = 1.5
-rest_poll_s = 0.3
-
-[dns]
-use_system = true
-resolv_conf = "{resolv}"
-nameservers = ["{fb}"]
-timeout_s = 0.3
-
-[tls]
-extra_ca = "{ca}"
-
-[cache]
-stale_after_s = 5
-expire_after_s = 20
-blind_grace_s = 2
-
-[broker]
-kind = "binance"
-rest_url = "https://api.test:{rest}"
-key_file = "{key}"
-secret_file = "{secret}"
-
-[store]
-dir = "{store}"
-
-{positions}
-"#,
-            ws = self.ws.port,
+        let broker = format!(
+            "kind = \"binance\"\nrest_url = \"https://api.test:{rest}\"\nkey_file = \"{key}\"\nsecret_file = \"{secret}\"",
             rest = self.fake.port,
-            resolv = resolv.display(),
-            fb = self.fallback.addr,
-            ca = self.ca.ca_path.display(),
             key = key.display(),
             secret = secret.display(),
-            store = self.state_dir().display(),
-            token = token.display(),
         );
-        let path = self.dir.join("tickguard.toml");
-        std::fs::write(&path, text).expect("write config");
-        path
+        self.edge.config(&BinanceSetup {
+            rest_port: self.fake.port,
+            instruments: &[],
+            stale_after_s: 5.0,
+            expire_after_s: 20.0,
+            blind_grace_s: 2.0,
+            broker: &broker,
+            tail: positions,
+        })
     }
-
-    fn state_dir(&self) -> PathBuf {
-        self.dir.join("state")
-    }
-
-    fn book_ticker(&self, symbol: &str, bid: &str, ask: &str) {
-        self.ws.push(&format!(
-            r#"{{"stream":"{}@bookTicker","data":{{"u":1,"s":"{symbol}","b":"{bid}","B":"3.5","a":"{ask}","A":"2.0"}}}}"#,
-            symbol.to_ascii_lowercase()
-        ));
-    }
-
-    /// The WebSocket host refuses and the live connection is closed: the feed is down, the
-    /// REST fallback takes over.
-    fn feed_dies(&self) {
-        self.ws.set_fault(Fault::Refuse);
-        self.ws.apply_now(Fault::Refuse);
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind((LOCALHOST, 0)).and_then(|l| l.local_addr()).map(|a| a.port()).expect("port")
 }
 
 fn position(id: &str, symbol: &str, qty: &str, entry: &str, stop: &str) -> String {
@@ -174,24 +95,7 @@ fn position(id: &str, symbol: &str, qty: &str, entry: &str, stop: &str) -> Strin
 /// `POST /api/v1/positions` on the binary's API with the bearer token; the status code and
 /// the body (0 and empty if the API did not answer).
 async fn post_position(port: u16, body: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Ok(Ok(mut tcp)) =
-        tokio::time::timeout(Duration::from_secs(3), tokio::net::TcpStream::connect((LOCALHOST, port))).await
-    else {
-        return (0, String::new());
-    };
-    let req = format!(
-        "POST /api/v1/positions HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {API_TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    if tcp.write_all(req.as_bytes()).await.is_err() {
-        return (0, String::new());
-    }
-    let mut raw = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(3), tcp.read_to_end(&mut raw)).await;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    (status, text.split_once("\r\n\r\n").map_or(String::new(), |(_, b)| b.to_string()))
+    api_text(port, "POST", "/api/v1/positions", body).await.unwrap_or((0, String::new()))
 }
 
 /// Waits (bounded) until the API answers, then posts `body`.
@@ -209,17 +113,6 @@ async fn post_when_up(port: u16, body: &str) -> (u16, String) {
 /// The queries of the whole-list `exchangeInfo` fetches (not the broker's `symbol=X`).
 fn list_fetches(fake: &FakeBinance) -> Vec<String> {
     fake.queries("GET", "/api/v3/exchangeInfo").into_iter().filter(|q| !q.contains("symbol")).collect()
-}
-
-async fn wait_subscribed(app: &Log, from: usize) -> usize {
-    app.expect_from(
-        from,
-        "[RECONNECT] event=subscribed",
-        |l| l.contains("[RECONNECT] event=subscribed"),
-        Duration::from_secs(10),
-    )
-    .await
-    .idx + 1
 }
 
 /// Defect 4: the feed dies; of two positions, one is on a symbol the venue does not know, so
@@ -477,7 +370,7 @@ async fn start_during_dns_outage_uses_the_stored_symbol_list() {
         let stored = std::fs::read(w.state_dir().join(FILE_NAME)).expect("the list is stored");
 
         // Second run: every resolver is dead.
-        w.dns(Behavior::ServFail);
+        w.dns_all(Behavior::ServFail);
         let app = App::start_with_env(&cfg, &[], ECHO);
         let loaded = app
             .expect_from(
@@ -535,7 +428,7 @@ async fn start_during_dns_outage_uses_the_stored_symbol_list() {
         // DNS answers again: the retry (5 s after the first failure) fetches and stores the
         // list, and the feed comes back.
         let back = app.len();
-        w.dns(Behavior::Answer(vec![LOCALHOST]));
+        w.dns_all(Behavior::Answer(vec![LOCALHOST]));
         app.expect_from(
             back,
             "[SYMBOLS] refreshed",

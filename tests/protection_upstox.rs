@@ -18,7 +18,6 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -27,9 +26,11 @@ use std::time::Duration;
 use serde_json::json;
 use support::app::App;
 use support::ca::TestCa;
-use support::dns::{Behavior, DnsServer};
+use support::edge_world::{api_text, wait_subscribed};
 use support::fake_upstox::FakeUpstox;
-use support::upstox_feed::{FeedFault, TOKEN, UpstoxFake, feed_for, feed_frame, status};
+use support::guard::free_port;
+use support::upstox_feed::{FeedFault, TOKEN, feed_for, feed_frame, status};
+use support::upstox_world::{ADANI_KEY, BOSCH_KEY, KAYNES_KEY, UpstoxSetup, UpstoxWorld};
 use tickguard::broker::upstox::{Upstox, UpstoxConfig};
 use tickguard::broker::{Broker, CloseOrder, Lookup, Secret};
 use tickguard::core::book::{PosState, PositionSpec};
@@ -43,13 +44,8 @@ use tickguard::runtime::clock::Clock;
 use tickguard::runtime::{AppEngine, EngineHandle, engine_task, reconcile};
 
 const LIMIT: Duration = Duration::from_secs(60);
-const LOCALHOST: Ipv4Addr = Ipv4Addr::LOCALHOST;
-const BOSCH_KEY: &str = "NSE_EQ|INE323A01026";
-const ADANI_KEY: &str = "NSE_EQ|INE423A01024";
-const KAYNES_KEY: &str = "NSE_EQ|INE918Z01012";
 /// A key the venue does not know (its LTP quote refuses any request naming it).
 const BAD_KEY: &str = "NSE_EQ|INE000X99999";
-const API_TOKEN: &str = "protection-upstox-api-token-0123456789";
 /// 10:00 IST on a Wednesday: the market is open.
 const WALL: &str = "2026-01-07T10:00:00+05:30";
 
@@ -57,149 +53,62 @@ async fn bounded<F: Future<Output = ()>>(f: F) {
     tokio::time::timeout(LIMIT, f).await.expect("test exceeded its time limit");
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind(SocketAddr::from((LOCALHOST, 0)))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
 // ----- the loopback world ----------------------------------------------------------------
 
+/// `support::upstox_world` (NSE_EQ open on every feed connection) and the fake order and
+/// portfolio API on `broker.upstox.test`.
 struct World {
-    dir: PathBuf,
-    ca: TestCa,
-    system: DnsServer,
-    fallback: DnsServer,
-    /// The feed (authorize, LTP quote, Market Data Feed V3).
-    up: UpstoxFake,
+    upstox: UpstoxWorld,
     /// The order and portfolio API.
     broker: FakeUpstox,
-    token_file: PathBuf,
     api_port: u16,
+}
+
+impl std::ops::Deref for World {
+    type Target = UpstoxWorld;
+    fn deref(&self) -> &UpstoxWorld {
+        &self.upstox
+    }
 }
 
 impl World {
     async fn new(name: &str) -> World {
-        let dir = support::test_dir(name);
-        let ca = TestCa::new(&dir);
-        let (system, fallback) = (DnsServer::start().await, DnsServer::start().await);
-        let up = UpstoxFake::start(
-            ca.server_config(&["api.upstox.test"]),
-            ca.server_config(&["feed.upstox.test"]),
-            "feed.upstox.test",
-        )
-        .await;
-        up.set_price(BOSCH_KEY, "BOSCHLTD", 730.0);
-        up.set_price(ADANI_KEY, "ADANIENT", 2350.0);
-        up.set_price(KAYNES_KEY, "KAYNES", 5400.0);
-        up.set_market_on_connect(Some(vec![("NSE_EQ", status::NORMAL_OPEN)]));
-        let broker = FakeUpstox::start(ca.server_config(&["broker.upstox.test"])).await;
+        let upstox = UpstoxWorld::start(name, &[("NSE_EQ", status::NORMAL_OPEN)]).await;
+        let broker = FakeUpstox::start(upstox.ca.server_config(&["broker.upstox.test"])).await;
         broker.set_token(TOKEN);
         broker.set_price(BOSCH_KEY, 690.0);
         broker.set_price(ADANI_KEY, 2350.0);
         broker.set_price(KAYNES_KEY, 5400.0);
-        let token_file = dir.join("upstox.token");
-        std::fs::write(&token_file, format!("{TOKEN}\n")).expect("token file");
-        std::fs::write(dir.join("api.token"), API_TOKEN).expect("api token");
-        system.set_default(Behavior::Answer(vec![LOCALHOST]));
-        fallback.set_default(Behavior::Answer(vec![LOCALHOST]));
-        World { dir, ca, system, fallback, up, broker, token_file, api_port: free_port() }
+        World { upstox, broker, api_port: free_port() }
     }
 
     /// `broker_kind`: `upstox` (the fake order API) or `paper`; `positions`: `[[positions]]`.
     fn config(&self, broker_kind: &str, positions: &str) -> PathBuf {
-        let resolv = self.system.write_resolv_conf(&self.dir);
-        let text = format!(
-            r#"
-[api]
-listen = "127.0.0.1:{api}"
-token_file = "{api_token}"
-
-[feed]
-venue = "upstox"
-rest_url = "{rest}"
-token_file = "{token}"
-instruments = ["KAYNES"]
-silence_timeout_s = 1
-reconnect_initial_s = 0.2
-reconnect_max_s = 1.5
-rest_poll_s = 0.3
-market_hours = "09:15-15:30 Asia/Kolkata Mon-Fri"
-
-[feed.instrument_keys]
-BOSCHLTD = "{BOSCH_KEY}"
-ADANIENT = "{ADANI_KEY}"
-KAYNES = "{KAYNES_KEY}"
-
-[dns]
-use_system = true
-resolv_conf = "{resolv}"
-nameservers = ["{fb}"]
-timeout_s = 0.3
-
-[tls]
-extra_ca = "{ca}"
-
-[cache]
-stale_after_s = 5
-expire_after_s = 20
-blind_grace_s = 5
-
-[broker]
-kind = "{broker_kind}"
-rest_url = "https://broker.upstox.test:{bport}"
-order_url = "https://broker.upstox.test:{bport}"
-paper_fill_delay_s = 0.05
-
-[store]
-dir = "{store}"
-
-[sim]
-seed = 7
-{positions}
-"#,
-            api = self.api_port,
-            api_token = self.dir.join("api.token").display(),
-            rest = self.up.rest_url("api.upstox.test"),
-            token = self.token_file.display(),
-            resolv = resolv.display(),
-            fb = self.fallback.addr,
-            ca = self.ca.ca_path.display(),
+        let broker = format!(
+            "kind = \"{broker_kind}\"\nrest_url = \"https://broker.upstox.test:{bport}\"\norder_url = \"https://broker.upstox.test:{bport}\"\npaper_fill_delay_s = 0.05",
             bport = self.broker.port,
-            store = self.dir.join("state").display(),
         );
-        let path = self.dir.join("tickguard.toml");
-        std::fs::write(&path, text).expect("write config");
-        path
+        self.upstox.config(&UpstoxSetup {
+            api_port: self.api_port,
+            api_token: true,
+            market_hours: "09:15-15:30 Asia/Kolkata Mon-Fri",
+            extra_feed: "",
+            stale_after_s: 5.0,
+            broker: &broker,
+            positions,
+        })
     }
 
-    /// A request to the binary's API with the bearer token: (status, body).
+    /// A request to the binary's API with the bearer token: (status, body). Retries (bounded)
+    /// until the API accepts a connection.
     async fn api(&self, method: &str, path: &str, body: &str) -> (u16, String) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let port = self.api_port;
         for _ in 0..100 {
-            let Ok(Ok(mut tcp)) = tokio::time::timeout(
-                Duration::from_secs(2),
-                tokio::net::TcpStream::connect((LOCALHOST, port)),
-            )
-            .await
-            else {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            };
-            let req = format!(
-                "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {API_TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            tcp.write_all(req.as_bytes()).await.expect("send request");
-            let mut raw = Vec::new();
-            let _ = tokio::time::timeout(Duration::from_secs(3), tcp.read_to_end(&mut raw)).await;
-            let text = String::from_utf8_lossy(&raw).into_owned();
-            let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-            return (status, text.split_once("\r\n\r\n").map_or(String::new(), |(_, b)| b.to_string()));
+            match api_text(self.api_port, method, path, body).await {
+                Some(answer) => return answer,
+                None => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
         }
-        panic!("the API on 127.0.0.1:{port} never accepted a connection");
+        panic!("the API on 127.0.0.1:{} never accepted a connection", self.api_port);
     }
 
     /// Waits until both portfolio reads were asked `n` times at least.
@@ -213,20 +122,42 @@ seed = 7
         }
         false
     }
+
+    /// The account no longer holds ADANIENT (sold by hand): restarts the appliance on
+    /// `config` and waits for the start-up reconciliation to close the `adani` position
+    /// externally (which shows it ran and judged the book), then 300 ms more.
+    async fn restart_after_adani_sold(&self, config: &Path) -> App {
+        self.broker.set_portfolio(ADANI_KEY, 0, 0);
+        let reads = self.broker.portfolio_reads(false);
+        let app = start_app(config);
+        assert!(
+            self.wait_portfolio_reads(reads + 1, Duration::from_secs(10)).await,
+            "reconciled at start-up"
+        );
+        app.expect_from(0, "adani closed externally", closed_externally("adani"), Duration::from_secs(5))
+            .await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        app
+    }
+
+    /// The API shows position `id` open.
+    async fn assert_open(&self, id: &str) {
+        let (code, pos) = self.api("GET", &format!("/api/v1/positions/{id}"), "").await;
+        assert_eq!(code, 200, "{pos}");
+        assert!(pos.contains("\"open\""), "still open: {pos}");
+    }
+
+    /// Waits (5 s at most) until the broker has an order.
+    async fn wait_orders(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while self.broker.orders().is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 fn start_app(config: &Path) -> App {
     App::start_with_env(config, &[("TICKGUARD_FAKE_WALL_CLOCK", WALL)], "PROTECTION_UPSTOX_ECHO")
-}
-
-async fn wait_subscribed(app: &App, from: usize) {
-    app.expect_from(
-        from,
-        "[RECONNECT] event=subscribed",
-        |l| l.contains("[RECONNECT] event=subscribed"),
-        Duration::from_secs(10),
-    )
-    .await;
 }
 
 fn closed_externally(id: &str) -> impl Fn(&str) -> bool {
@@ -273,20 +204,13 @@ async fn defect_06_symbol_mapped_only_through_instrument_keys_closes_with_its_to
         assert_eq!(app.stop().await, Some(0));
 
         // Overnight, ADANIENT was sold by hand; BOSCHLTD is still held.
-        w.broker.set_portfolio(ADANI_KEY, 0, 0);
-        let reads = w.broker.portfolio_reads(false);
-        let app = start_app(&config);
-        assert!(w.wait_portfolio_reads(reads + 1, Duration::from_secs(10)).await, "reconciled at start-up");
-        app.expect_from(0, "adani closed externally", closed_externally("adani"), Duration::from_secs(5)).await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        let app = w.restart_after_adani_sold(&config).await;
         assert!(
             app.find_from(0, closed_externally("bosch-api")).is_none(),
             "BOSCHLTD is held (10): never closed externally:\n{}",
             app.tail()
         );
-        let (code, pos) = w.api("GET", "/api/v1/positions/bosch-api", "").await;
-        assert_eq!(code, 200, "{pos}");
-        assert!(pos.contains("\"open\""), "still open: {pos}");
+        w.assert_open("bosch-api").await;
 
         // The stop is crossed on the live feed: one close order, with BOSCHLTD's token.
         assert!(
@@ -301,10 +225,7 @@ async fn defect_06_symbol_mapped_only_through_instrument_keys_closes_with_its_to
         tokio::time::sleep(Duration::from_millis(200)).await;
         w.up.tick(BOSCH_KEY, 690.0);
         app.expect_from(0, "[SL] bosch-api", |l| l.contains("[SL] id=bosch-api"), Duration::from_secs(5)).await;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while w.broker.orders().is_empty() && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        w.wait_orders().await;
         let orders = w.broker.orders();
         assert_eq!(orders.len(), 1, "one close order: {orders:?}\n{}", app.tail());
         assert_eq!(orders[0].instrument_token, BOSCH_KEY);
@@ -345,20 +266,13 @@ async fn defect_07_upstox_short_is_not_closed_externally() {
         assert!(app_never_closed_externally(&app, "bosch-short"), "{}", app.tail());
         assert_eq!(app.stop().await, Some(0));
 
-        w.broker.set_portfolio(ADANI_KEY, 0, 0);
-        let reads = w.broker.portfolio_reads(false);
-        let app = start_app(&config);
-        assert!(w.wait_portfolio_reads(reads + 1, Duration::from_secs(10)).await, "reconciled at start-up");
-        app.expect_from(0, "adani closed externally", closed_externally("adani"), Duration::from_secs(5)).await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        let app = w.restart_after_adani_sold(&config).await;
         assert!(
             app_never_closed_externally(&app, "bosch-short"),
             "a short (-10) is held, not none:\n{}",
             app.tail()
         );
-        let (code, pos) = w.api("GET", "/api/v1/positions/bosch-short", "").await;
-        assert_eq!(code, 200, "{pos}");
-        assert!(pos.contains("\"open\""), "still open: {pos}");
+        w.assert_open("bosch-short").await;
         assert_eq!(app.stop().await, Some(0));
     })
     .await;
@@ -713,10 +627,7 @@ async fn defect_06_intraday_product_survives_kill_9() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
         w.up.tick(BOSCH_KEY, 690.0);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while w.broker.orders().is_empty() && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        w.wait_orders().await;
         let orders = w.broker.orders();
         assert_eq!(orders.len(), 1, "one close order: {orders:?}\n{}", app.tail());
         assert_eq!(orders[0].product, "I", "the intraday product survived the kill: {orders:?}");

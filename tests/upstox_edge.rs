@@ -12,21 +12,18 @@
 mod support;
 
 use std::future::Future;
-use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::app::{App, Log, field};
-use support::ca::TestCa;
-use support::dns::{Behavior, DnsServer};
-use support::upstox_feed::{FeedFault, TOKEN, UpstoxFake, status};
+use support::app::{App, field};
+use support::dns::Behavior;
+use support::edge_world::{LOCALHOST, wait_subscribed};
+use support::guard::free_port;
+use support::upstox_feed::{FeedFault, TOKEN, status};
+use support::upstox_world::{ADANI_KEY, BOSCH_KEY, KAYNES_KEY, UpstoxSetup, UpstoxWorld};
 
 const LIMIT: Duration = Duration::from_secs(45);
-const LOCALHOST: Ipv4Addr = Ipv4Addr::LOCALHOST;
-const BOSCH_KEY: &str = "NSE_EQ|INE323A01026";
-const ADANI_KEY: &str = "NSE_EQ|INE423A01024";
-const KAYNES_KEY: &str = "NSE_EQ|INE918Z01012";
 /// The seed incident's positions: BOSCHLTD long 10 at 735.00 with its stop at 698.25, and
 /// ADANIENT long 4 at 2300.00 with a take-profit at 2400.00.
 const POSITIONS: &str = r#"
@@ -52,16 +49,7 @@ async fn bounded<F: Future<Output = ()>>(f: F) {
     tokio::time::timeout(LIMIT, f).await.expect("test exceeded its time limit");
 }
 
-// ----- the loopback world ----------------------------------------------------------------
-
-struct World {
-    dir: PathBuf,
-    ca: TestCa,
-    system: DnsServer,
-    fallback: DnsServer,
-    up: UpstoxFake,
-    token_file: PathBuf,
-}
+// ----- the loopback world: `support::upstox_world` -----------------------------------------
 
 struct Knobs {
     stale_after: f64,
@@ -79,107 +67,22 @@ impl Default for Knobs {
     }
 }
 
-impl World {
-    async fn new(name: &str) -> World {
-        let dir = support::test_dir(name);
-        let ca = TestCa::new(&dir);
-        let (system, fallback) = (DnsServer::start().await, DnsServer::start().await);
-        let up = UpstoxFake::start(
-            ca.server_config(&["api.upstox.test"]),
-            ca.server_config(&["feed.upstox.test"]),
-            "feed.upstox.test",
-        )
-        .await;
-        up.set_price(BOSCH_KEY, "BOSCHLTD", 730.0);
-        up.set_price(ADANI_KEY, "ADANIENT", 2350.0);
-        up.set_price(KAYNES_KEY, "KAYNES", 5400.0);
-        up.set_market_on_connect(Some(vec![
-            ("NSE_EQ", status::NORMAL_OPEN),
-            ("NSE_FO", status::NORMAL_OPEN),
-        ]));
-        let token_file = dir.join("upstox.token");
-        std::fs::write(&token_file, format!("{TOKEN}\n")).expect("token file");
-        let w = World { dir, ca, system, fallback, up, token_file };
-        w.dns_all(Behavior::Answer(vec![LOCALHOST]));
-        w
-    }
-
-    fn dns_all(&self, b: Behavior) {
-        self.system.set_default(b.clone());
-        self.fallback.set_default(b);
-    }
-
-    fn config(&self, k: &Knobs) -> PathBuf {
-        let resolv = self.system.write_resolv_conf(&self.dir);
-        let api = free_port();
-        let text = format!(
-            r#"
-[api]
-listen = "127.0.0.1:{api}"
-
-[feed]
-venue = "upstox"
-rest_url = "{rest}"
-token_file = "{token}"
-instruments = ["KAYNES"]
-silence_timeout_s = 1
-reconnect_initial_s = 0.2
-reconnect_max_s = 1.5
-rest_poll_s = 0.3
-market_hours = "{hours}"
-{extra}
-
-[feed.instrument_keys]
-BOSCHLTD = "{BOSCH_KEY}"
-ADANIENT = "{ADANI_KEY}"
-KAYNES = "{KAYNES_KEY}"
-
-[dns]
-use_system = true
-resolv_conf = "{resolv}"
-nameservers = ["{fb}"]
-timeout_s = 0.3
-
-[tls]
-extra_ca = "{ca}"
-
-[cache]
-stale_after_s = {stale}
-expire_after_s = 20
-blind_grace_s = 5
-
-[broker]
-kind = "paper"
-paper_fill_delay_s = 0.05
-
-[store]
-dir = "{store}"
-
-[sim]
-seed = 7
-{POSITIONS}
-"#,
-            rest = self.up.rest_url("api.upstox.test"),
-            token = self.token_file.display(),
-            hours = k.market_hours,
-            extra = k.extra_feed,
-            resolv = resolv.display(),
-            fb = self.fallback.addr,
-            ca = self.ca.ca_path.display(),
-            stale = k.stale_after,
-            store = self.dir.join("state").display(),
-        );
-        let path = self.dir.join("tickguard.toml");
-        std::fs::write(&path, text).expect("write config");
-        path
-    }
+/// The world of one test, with both segments open on every feed connection.
+async fn world(name: &str) -> UpstoxWorld {
+    UpstoxWorld::start(name, &[("NSE_EQ", status::NORMAL_OPEN), ("NSE_FO", status::NORMAL_OPEN)]).await
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind(SocketAddr::from((LOCALHOST, 0)))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+/// The paper broker, the seed incident's positions, an API on a free port (no token).
+fn config(w: &UpstoxWorld, k: &Knobs) -> PathBuf {
+    w.config(&UpstoxSetup {
+        api_port: free_port(),
+        api_token: false,
+        market_hours: k.market_hours,
+        extra_feed: &k.extra_feed,
+        stale_after_s: k.stale_after,
+        broker: "kind = \"paper\"\npaper_fill_delay_s = 0.05",
+        positions: POSITIONS,
+    })
 }
 
 // The binary and its log: `support::app`.
@@ -187,18 +90,6 @@ fn free_port() -> u16 {
 /// `tickguard run` with the wall clock faked (market hours are judged on it).
 fn start_app(config: &Path, wall_clock: &str) -> App {
     App::start_with_env(config, &[("TICKGUARD_FAKE_WALL_CLOCK", wall_clock)], "UPSTOX_EDGE_ECHO")
-}
-
-async fn wait_subscribed(app: &Log, from: usize) -> usize {
-    let l = app
-        .expect_from(
-            from,
-            "[RECONNECT] event=subscribed",
-            |l| l.contains("[RECONNECT] event=subscribed"),
-            Duration::from_secs(10),
-        )
-        .await;
-    l.idx + 1
 }
 
 /// A market open/closed line of the calendar task.
@@ -222,8 +113,8 @@ fn subscribed_all(c: &support::upstox_feed::FeedConn) -> bool {
 #[tokio::test]
 async fn seed_incident_upstox_edition() {
     bounded(async {
-        let w = World::new("upstox-seed").await;
-        let app = start_app(&w.config(&Knobs::default()), "2026-01-07T11:23:40+05:30");
+        let w = world("upstox-seed").await;
+        let app = start_app(&config(&w, &Knobs::default()), "2026-01-07T11:23:40+05:30");
         let from = wait_subscribed(&app, 0).await;
         app.expect_from(0, "[MARKET] open", |l| l.contains("[MARKET] event=open"), Duration::from_secs(3))
             .await;
@@ -350,10 +241,10 @@ async fn seed_incident_upstox_edition() {
 #[tokio::test]
 async fn market_closed_at_1600_ist_a_silent_feed_raises_no_stale_alarm() {
     bounded(async {
-        let w = World::new("upstox-closed").await;
+        let w = world("upstox-closed").await;
         w.up.set_market_on_connect(None);
         let app = start_app(
-            &w.config(&Knobs { stale_after: 1.0, ..Knobs::default() }),
+            &config(&w, &Knobs { stale_after: 1.0, ..Knobs::default() }),
             "2026-01-07T16:00:00+05:30",
         );
         let from = wait_subscribed(&app, 0).await;
@@ -383,10 +274,10 @@ async fn market_closed_at_1600_ist_a_silent_feed_raises_no_stale_alarm() {
 #[tokio::test]
 async fn market_open_at_1000_ist_a_silent_feed_is_a_stale_alarm() {
     bounded(async {
-        let w = World::new("upstox-open").await;
+        let w = world("upstox-open").await;
         w.up.set_market_on_connect(None);
         let app = start_app(
-            &w.config(&Knobs { stale_after: 1.0, ..Knobs::default() }),
+            &config(&w, &Knobs { stale_after: 1.0, ..Knobs::default() }),
             "2026-01-07T10:00:00+05:30",
         );
         let from = wait_subscribed(&app, 0).await;
@@ -412,10 +303,10 @@ async fn market_open_at_1000_ist_a_silent_feed_is_a_stale_alarm() {
 #[tokio::test]
 async fn unsynced_clock_counts_as_open_and_market_info_overrides_the_calendar() {
     bounded(async {
-        let w = World::new("upstox-unsynced").await;
+        let w = world("upstox-unsynced").await;
         w.up.set_market_on_connect(None);
         let app = start_app(
-            &w.config(&Knobs { stale_after: 1.0, ..Knobs::default() }),
+            &config(&w, &Knobs { stale_after: 1.0, ..Knobs::default() }),
             "2026-01-07T16:00:00+05:30,unsynced",
         );
         let from = wait_subscribed(&app, 0).await;
@@ -430,13 +321,13 @@ async fn unsynced_clock_counts_as_open_and_market_info_overrides_the_calendar() 
         .await;
         assert_eq!(app.stop().await, Some(0));
 
-        let w = World::new("upstox-holiday").await;
+        let w = world("upstox-holiday").await;
         w.up.set_market_on_connect(Some(vec![
             ("NSE_EQ", status::NORMAL_CLOSE),
             ("MCX_FO", status::NORMAL_OPEN),
         ]));
         let app = start_app(
-            &w.config(&Knobs { stale_after: 1.0, ..Knobs::default() }),
+            &config(&w, &Knobs { stale_after: 1.0, ..Knobs::default() }),
             "2026-01-07T10:00:00+05:30",
         );
         wait_subscribed(&app, 0).await;
@@ -489,9 +380,9 @@ async fn unsynced_clock_counts_as_open_and_market_info_overrides_the_calendar() 
 #[tokio::test]
 async fn refused_token_stops_retrying_alerts_and_reloads_the_file() {
     bounded(async {
-        let w = World::new("upstox-auth").await;
+        let w = world("upstox-auth").await;
         std::fs::write(&w.token_file, "an-expired-token\n").expect("token");
-        let app = start_app(&w.config(&Knobs::default()), "2026-01-07T10:00:00+05:30");
+        let app = start_app(&config(&w, &Knobs::default()), "2026-01-07T10:00:00+05:30");
         let auth = app
             .expect_from(
                 0,
@@ -609,8 +500,8 @@ fn over_cap_configuration_is_a_startup_error_naming_the_cap() {
 #[tokio::test]
 async fn venue_refusal_drop_and_stall_reconnect_one_connection_at_a_time() {
     bounded(async {
-        let w = World::new("upstox-faults").await;
-        let app = start_app(&w.config(&Knobs::default()), "2026-01-07T10:00:00+05:30");
+        let w = world("upstox-faults").await;
+        let app = start_app(&config(&w, &Knobs::default()), "2026-01-07T10:00:00+05:30");
         let from = wait_subscribed(&app, 0).await;
         // Drop (TCP reset).
         w.up.apply_now(FeedFault::Reset);

@@ -14,12 +14,15 @@
 //!   orders, look-ups, balances; injectable faults) for the broker tests.
 //! - [`upstox_feed::UpstoxFake`]: a fake Upstox (feed authorize, LTP quote, Market Data Feed V3
 //!   over TLS with protobuf frames and faults).
+//! - [`edge_world::BinanceEdge`] / [`upstox_world::UpstoxWorld`]: the loopback worlds (directory,
+//!   CA, DNS chain, feed, configuration writer) of the binary's edge tests.
 //! - [`json::Json`]: a small JSON reader/writer (the crate has no JSON dependency).
 #![allow(dead_code)]
 
 pub mod app;
 pub mod ca;
 pub mod dns;
+pub mod edge_world;
 pub mod fake_binance;
 pub mod fake_upstox;
 pub mod guard;
@@ -27,6 +30,7 @@ pub mod json;
 mod net;
 pub mod rest;
 pub mod upstox_feed;
+pub mod upstox_world;
 pub mod ws;
 pub mod wsio;
 
