@@ -463,6 +463,9 @@ impl Api {
                 if e.is_unknown_overdue(p, now) {
                     let attempt = p.state.closing().map_or(0, |c| c.attempt);
                     unknown.push(format!("{} (attempt {attempt})", p.id));
+                } else if let crate::core::book::PosState::CloseFailed(c) = &p.state {
+                    // A close that failed for good: the alarm says close_failed, so does /ready.
+                    unknown.push(format!("{} (close_failed after {} attempts)", p.id, c.attempt));
                 }
             }
             (blind, unknown)
@@ -482,7 +485,7 @@ impl Api {
                     checks.insert(
                         "close_outcomes",
                         format!(
-                            "unknown past broker.unknown_alarm_s, settle after checking the venue: {}",
+                            "closes that need a person (unknown past broker.unknown_alarm_s: settle after checking the venue; close_failed: resolve): {}",
                             unknown.join(", ")
                         ),
                     );
