@@ -3,15 +3,16 @@
 //!
 //! One round (simulated wall clock in brackets; the incident is at 11:24:16):
 //! - 0 s [11:24:06]: the bot registers four long positions; prices flow for BOSCHLTD,
-//!   ADANIENT and KAYNES; RELIANCE ticks once and then stays quiet (stale, never blind,
-//!   while the feed is healthy).
+//!   ADANIENT and KAYNES; RELIANCE ticks once and then stays quiet (stale; its price stays
+//!   usable, `expire_after` = 9.5 s, until the outage).
 //! - 2.5 s: ADANIENT rises through its take-profit: closed from a live tick.
 //! - 10 s [11:24:16]: the last BOSCHLTD tick (575.00) falls through its stop at 698.25, and
 //!   the feed and the network die together: the close fails at the broker and is retried
 //!   with backoff until the network returns.
 //! - 11.5 s: the trader tightens KAYNES's stop above its cached price: judged on the cache
 //!   (`source=cache`, with its age), closed once the broker is reachable.
-//! - ~11.5 s: REST has failed three times: RELIANCE has no usable price and no source: blind;
+//! - ~11.5 s: REST has failed three times and RELIANCE's price has expired: no usable price and
+//!   no source: blind;
 //!   its `alert` policy acts after the grace.
 //! - 15 s [11:24:21]: the network returns; retries fill; RELIANCE ticks again.
 //! - 17 s: a one-screen summary; the next round starts at 18 s.
@@ -50,7 +51,10 @@ const ROUND_WALL_START_S: u64 = 11 * 3600 + 24 * 60 + 6;
 pub fn demo_engine_config() -> EngineConfig {
     EngineConfig {
         stale_after: Duration::from_secs(2),
-        expire_after: Duration::from_secs(5),
+        // RELIANCE's one early tick must stay usable until the outage: a price expired for
+        // `blind_grace` is blind whatever the feed's state, and the story wants it stale (quiet
+        // on a healthy feed) until 10 s, blind once REST has failed (~11.5 s).
+        expire_after: Duration::from_millis(9_500),
         blind_grace: Duration::from_secs(2),
         sweep_every: Duration::from_millis(250),
         max_close_attempts: 8,
