@@ -1247,7 +1247,7 @@ mod legacy {
 /// Wall-clock milliseconds since the Unix epoch (journal timestamps only; decisions never use
 /// the wall clock).
 pub fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
+    crate::runtime::clock::wall_now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }

@@ -421,13 +421,79 @@ async fn server_time_offset_is_learned_and_relearned_after_1021() {
         let offset = w.broker.time_offset_ms().expect("synced");
         assert!((29_000..=31_000).contains(&offset), "{offset}");
         assert_eq!(w.fake.auth_errors().1, 0);
-        // The clock jumps: the next request is refused (-1021, not processed: rejected), the
-        // offset is forgotten and learned again before the following one.
+        // The clock jumps: the close is refused (-1021, not processed), the offset is learned
+        // again at once and the same order is sent once more, within the same attempt.
         w.fake.set_clock_skew_ms(-30_000);
-        assert_eq!(w.broker.place(&order("btc-1", 2, "0.1")).await, Outcome::Rejected);
-        assert_eq!(w.broker.time_offset_ms(), None);
-        assert_eq!(w.broker.place(&order("btc-1", 3, "0.1")).await, filled("0.1", "60000"));
+        assert_eq!(w.broker.place(&order("btc-1", 2, "0.1")).await, filled("0.1", "60000"));
+        let offset = w.broker.time_offset_ms().expect("synced again");
+        assert!((-31_000..=-29_000).contains(&offset), "{offset}");
+        assert!(w.fake.auth_errors().1 >= 1);
         assert_eq!(w.fake.fills().len(), 2);
+    })
+    .await;
+}
+
+/// A wall-clock step beyond `recvWindow` between two closes (either way, seconds to a day):
+/// the request refused with -1021 makes the broker learn the server time again at once, and
+/// the close executes exactly once within the same attempt. A -1021 on the order itself is
+/// re-sent once with the same client id; if the server time cannot be learned again, the
+/// attempt is rejected (nothing was placed) and nothing is sent twice.
+#[tokio::test]
+async fn a_1021_on_a_close_resyncs_and_resends_once_with_the_same_client_id() {
+    bounded(async {
+        let w = world("bn-1021-resend", |_| {}).await;
+        assert_eq!(w.broker.place(&order("btc-1", 1, "0.1")).await, filled("0.1", "60000"));
+        let mut n = 1;
+        for (k, skew) in [7_000i64, -7_000, 3_600_000, -3_600_000, 86_400_000].into_iter().enumerate() {
+            w.fake.set_clock_skew_ms(skew);
+            let errors = w.fake.auth_errors().1;
+            let o = order("btc-1", 2 + k as u16, "0.1");
+            assert_eq!(w.broker.place(&o).await, filled("0.1", "60000"), "skew {skew}");
+            n += 1;
+            assert!(w.fake.auth_errors().1 > errors, "skew {skew}: the step was never seen");
+            assert_eq!(w.fake.fills_of(&o.client_id).len(), 1, "skew {skew}");
+            assert_eq!(w.fake.fills().len(), n);
+            let offset = w.broker.time_offset_ms().expect("synced");
+            assert!((skew - 1_000..=skew + 1_000).contains(&offset), "skew {skew}: offset {offset}");
+        }
+        // A -1021 on the order itself (the venue's clock stepped between the balance read and
+        // the order): re-synced and sent again once, same client id, one execution.
+        w.fake.push_fault(
+            Route::Order,
+            Fault::Reject(-1021, "Timestamp for this request is outside of the recvWindow.".into()),
+        );
+        let before = w.fake.count("POST", "/api/v3/order");
+        let o = order("btc-1", 8, "0.1");
+        assert_eq!(w.broker.place(&o).await, filled("0.1", "60000"));
+        assert_eq!(w.fake.count("POST", "/api/v3/order"), before + 2);
+        assert_eq!(w.fake.fills_of(&o.client_id).len(), 1);
+        let sent: Vec<String> = w
+            .fake
+            .orders()
+            .iter()
+            .filter(|x| x.client_id == o.client_id.as_str())
+            .map(|x| x.client_id.clone())
+            .collect();
+        assert_eq!(sent.len(), 1, "{sent:?}");
+        n += 1;
+        // The venue's clock steps again and its time endpoint fails throughout: the order is
+        // refused (-1021), nothing is sent again: rejected, no fill.
+        w.fake.set_clock_skew_ms(-86_400_000);
+        for _ in 0..3 {
+            w.fake.push_fault(Route::Time, Fault::Status(503));
+        }
+        let before = w.fake.count("POST", "/api/v3/order");
+        let o = order("btc-1", 9, "0.1");
+        assert_eq!(w.broker.place(&o).await, Outcome::Rejected);
+        assert_eq!(w.fake.count("POST", "/api/v3/order"), before + 1);
+        assert!(w.fake.fills_of(&o.client_id).is_empty());
+        assert_eq!(w.broker.time_offset_ms(), None);
+        // The executor's next attempt learns the time and closes.
+        w.fake.clear_faults();
+        let o = order("btc-1", 10, "0.1");
+        assert_eq!(w.broker.place(&o).await, filled("0.1", "60000"));
+        assert_eq!(w.fake.fills_of(&o.client_id).len(), 1);
+        assert_eq!(w.fake.fills().len(), n + 1);
     })
     .await;
 }

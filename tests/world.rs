@@ -4,7 +4,9 @@
 //! (tests/world/venue.rs: a scripted broker and the market; tests/world/feed.rs: feed session
 //! and REST fallback) on tokio's paused clock, one runtime per life of the appliance (a restart
 //! drops it: kill -9, or SIGTERM first). After every step the invariants of issue 12 are
-//! checked (tests/world/scenario.rs).
+//! checked (tests/world/scenario.rs). One scenario in 13 steps the wall clock
+//! (`runtime::clock::step_wall`, process-wide): it runs alone, the others wait or hold it off
+//! (a read/write lock in scenario.rs), and it puts the wall clock back when it ends.
 //!
 //! - `WORLD_SCENARIOS=N` (default 100; scripts/world-test: 1000) scenarios from
 //!   `WORLD_BASE_SEED` (default: the time), two at a time;
@@ -141,6 +143,11 @@ fn world_random_scenarios() {
         lives.saturating_sub(reports.len()),
         failed.len()
     );
+    let per_kind: Vec<String> = Kind::ALL
+        .iter()
+        .map(|k| format!("{}: {}", k.name(), reports.iter().filter(|r| r.kind == *k).count()))
+        .collect();
+    println!("  scenarios per fault: {}", per_kind.join("; "));
     let mut by: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
     for r in &failed {
         if let Some((_, v)) = &r.violation {
@@ -253,13 +260,15 @@ fn write_docs(reports: &[Report], secs: f64) -> Result<String, String> {
 Every row is a kind of fault the simulator injects into seeded random scenarios (registrations
 through the HTTP API — good, lowercase, unknown and reused ids —, level changes, withdrawals,
 market moves, feed drops and silence, DNS/REST failures, broker timeouts, unknown outcomes and
-late fills, rejects, holdings sold by hand, market close/open, restarts). After every step it
+late fills, rejects, holdings sold by hand, market close/open, restarts, wall-clock steps of
+±1 s to 12 h through the test clock `runtime::clock::step_wall`). After every step it
 checks: every open position has a usable price (younger than `cache.expire_after_s`) or is
 blind within `cache.blind_grace_s` + 1 s of open-market time, with the alarm and `/ready` 503
 saying so; `/ready` and the alarm agree; an outcome unknown past `broker.unknown_alarm_s` is
 alarmed; fills never exceed a position's quantity (from the fake venue's own records); a
 crossing price from any working source reaching the engine leads to a close order at the
-broker within 1 s; everything answered 2xx survives a restart.
+broker within 1 s; everything answered 2xx survives a restart; a wall-clock step changes
+nothing in protection (alarm, states, blindness at the same virtual instant).
 
 ## In process (virtual clock)
 

@@ -14,6 +14,13 @@
 //! at the broker within 1 s; every open position is priced (younger than `expire_after_s`) or
 //! blind once `blind_grace_s` + 1 s have passed; `/ready` and the alarm agree.
 //!
+//! One scenario in three also steps the venue's clock against the appliance's
+//! (`FakeBinance::set_clock_skew_ms`, ±1.5 s to 12 h, beyond `recvWindow`) in the life of the
+//! crossing, just before it: every signed request stamped with the old offset is refused with
+//! -1021, and the crossed stops must still close exactly once, within the same 1 s (the broker
+//! learns the server time again at once and re-sends). Drawn from a side stream of the seed, so
+//! the kept scenarios keep their meaning.
+//!
 //! Ignored in a plain `cargo test` (minutes); `scripts/world-test` runs it.
 //! `WORLD_BINARY_SCENARIOS` (default 50), `WORLD_BINARY_SEED` replays a run.
 
@@ -216,6 +223,8 @@ fn world_through_the_real_binary() {
     println!("world (real binary): {} kept scenarios + {} from seed {seed}", kept.len(), n - kept.len());
     let mut timings: Vec<Timing> = Vec::new();
     let mut kills = 0usize;
+    // Scenarios whose venue clock stepped, and the -1021 answers the fake gave in them.
+    let (mut skewed, mut refused_1021) = (0usize, 0usize);
     let mut violations: Vec<String> = Vec::new();
     for (job, &(seed, scenario)) in jobs.iter().enumerate() {
         // Every scenario has its own generator: `seed scenario` replays it alone.
@@ -298,6 +307,24 @@ dir = "{state}"
         // unverified (an unknown symbol too), and an unknown name then sits in the REST batch
         // (Binance refuses such a batch whole with -1121).
         let no_list = rng.below(4) == 0;
+        // The venue's clock step (0: none), from a side stream (see the module doc).
+        let skew_ms: i64 = {
+            let mut side =
+                Rng((seed ^ 0x5741_4C4C ^ (scenario as u64).wrapping_mul(0xD1B5_4A32_D192_ED03)) | 1);
+            for _ in 0..4 {
+                side.next();
+            }
+            if side.below(3) == 0 {
+                let ms = match side.below(3) {
+                    0 => 1_500 + side.below(58_500) as i64,
+                    1 => 60_000 * (1 + side.below(59) as i64) + side.below(1_000) as i64,
+                    _ => 3_600_000 * (1 + side.below(12) as i64) + side.below(1_000) as i64,
+                };
+                if side.below(2) == 0 { ms } else { -ms }
+            } else {
+                0
+            }
+        };
         if no_list {
             rest.set_fault(RestFault::Status(503));
         }
@@ -369,6 +396,11 @@ dir = "{state}"
             }
             if life == cross_in && broken.is_none() {
                 std::thread::sleep(Duration::from_millis(100 + rng.below(400)));
+                if skew_ms != 0 {
+                    // The wall clock steps relative to the venue's, mid-scenario, with the
+                    // offset learned at start-up now wrong by more than recvWindow.
+                    fake.set_clock_skew_ms(skew_ms);
+                }
                 let mut pick: Vec<&'static str> =
                     SYMBOLS.iter().map(|(s, _)| *s).filter(|_| rng.below(2) == 0).collect();
                 if pick.is_empty() {
@@ -421,7 +453,7 @@ dir = "{state}"
             let got = filled(&fake);
             let regs = acked.iter().map(|(id, a)| format!("{id}={}", a.sent)).collect::<Vec<_>>().join(" ");
             let lives_s = format!(
-                "lives {lives}, crossing in life {}, feed refused {drop_feed}, symbol list down at start {no_list}",
+                "lives {lives}, crossing in life {}, feed refused {drop_feed}, symbol list down at start {no_list}, venue clock step {skew_ms:+} ms",
                 cross_in + 1
             );
             for (tag, q) in &got {
@@ -489,9 +521,21 @@ dir = "{state}"
             let orders = fake.orders();
             for (id, a) in acked.iter().filter(|(_, a)| crossed.contains(&a.symbol.as_str())) {
                 let tag = format!("-{id}-");
-                let first = orders.iter().filter(|o| o.client_id.contains(&tag)).map(|o| o.time).min();
+                // The fake stamps `transactTime` with its own (stepped) clock.
+                let first = orders
+                    .iter()
+                    .filter(|o| o.client_id.contains(&tag))
+                    .map(|o| {
+                        u64::try_from(i64::try_from(o.time).unwrap_or(i64::MAX).saturating_sub(skew_ms))
+                            .unwrap_or(0)
+                    })
+                    .min();
                 let ms = first.map(|t| t.saturating_sub(cross_at_ms));
-                let kind = if no_list && drop_feed && !kill_after_cross {
+                let kind = if skew_ms != 0 && !kill_after_cross {
+                    "venue clock stepped beyond recvWindow (-1021, re-sync)"
+                } else if skew_ms != 0 {
+                    "venue clock stepped, kill -9 after the crossing"
+                } else if no_list && drop_feed && !kill_after_cross {
                     "feed refused, unknown symbol in the REST batch"
                 } else if kill_after_cross {
                     "kill -9 after the crossing"
@@ -520,6 +564,10 @@ dir = "{state}"
                 }
                 timings.push(Timing { kind, ms, outcome });
             }
+            if skew_ms != 0 {
+                skewed += 1;
+                refused_1021 += fake.auth_errors().1;
+            }
             last_logs = p.stop();
         }
         let _ = last_logs;
@@ -539,11 +587,11 @@ dir = "{state}"
     }
     let secs = t_run.elapsed().as_secs_f64();
     println!(
-        "world (real binary): {n} scenarios, {kills} kills, {} crossings in {secs:.1} s; {} with a violation",
+        "world (real binary): {n} scenarios, {kills} kills, {} crossings in {secs:.1} s; {} with a violation; {skewed} with the venue clock stepped ({refused_1021} -1021 answers)",
         timings.len(),
         violations.len()
     );
-    write_fragment(&timings, n, kills, secs, &violations);
+    write_fragment(&timings, n, kills, secs, &violations, (skewed, refused_1021));
     if let Ok(path) = std::env::var("WORLD_SUMMARY") {
         let old = std::fs::read_to_string(&path).unwrap_or_default();
         let _ = std::fs::write(
@@ -564,7 +612,14 @@ dir = "{state}"
 
 /// The real-binary section of docs/protection.md (target/world/binary.md, read by
 /// tests/world.rs when it regenerates the page).
-fn write_fragment(timings: &[Timing], n: usize, kills: usize, secs: f64, violations: &[String]) {
+fn write_fragment(
+    timings: &[Timing],
+    n: usize,
+    kills: usize,
+    secs: f64,
+    violations: &[String],
+    (skewed, refused): (usize, usize),
+) {
     /// Per fault: times, crossings without an order, outcomes.
     type Row<'a> = (Vec<u64>, usize, BTreeMap<&'a str, usize>);
     let mut kinds: BTreeMap<&str, Row> = BTreeMap::new();
@@ -592,6 +647,10 @@ fn write_fragment(timings: &[Timing], n: usize, kills: usize, secs: f64, violati
         let o = out.iter().map(|(k, n)| format!("{k}: {n}")).collect::<Vec<_>>().join("; ");
         s.push_str(&format!("| {k} | {} | {q} | {none} | {o} |\n", ms.len() + none));
     }
+    s.push_str(&format!(
+        "\n{skewed} scenarios stepped the venue's clock against the appliance's beyond `recvWindow` \
+         (±1.5 s to 12 h, mid-scenario); the fake refused {refused} signed requests with -1021 in them.\n"
+    ));
     s.push_str(&format!("\nViolations in this run: {}\n", violations.len()));
     for v in violations.iter().take(5) {
         s.push_str(&format!("- {}\n", v.lines().next().unwrap_or("")));

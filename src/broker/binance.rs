@@ -25,7 +25,7 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use ring::hmac;
@@ -415,9 +415,7 @@ fn enc(s: &str) -> String {
 }
 
 fn wall_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    crate::runtime::clock::wall_unix_ms()
 }
 
 struct State {
@@ -880,28 +878,63 @@ impl Broker for Binance {
                 order.qty
             );
         }
-        let params = format!(
-            "symbol={}&side=SELL&type=MARKET&quantity={qty}&newClientOrderId={}&newOrderRespType=FULL&recvWindow={}&timestamp={ts}",
-            enc(sym),
-            enc(cid),
-            self.cfg.recv_window.as_millis()
-        );
-        let answer =
-            self.signed("POST", "/api/v3/order", &params, self.cfg.order_timeout, ORDER_BODY_MAX).await;
-        let a = match answer {
-            Ok(a) => a,
-            Err(e) if e.not_sent() => {
-                log::warn!(
-                    "[CLOSE] event=not_sent venue=binance id={id} client_id={cid} cause=\"{e}\" outcome=rejected"
-                );
-                return Outcome::Rejected;
+        // A -1021 ("timestamp outside of recvWindow": the local wall clock stepped, or the
+        // venue's did) is refused before processing: nothing was placed. Waiting for the
+        // executor's retry back-off would leave a crossed stop open for that long, so the
+        // offset is learned again at once and the same order (same client id) is sent once
+        // more. It carries the timestamp of this call's entry again (re-based on the new
+        // offset), so the venue still stops accepting it `recvWindow` after entry: the
+        // absent-only-after rule holds for the attempt whichever send reached the venue. One
+        // re-send only: a second -1021 is a rejection, as before. A -1021 on the balance read
+        // above already forgot the offset: it is learned again before the first send.
+        let mut ts = ts;
+        if self.needs_sync() {
+            self.sync_if_needed().await;
+            ts = self.timestamp_at(entry);
+        }
+        let mut resent = false;
+        let a = loop {
+            let params = format!(
+                "symbol={}&side=SELL&type=MARKET&quantity={qty}&newClientOrderId={}&newOrderRespType=FULL&recvWindow={}&timestamp={ts}",
+                enc(sym),
+                enc(cid),
+                self.cfg.recv_window.as_millis()
+            );
+            let answer =
+                self.signed("POST", "/api/v3/order", &params, self.cfg.order_timeout, ORDER_BODY_MAX).await;
+            let a = match answer {
+                Ok(a) => a,
+                Err(e) if e.not_sent() => {
+                    log::warn!(
+                        "[CLOSE] event=not_sent venue=binance id={id} client_id={cid} cause=\"{e}\" outcome=rejected"
+                    );
+                    return Outcome::Rejected;
+                }
+                Err(e) => {
+                    log::warn!(
+                        "[CLOSE] event=no_answer venue=binance id={id} client_id={cid} cause=\"{e}\" outcome=unknown (looked up before anything is re-sent)"
+                    );
+                    return Outcome::Unknown;
+                }
+            };
+            let bad_time = a.status != 200 && error_code(&a.body).is_some_and(|(c, _)| c == BAD_TIMESTAMP);
+            if !bad_time || resent {
+                break a;
             }
-            Err(e) => {
+            resent = true;
+            // `observe` forgot the offset on the -1021: learn it again now (bounded).
+            self.sync_if_needed().await;
+            if self.needs_sync() {
                 log::warn!(
-                    "[CLOSE] event=no_answer venue=binance id={id} client_id={cid} cause=\"{e}\" outcome=unknown (looked up before anything is re-sent)"
+                    "[CLOSE] event=time_resend venue=binance id={id} client_id={cid} sent=false cause=\"-1021 and the server time could not be learned again\""
                 );
-                return Outcome::Unknown;
+                break a;
             }
+            ts = self.timestamp_at(entry);
+            log::warn!(
+                "[CLOSE] event=time_resend venue=binance id={id} client_id={cid} sent=true offset_ms={} (-1021: not processed; server time learned again, same order sent once more)",
+                self.lock().offset_ms
+            );
         };
         let outcome = place_outcome(a.status, &a.body);
         match (a.status, error_code(&a.body)) {

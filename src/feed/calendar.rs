@@ -408,12 +408,12 @@ impl WallClock {
     /// Wall time (Unix ms) and whether the clock is synchronized.
     pub fn now(&self) -> (i64, bool) {
         if let Some((at, synced, t0)) = self.fake {
+            // The fake runs from its own start, and follows the test steps of the wall clock
+            // (`runtime::clock::step_wall`) like the real one does.
             let ms = i64::try_from(t0.elapsed().as_millis()).unwrap_or(i64::MAX);
-            return (at.saturating_add(ms), synced);
+            return (at.saturating_add(ms).saturating_add(crate::runtime::clock::wall_offset_ms()), synced);
         }
-        let ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let ms = crate::runtime::clock::wall_unix_ms();
         (ms, ms >= WALL_FLOOR_MS && self.system_synced())
     }
 

@@ -578,7 +578,7 @@ pub fn read_stored(dir: &Path) -> Result<Option<SymbolList>, String> {
 }
 
 fn now_unix_ms() -> u64 {
-    SystemTime::now()
+    crate::runtime::clock::wall_now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }

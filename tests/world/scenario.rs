@@ -61,10 +61,13 @@ pub enum Kind {
     Restart,
     MarketClosed,
     SoldByHand,
+    /// The wall clock steps forward or back (seconds to hours) through the test clock
+    /// (`runtime::clock::step_wall`), never the host's.
+    WallStep,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 12] = [
+    pub const ALL: [Kind; 13] = [
         Kind::Baseline,
         Kind::FeedDrop,
         Kind::Silence,
@@ -77,7 +80,18 @@ impl Kind {
         Kind::Restart,
         Kind::MarketClosed,
         Kind::SoldByHand,
+        Kind::WallStep,
     ];
+    /// The kinds drawn from a scenario's own random stream (the first 12, as before
+    /// [`Kind::WallStep`] existed, so every seed kept in tests/world-regressions/ keeps its
+    /// meaning); a side stream of the seed makes 1 in 13 scenarios a wall-step one instead.
+    const CLASSIC: u64 = 12;
+    /// The kind of scenario `seed`; consumes from `rng` exactly what it did before
+    /// [`Kind::WallStep`] existed.
+    pub fn of_seed(seed: u64, rng: &mut Rng) -> Kind {
+        let classic = Kind::ALL[rng.below(Kind::CLASSIC) as usize];
+        if Rng::new(seed ^ 0x5741_4C4C_5354_4550).below(13) == 0 { Kind::WallStep } else { classic }
+    }
     pub fn name(self) -> &'static str {
         match self {
             Kind::Baseline => "no fault",
@@ -92,6 +106,7 @@ impl Kind {
             Kind::Restart => "restart",
             Kind::MarketClosed => "market close/open",
             Kind::SoldByHand => "holdings changed by hand",
+            Kind::WallStep => "wall-clock step (±1 s to 12 h, test clock)",
         }
     }
 }
@@ -454,11 +469,32 @@ impl World {
         Ok(())
     }
 
-    fn set_fault(&mut self) {
+    /// One fault toggled; `Some(ms)` when it was a wall-clock step of `ms`.
+    fn set_fault(&mut self) -> Option<i64> {
         let r = self.rng.below(100);
         let mut f = self.feed.lock();
         let mut v = self.venue.lock();
+        let mut wall = None;
         let what = match (self.kind, r) {
+            (Kind::WallStep, 0..=29) => {
+                // Forward or back by seconds, minutes or hours, as an NTP step or an RTC
+                // corrected after boot would; through the test clock, never the host's.
+                let (unit, most) = match self.rng.below(3) {
+                    0 => (1_000i64, 59),
+                    1 => (60_000, 59),
+                    _ => (3_600_000, 12),
+                };
+                let mut ms = unit * (1 + self.rng.below(most) as i64) + self.rng.below(1_000) as i64;
+                if self.rng.chance(50) {
+                    ms = -ms;
+                }
+                tickguard::runtime::clock::step_wall(ms);
+                wall = Some(ms);
+                format!(
+                    "wall clock stepped {ms:+} ms (now {:+} ms from the host's)",
+                    tickguard::runtime::clock::wall_offset_ms()
+                )
+            }
             (Kind::FeedDrop, 0..=59) | (_, 0..=7) => {
                 f.down = !f.down;
                 format!("feed down={}", f.down)
@@ -533,6 +569,53 @@ impl World {
         drop(v);
         drop(f);
         self.note(what);
+        wall
+    }
+
+    /// What protection looks like now: the alarm and every position's state and blindness.
+    async fn protection(&self, life: &Life) -> Option<(Timestamp, String, Vec<String>)> {
+        let v = view(life).await?;
+        let ps = v
+            .positions
+            .iter()
+            .map(|p| {
+                format!(
+                    "{}#{} {} blind={} unknown_since={:?}",
+                    p.id, p.generation, p.state, p.blind, p.unknown_since
+                )
+            })
+            .collect();
+        Some((v.now, v.alarm, ps))
+    }
+
+    /// A wall-clock step changes nothing in protection: the engine's ages, graces and
+    /// deadlines are monotonic. Compared at the same virtual instant, after the runtime has
+    /// had a chance to run whatever the step could have woken.
+    async fn check_wall_step(
+        &mut self,
+        life: &Life,
+        before: Option<(Timestamp, String, Vec<String>)>,
+        ms: i64,
+    ) -> Result<(), Violation> {
+        for _ in 0..8 {
+            tokio::task::yield_now().await;
+        }
+        let after = self.protection(life).await;
+        match (before, after) {
+            (Some((t0, a0, p0)), Some((t1, a1, p1))) if t0 == t1 && (a0 != a1 || p0 != p1) => self.flag(
+                "wall_step_changed_protection",
+                format!("a wall-clock step of {ms:+} ms changed protection at the same instant: alarm {a0} -> {a1}; positions {p0:?} -> {p1:?}"),
+            ),
+            (_, None) => Err(self.fail("engine", "no answer after a wall-clock step".into())),
+            (Some((t0, ..)), Some((t1, ..))) if t0 == t1 => {
+                self.note("protection unchanged by the wall step".into());
+                Ok(())
+            }
+            _ => {
+                self.note("virtual time moved during the wall step: not compared".into());
+                Ok(())
+            }
+        }
     }
 
     // ----- invariants -----------------------------------------------------------------------
@@ -788,14 +871,25 @@ impl World {
 
     async fn one_step(&mut self, life: &Life) -> Result<bool, Violation> {
         let r = self.rng.below(100);
-        let restart_pct = if self.kind == Kind::Restart { 8 } else { 3 };
+        // Wall-step scenarios restart more often: a journal written across steps back and
+        // forth must restore whole.
+        let restart_pct = match self.kind {
+            Kind::Restart => 8,
+            Kind::WallStep => 6,
+            _ => 3,
+        };
         match r {
             _ if r < restart_pct => return Ok(true),
             0..=19 => self.register(life).await?,
             20..=25 => self.modify(life).await?,
             26..=28 => self.withdraw(life).await?,
             29..=62 => self.move_price(life).await?,
-            63..=84 => self.set_fault(),
+            63..=84 => {
+                let before = if self.kind == Kind::WallStep { self.protection(life).await } else { None };
+                if let Some(ms) = self.set_fault() {
+                    self.check_wall_step(life, before, ms).await?;
+                }
+            }
             _ => self.note("wait".into()),
         }
         let wait = match self.rng.below(4) {
@@ -814,11 +908,45 @@ impl World {
     }
 }
 
+static WALL_TURNS: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// A scenario's turn with the wall clock (see [`run`]): shared, or alone while it steps the
+/// clock; puts the clock back when dropped, panics included.
+struct WallTurn {
+    _shared: Option<std::sync::RwLockReadGuard<'static, ()>>,
+    stepping: Option<std::sync::RwLockWriteGuard<'static, ()>>,
+}
+
+impl WallTurn {
+    fn take(stepping: bool) -> WallTurn {
+        if stepping {
+            let g = WALL_TURNS.write().unwrap_or_else(|p| p.into_inner());
+            tickguard::runtime::clock::reset_wall();
+            WallTurn { _shared: None, stepping: Some(g) }
+        } else {
+            WallTurn { _shared: Some(WALL_TURNS.read().unwrap_or_else(|p| p.into_inner())), stepping: None }
+        }
+    }
+}
+
+impl Drop for WallTurn {
+    fn drop(&mut self) {
+        // Reset before the write guard is released (fields drop after this body).
+        if self.stepping.is_some() {
+            tickguard::runtime::clock::reset_wall();
+        }
+    }
+}
+
 /// Runs scenario `seed` with `steps` steps; never panics on a broken invariant (it is
 /// reported with its step).
 pub fn run(seed: u64, steps: usize) -> Report {
     let mut rng = Rng::new(seed);
-    let kind = Kind::ALL[rng.below(Kind::ALL.len() as u64) as usize];
+    let kind = Kind::of_seed(seed, &mut rng);
+    // The wall clock's step offset is process-wide: a scenario that steps it runs alone
+    // (write), every other scenario shares (read), so no scenario sees another's step and each
+    // wall-step scenario starts and ends on the host's time.
+    let _wall = WallTurn::take(kind == Kind::WallStep);
     let dir = std::env::temp_dir().join(format!("tickguard-world-{}-{seed}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let mut report = Report {
