@@ -474,22 +474,27 @@ dir = "{state}"
                     )
                 });
             }
-            // Every open position priced or blind; /ready and the alarm agree.
-            let ready = get(api, "/ready");
-            let health = json(&get(api, "/api/v1/monitoring/health"));
-            let alarm = health.get("alarm").and_then(|a| a.as_str()).unwrap_or("?").to_string();
-            for (id, a) in &acked {
-                let v = json(&get(api, &format!("/api/v1/positions/{id}")));
-                if v.get("status").and_then(|s| s.as_str()) != Some("open") {
-                    continue;
-                }
-                let age = v.get("price_age_seconds").and_then(|x| x.as_f64());
-                let blind = v.get("blind").and_then(|x| x.as_bool()).unwrap_or(false);
-                let priced = age.is_some_and(|x| x <= EXPIRE_AFTER_S);
-                if !priced && !(blind && ready.status == 503 && (alarm == "blind" || alarm == "close_failed"))
-                {
-                    broken.get_or_insert_with(|| {
-                        fail(
+            // Every open position priced or blind; /ready and the alarm agree. The appliance runs
+            // while it is asked: a position can turn blind (or be priced) between the answer of
+            // /ready and the position's own. A disagreement counts only when it holds on a second
+            // look taken after the first, so a race of the checker is never reported as one of
+            // the appliance.
+            let look = || -> Option<(&'static str, String)> {
+                let ready = get(api, "/ready");
+                let health = json(&get(api, "/api/v1/monitoring/health"));
+                let alarm = health.get("alarm").and_then(|a| a.as_str()).unwrap_or("?").to_string();
+                for (id, a) in &acked {
+                    let v = json(&get(api, &format!("/api/v1/positions/{id}")));
+                    if v.get("status").and_then(|s| s.as_str()) != Some("open") {
+                        continue;
+                    }
+                    let age = v.get("price_age_seconds").and_then(|x| x.as_f64());
+                    let blind = v.get("blind").and_then(|x| x.as_bool()).unwrap_or(false);
+                    let priced = age.is_some_and(|x| x <= EXPIRE_AFTER_S);
+                    if !priced
+                        && !(blind && ready.status == 503 && (alarm == "blind" || alarm == "close_failed"))
+                    {
+                        return Some((
                             "unpriced_not_blind",
                             format!(
                                 "position {id} ({}) open with price age {age:?} after {:.1} s: blind={blind} alarm={alarm} /ready={} {} (registered {regs}; {lives_s})",
@@ -498,24 +503,25 @@ dir = "{state}"
                                 ready.status,
                                 ready.body
                             ),
-                            &p.tail(),
-                        )
-                    });
-                }
-                if blind && ready.status != 503 {
-                    broken.get_or_insert_with(|| {
-                        fail(
+                        ));
+                    }
+                    if blind && ready.status != 503 {
+                        return Some((
                             "ready_disagrees_with_alarm",
                             format!("position {id} blind but /ready {}", ready.status),
-                            &p.tail(),
-                        )
-                    });
+                        ));
+                    }
                 }
-            }
-            if alarm == "blind" && ready.status == 200 {
-                broken.get_or_insert_with(|| {
-                    fail("ready_disagrees_with_alarm", "alarm blind, /ready 200".into(), &p.tail())
-                });
+                if alarm == "blind" && ready.status == 200 {
+                    return Some(("ready_disagrees_with_alarm", "alarm blind, /ready 200".into()));
+                }
+                None
+            };
+            if look().is_some() {
+                std::thread::sleep(Duration::from_millis(50));
+                if let Some((inv, detail)) = look() {
+                    broken.get_or_insert_with(|| fail(inv, detail, &p.tail()));
+                }
             }
             // Crossing → order at the broker, from the broker's own records.
             let orders = fake.orders();

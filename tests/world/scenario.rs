@@ -164,6 +164,7 @@ struct PosView {
     terminal: bool,
     how: Option<&'static str>,
     blind: bool,
+    blind_since: Option<Timestamp>,
     dated: Option<Timestamp>,
     registered_at: Timestamp,
     unknown_since: Option<Timestamp>,
@@ -201,6 +202,7 @@ async fn view(life: &Life) -> Option<View> {
                         _ => None,
                     },
                     blind: p.blind_since.is_some(),
+                    blind_since: p.blind_since,
                     dated: e.cache().quote(p.instrument).map(|q| q.dated),
                     registered_at: p.registered_at,
                     unknown_since: p
@@ -623,6 +625,20 @@ impl World {
     async fn check(&mut self, life: &Life) -> Result<(), Violation> {
         let v = view(life).await.ok_or_else(|| self.fail("engine", "the engine did not answer".into()))?;
         let ready = http::call(life.addr, "GET", "/ready", None, None).await;
+        // The feed and the engine run while /ready is asked: a tick can price a blind position
+        // between the view and the answer. /ready is held to a state only when the view taken
+        // after it shows the same state (the same blind stretch, the same alarm), so a race of
+        // the checker is never reported as a disagreement of the appliance.
+        let after =
+            view(life).await.ok_or_else(|| self.fail("engine", "the engine did not answer".into()))?;
+        let blind_throughout = |p: &PosView| {
+            p.blind_since.is_some()
+                && after
+                    .positions
+                    .iter()
+                    .any(|q| q.id == p.id && q.generation == p.generation && q.blind_since == p.blind_since)
+        };
+        let alarm_throughout = |a: &str| v.alarm == a && after.alarm == a;
         let opened_at = self.feed.lock().opened_at;
         let blind_alarm = v.alarm == "Blind" || v.alarm == "CloseFailed";
         for p in &v.positions {
@@ -643,7 +659,7 @@ impl World {
                 if unpriced <= BLIND_GRACE + Duration::from_secs(1) {
                     continue;
                 }
-                if !p.blind || !blind_alarm || ready.status != 503 {
+                if !p.blind || !blind_alarm || (ready.status != 503 && blind_throughout(p)) {
                     let inv = if p.blind && blind_alarm {
                         "ready_disagrees_with_alarm"
                     } else {
@@ -667,7 +683,7 @@ impl World {
             }
         }
         // 2. /ready and the alarm agree.
-        if let Some(p) = v.positions.iter().find(|p| p.blind && !p.terminal) {
+        if let Some(p) = v.positions.iter().find(|p| blind_throughout(p) && !p.terminal) {
             if ready.status != 503 {
                 self.flag(
                     "ready_disagrees_with_alarm",
@@ -678,10 +694,10 @@ impl World {
                 )?;
             }
         }
-        if ready.status == 200 && v.alarm == "Blind" {
+        if ready.status == 200 && alarm_throughout("Blind") {
             self.flag("ready_disagrees_with_alarm", format!("alarm {} but /ready 200", v.alarm))?;
         }
-        if ready.status == 200 && v.alarm == "CloseFailed" {
+        if ready.status == 200 && alarm_throughout("CloseFailed") {
             // A crossed level whose close failed for good is not protection: /ready must not
             // call the appliance ready while the loudest alarm is on.
             self.flag(
@@ -696,7 +712,13 @@ impl World {
         if let Some(p) = v.positions.iter().find(|p| {
             p.unknown_since.is_some_and(|s| v.now.since(s) > UNKNOWN_ALARM + Duration::from_secs(1))
         }) {
-            if v.alarm == "Live" || v.alarm == "Stale" || ready.status == 200 {
+            let still_unknown = after
+                .positions
+                .iter()
+                .any(|q| q.id == p.id && q.generation == p.generation && q.unknown_since == p.unknown_since);
+            if still_unknown
+                && ((alarm_throughout("Live") || alarm_throughout("Stale")) || ready.status == 200)
+            {
                 self.flag(
                     "unknown_outcome_silent",
                     format!(
