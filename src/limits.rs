@@ -70,3 +70,15 @@ pub const EXCHANGE_INFO_CHUNK: usize = 32 * 1024;
 /// permission set is about 2-4 KB). An entry larger than this fails the fetch (the stored list
 /// stays in use). With [`EXCHANGE_INFO_CHUNK`], the memory bound of one fetch besides the list.
 pub const EXCHANGE_INFO_CARRY_MAX: usize = 64 * 1024;
+
+/// Connections the API holds open at once (besides [`API_WAITING`]); each costs a task and
+/// its buffers (about 30 KiB over TLS), never a thread.
+pub const API_CONNECTIONS: usize = 128;
+/// Connections one address may hold open (a browser opens about 6).
+pub const API_CONNECTIONS_PER_PEER: usize = 16;
+/// Connections past the caps that may still show the token and make room.
+pub const API_WAITING: usize = 32;
+/// Response bytes the API has in flight at once, over all connections.
+pub const API_RESPONSE_BUDGET: usize = 4 * 1024 * 1024;
+/// Addresses the API remembers (anonymous rate, failed credentials).
+pub const API_PEERS: usize = 1024;

@@ -350,23 +350,75 @@ fn hostile_framing_is_refused_and_the_server_stays_up() {
     let r = control_support::parse_response(&raw(
         a.addr,
         format!(
-            "POST /api/v1/positions HTTP/1.1\r\nHost: x\r\nAuthorization: {b}\r\nContent-Length: 9000000000000000000\r\n\r\nabc"
+            "POST /api/v1/positions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {b}\r\nContent-Length: 9000000000000000000\r\n\r\nabc"
         )
         .as_bytes(),
         Duration::from_secs(5),
     ));
     assert_eq!(r.status, 413);
-    // Chunked bodies: 411. Both framings: 400. A header flood: 431. Garbage: 400. HTTP/2 preface: 400.
+    // Chunked bodies are read within the body bound (credentials are checked first); both
+    // framings at once: 400. A header flood: 431. Garbage: 400. HTTP/2 preface: refused.
     let code =
         |bytes: &[u8]| control_support::parse_response(&raw(a.addr, bytes, Duration::from_secs(5))).status;
-    assert_eq!(code(b"POST /api/v1/positions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"), 411);
-    assert_eq!(code(b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\nabc"), 400);
-    let mut flood = b"GET / HTTP/1.1\r\nHost: x\r\nX-Long: ".to_vec();
+    assert_eq!(code(b"POST /api/v1/positions HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"), 401);
+    let body = r#"{"id":"chunky","symbol":"BTCUSDT","side":"long","qty":1,"entry":60000,"stop_loss":58000}"#;
+    let (first, second) = body.split_at(20);
+    let chunked = format!(
+        "POST /api/v1/positions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {b}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{first}\r\n{:x}\r\n{second}\r\n0\r\n\r\n",
+        first.len(),
+        second.len()
+    );
+    assert_eq!(code(chunked.as_bytes()), 201, "a chunked registration is served");
+    let mut big = format!(
+        "POST /api/v1/positions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {b}\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    .into_bytes();
+    for _ in 0..20 {
+        big.extend_from_slice(b"400\r\n");
+        big.extend(std::iter::repeat_n(b' ', 0x400));
+        big.extend_from_slice(b"\r\n");
+    }
+    big.extend_from_slice(b"0\r\n\r\n");
+    assert_eq!(code(&big), 413, "a chunked body over the bound");
+    // Both framings: read as chunked (RFC 9112), never as a success, and the connection closes.
+    let both = raw(
+        a.addr,
+        b"POST /api/v1/positions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\nabc",
+        Duration::from_secs(5),
+    );
+    let text = String::from_utf8_lossy(&both);
+    assert!(text.is_empty() || text.starts_with("HTTP/1.1 4"), "{text}");
+    let mut flood = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Long: ".to_vec();
     flood.extend(std::iter::repeat_n(b'a', 64 * 1024));
-    assert_eq!(code(&flood), 431);
-    assert_eq!(code(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n"), 400);
-    assert_eq!(code(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), 400);
-    assert_eq!(code(b"BREW /pot HTTP/1.1\r\nHost: x\r\n\r\n"), 501);
+    // 431, or a reset when the client is still sending as the server closes.
+    let flooded = raw(a.addr, &flood, Duration::from_secs(5));
+    assert!(
+        flooded.is_empty() || String::from_utf8_lossy(&flooded).starts_with("HTTP/1.1 431"),
+        "{}",
+        String::from_utf8_lossy(&flooded)
+    );
+    // A TLS hello on the plain port: 400 or closed, never served.
+    let hello = raw(a.addr, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n", Duration::from_secs(5));
+    let hello = String::from_utf8_lossy(&hello);
+    assert!(hello.is_empty() || hello.starts_with("HTTP/1.1 400"), "{hello}");
+    let h2 = raw(a.addr, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", Duration::from_secs(5));
+    let h2 = String::from_utf8_lossy(&h2);
+    assert!(
+        h2.is_empty() || h2.starts_with("HTTP/1.1 4") || h2.starts_with("HTTP/1.1 505"),
+        "HTTP/2 preface: {h2}"
+    );
+    assert_eq!(code(b"BREW /pot HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"), 404);
+    assert_eq!(code(b"BREW / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"), 405);
+    // A Host that is not the box's: 421 before anything else (DNS rebinding).
+    assert_eq!(code(b"GET /api/v1/positions HTTP/1.1\r\nHost: attacker.example\r\n\r\n"), 421);
+    assert_eq!(code(b"GET /nope HTTP/1.1\r\nHost: attacker.example:80\r\n\r\n"), 421);
+    // JSON nested 8 000 deep (within the body bound): 400, not a crash.
+    let deep = format!("{{\"id\":{}{}}}", "[".repeat(8000), "]".repeat(8000));
+    let deep_req = format!(
+        "POST /api/v1/positions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {b}\r\nContent-Length: {}\r\n\r\n{deep}",
+        deep.len()
+    );
+    assert_eq!(code(deep_req.as_bytes()), 400);
     // Still serving.
     assert_eq!(http(a.addr, "GET", "/health", &[], None).status, 200);
 }
@@ -379,7 +431,7 @@ fn keep_alive_and_pipelining() {
     s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
     // Two requests in one write, then a third on the same connection.
     s.write_all(
-        b"GET /health HTTP/1.1\r\nHost: x\r\n\r\nGET /api/v1/monitoring/health HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\nGET /api/v1/monitoring/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
     )
     .expect("send");
     let mut got = Vec::new();
@@ -396,7 +448,7 @@ fn keep_alive_and_pipelining() {
     let text = String::from_utf8_lossy(&got);
     assert_eq!(text.matches("HTTP/1.1 200 OK").count(), 2, "{text}");
     assert!(!text.contains("Connection: close"), "kept alive: {text}");
-    s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").expect("send");
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").expect("send");
     let mut rest = Vec::new();
     s.read_to_end(&mut rest).expect("read");
     assert!(String::from_utf8_lossy(&rest).starts_with("HTTP/1.1 200 OK"));
@@ -428,7 +480,14 @@ fn a_full_book_is_507_naming_the_capacity() {
 fn protected_reads_and_read_only_mode() {
     let a = Appliance::start_with(control_support::fast_engine(), |c| c.protect_reads = true);
     assert_eq!(a.req("GET", "/api/v1/monitoring/status", &[], None).status, 401);
-    assert_eq!(a.req("GET", "/metrics", &[], None).status, 401);
+    // Prometheus keeps scraping when reads are protected; `api.protect_metrics` closes it.
+    assert_eq!(a.req("GET", "/metrics", &[], None).status, 200);
+    let m = Appliance::start_with(control_support::fast_engine(), |c| {
+        c.protect_reads = true;
+        c.protect_metrics = true;
+    });
+    assert_eq!(m.req("GET", "/metrics", &[], None).status, 401);
+    assert_eq!(m.authed("GET", "/metrics", None).status, 200);
     assert_eq!(a.authed("GET", "/api/v1/monitoring/status", None).status, 200);
     assert_eq!(a.req("GET", "/", &[], None).status, 200, "the page loads, then asks for the token");
     assert_eq!(a.req("GET", "/health", &[], None).status, 200);
@@ -458,12 +517,16 @@ fn readiness_follows_price_sources_and_the_store() {
         r.text()
     );
     std::fs::create_dir_all(&dir).expect("mkdir");
+    // `/ready` is computed at most once a second.
+    let fresh = || std::thread::sleep(tickguard::control::api::READY_EVERY);
+    fresh();
     assert_eq!(a.req("GET", "/ready", &[], None).status, 200);
     assert_eq!(a.register("r1", "ETHUSDT", "3000", "2900", "3100").status, 201);
     a.tick("ETHUSDT", "3000");
-    std::thread::sleep(Duration::from_millis(50));
+    fresh();
     assert_eq!(a.req("GET", "/ready", &[], None).status, 200);
     a.feed(tickguard::core::engine::FeedEvent::Disconnected);
+    fresh();
     let r = a.req("GET", "/ready", &[], None);
     assert_eq!(r.status, 503);
     assert!(
@@ -514,7 +577,7 @@ fn https_with_a_certificate() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(r.header("set-cookie").is_some_and(|c| c.contains("; Secure")), "{:?}", r.header("set-cookie"));
     // Plain HTTP on the TLS port gets nothing useful.
-    let plain = raw(a.addr, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n", Duration::from_secs(3));
+    let plain = raw(a.addr, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", Duration::from_secs(3));
     assert!(!plain.starts_with(b"HTTP/1.1 200"), "no plain answer on the TLS port");
     let _ = std::fs::remove_dir_all(&dir);
 }

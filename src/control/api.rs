@@ -11,15 +11,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use embedded_svc::http::Method;
-use embedded_svc::http::server::{Connection, Handler};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 use super::auth::{self, Auth, Credential};
 use super::bridge::{Bridge, BridgeError};
-use super::http::HttpStats;
 use super::metrics;
+use super::server::HttpStats;
 use super::views::{self, Parts, PosSnap, Snap};
 use super::watch::WatchState;
 use super::{Journal, StoreProbe};
@@ -32,37 +30,123 @@ use crate::limits::{MAX_POSITIONS, POSITION_ID_MAX, SYMBOL_MAX};
 
 /// Largest request body accepted (`413` beyond).
 pub const MAX_BODY: usize = 16 * 1024;
+/// `/health` answers `503` when the watcher's last look at the engine is older than this.
+pub const HEARTBEAT_STALE: Duration = Duration::from_secs(2);
+/// `/ready` is computed at most once per this period.
+pub const READY_EVERY: Duration = Duration::from_secs(1);
 /// How long an emergency close waits for its fill before answering `202`.
 pub const CLOSE_WAIT: Duration = Duration::from_secs(3);
 
 /// The status page, embedded.
 pub const PAGE: &str = include_str!("page.html");
-/// Pseudo-header through which the server tells whether a request came over TLS (`https`)
-/// or not (`http`). A client cannot send it: `:` is not allowed in an HTTP/1.1 header name.
-pub const SCHEME: &str = ":scheme";
 /// The OpenAPI description the API is tested against.
 pub const OPENAPI: &str = include_str!("../../docs/openapi.yaml");
 
 /// An answer before it is written.
+#[derive(Clone, Debug)]
 pub struct Answer {
-    status: u16,
-    ctype: &'static str,
-    body: Vec<u8>,
-    headers: Vec<(&'static str, String)>,
+    /// The status code.
+    pub status: u16,
+    /// `Content-Type`.
+    pub ctype: &'static str,
+    /// The body.
+    pub body: Vec<u8>,
+    /// Headers of this answer (the server adds the common ones).
+    pub headers: Vec<(&'static str, String)>,
+}
+
+/// The methods the API knows (anything else is answered `405` on a known path).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    /// `GET`.
+    Get,
+    /// `HEAD`.
+    Head,
+    /// `POST`.
+    Post,
+    /// `PUT`.
+    Put,
+    /// `PATCH`.
+    Patch,
+    /// `DELETE`.
+    Delete,
+    /// `OPTIONS`.
+    Options,
+    /// Any other method.
+    Other,
+}
+
+impl Method {
+    /// The method of a request line.
+    pub fn of(m: &hyper::Method) -> Method {
+        match *m {
+            hyper::Method::GET => Method::Get,
+            hyper::Method::HEAD => Method::Head,
+            hyper::Method::POST => Method::Post,
+            hyper::Method::PUT => Method::Put,
+            hyper::Method::PATCH => Method::Patch,
+            hyper::Method::DELETE => Method::Delete,
+            hyper::Method::OPTIONS => Method::Options,
+            _ => Method::Other,
+        }
+    }
+}
+
+/// A request as the API sees it: its head; the body comes separately, read by the server
+/// within its bounds.
+#[derive(Debug)]
+pub struct Req {
+    /// The method.
+    pub method: Method,
+    /// The request target (path and query).
+    pub target: String,
+    /// The headers.
+    pub headers: hyper::HeaderMap,
+    /// Whether the request came over TLS.
+    pub secure: bool,
+    /// The client's address.
+    pub peer: std::net::SocketAddr,
+}
+
+impl Req {
+    /// A header's first value, if it is text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+    /// The path, without query.
+    pub fn path(&self) -> &str {
+        self.target.split(['?', '#']).next().unwrap_or("")
+    }
+}
+
+/// A request that passed the checks that need no body: what the server does next.
+#[derive(Debug)]
+pub struct Ticket {
+    route: Route,
+    /// The request's credential.
+    pub cred: Credential,
+    /// Whether the body must be read (`POST`, `PATCH`, `PUT`).
+    pub needs_body: bool,
+    /// Whether the answer needs neither the engine nor the disk (answered on the server's
+    /// own thread).
+    pub inline: bool,
 }
 
 impl Answer {
-    fn json<T: Serialize>(status: u16, v: &T) -> Answer {
+    /// A JSON answer.
+    pub fn json<T: Serialize>(status: u16, v: &T) -> Answer {
         let body = serde_json::to_vec(v).unwrap_or_else(|_| b"{\"detail\":\"internal error\"}".to_vec());
         Answer { status, ctype: "application/json", body, headers: Vec::new() }
     }
-    fn detail(status: u16, msg: impl Into<String>) -> Answer {
+    /// `{"detail": msg}` with this status.
+    pub fn detail(status: u16, msg: impl Into<String>) -> Answer {
         Answer::json(status, &json!({ "detail": msg.into() }))
     }
     fn field(field: &str, msg: impl std::fmt::Display) -> Answer {
         Answer::json(400, &json!({ "detail": format!("{field}: {msg}"), "field": field }))
     }
-    fn header(mut self, k: &'static str, v: impl Into<String>) -> Answer {
+    /// Adds a header.
+    pub fn header(mut self, k: &'static str, v: impl Into<String>) -> Answer {
         self.headers.push((k, v.into()));
         self
     }
@@ -103,6 +187,9 @@ enum Access {
     Mutation,
     /// The login itself (the token is in the body).
     Login,
+    /// `/metrics`: open unless `api.protect_metrics` (so a Prometheus scrape keeps working
+    /// when reads are protected by default on a LAN address).
+    Metrics,
 }
 
 fn route(path: &str) -> Option<Route> {
@@ -172,13 +259,14 @@ fn method_name(m: Method) -> &'static str {
         Method::Delete => "DELETE",
         Method::Put => "PUT",
         Method::Options => "OPTIONS",
-        _ => "OTHER",
+        Method::Other => "OTHER",
     }
 }
 
 fn access(r: &Route, m: Method) -> Access {
     match (r, m) {
         (Route::Page | Route::Health | Route::Ready, _) => Access::Open,
+        (Route::Metrics, _) => Access::Metrics,
         (Route::Session, _) => Access::Login,
         (_, Method::Get | Method::Head) => Access::Read,
         _ => Access::Mutation,
@@ -190,6 +278,7 @@ pub struct Api {
     bridge: Bridge,
     auth: Auth,
     protect_reads: bool,
+    protect_metrics: bool,
     journal: Option<Arc<dyn Journal>>,
     store: StoreProbe,
     venue: &'static str,
@@ -201,6 +290,10 @@ pub struct Api {
     started: Instant,
     ids: AtomicU64,
     csp: String,
+    /// The last `/ready` answer and when it was computed: computed at most once a second.
+    ready_cache: Mutex<Option<(Instant, Answer)>>,
+    /// A configuration problem of the API's transport or token (loopback-only fallback).
+    alarm: Option<String>,
 }
 
 /// What [`Api::new`] needs.
@@ -211,6 +304,10 @@ pub struct ApiConfig {
     pub token: Option<String>,
     /// `api.protect_reads`.
     pub protect_reads: bool,
+    /// `api.protect_metrics`.
+    pub protect_metrics: bool,
+    /// The configuration alarm of [`super::ControlConfig::alarm`].
+    pub alarm: Option<String>,
     /// The journal, once the store provides one.
     pub journal: Option<Arc<dyn Journal>>,
     /// How `/ready` checks the store when there is no journal.
@@ -232,6 +329,7 @@ impl Api {
             bridge: cfg.bridge,
             auth: Auth::new(cfg.token),
             protect_reads: cfg.protect_reads,
+            protect_metrics: cfg.protect_metrics,
             journal: cfg.journal,
             store: cfg.store,
             venue: cfg.venue,
@@ -243,6 +341,8 @@ impl Api {
             started: Instant::now(),
             ids: AtomicU64::new(0),
             csp: page_csp(PAGE),
+            ready_cache: Mutex::new(None),
+            alarm: cfg.alarm,
         }
     }
 
@@ -251,22 +351,33 @@ impl Api {
         let _ = self.http.set(s);
     }
 
-    fn answer<C: Connection>(&self, c: &mut C) -> Answer {
-        let method = c.method();
-        let uri = c.uri().to_string();
-        let path = uri.split(['?', '#']).next().unwrap_or("");
-        let query = uri.split_once('?').map(|(_, q)| q.to_string());
-        let Some(r) = route(path) else {
-            return Answer::detail(404, "Not Found");
+    /// The request's credential (bearer token, or session cookie with its CSRF token).
+    pub fn credential(&self, req: &Req) -> Credential {
+        self.auth.check(
+            req.header("Authorization"),
+            req.header("Cookie").and_then(|c| auth::session_cookie(c, req.secure)),
+            req.header(auth::CSRF_HEADER),
+        )
+    }
+
+    /// Whether the request carries a bearer token that is wrong (a guess).
+    pub fn wrong_bearer(&self, req: &Req, cred: Credential) -> bool {
+        cred != Credential::Bearer && req.header("Authorization").and_then(auth::bearer).is_some()
+    }
+
+    /// The checks that need no body, in the documented order: `404`, `405`, `401`, `403`,
+    /// `413` (from `Content-Length`; the body is then never read).
+    pub fn check(&self, req: &Req, cred: Credential) -> Result<Ticket, Answer> {
+        let method = req.method;
+        let Some(r) = route(req.path()) else {
+            return Err(Answer::detail(404, "Not Found"));
         };
         let ok_methods = allowed(&r);
         if !ok_methods.contains(&method) {
             let allow: Vec<&str> = ok_methods.iter().map(|m| method_name(*m)).collect();
-            return Answer::detail(405, "Method Not Allowed").header("Allow", allow.join(", "));
+            return Err(Answer::detail(405, "Method Not Allowed").header("Allow", allow.join(", ")));
         }
-        let secure = c.header(SCHEME).is_some_and(|v| v == "https");
-        let cred =
-            self.auth.check(c.header("Authorization"), c.header("Cookie"), c.header(auth::CSRF_HEADER));
+        let secure = req.secure;
         let acc = access(&r, method);
         let unauthorized = || {
             let why = if self.auth.has_token() {
@@ -278,26 +389,33 @@ impl Api {
         };
         match acc {
             Access::Mutation if !matches!(cred, Credential::Bearer | Credential::Session) => {
-                return unauthorized();
+                return Err(unauthorized());
             }
-            Access::Read if self.protect_reads && cred == Credential::None => return unauthorized(),
+            Access::Read if self.protect_reads && cred == Credential::None => return Err(unauthorized()),
+            Access::Metrics if self.protect_metrics && cred == Credential::None => return Err(unauthorized()),
             _ => {}
         }
-        if !auth::same_origin(c.header("Origin"), c.header("Host"), secure) {
-            return Answer::detail(403, "cross-origin request refused: Origin differs from Host");
+        if !auth::same_origin(req.header("Origin"), req.header("Host"), secure) {
+            return Err(Answer::detail(403, "cross-origin request refused: Origin differs from Host"));
         }
-        let len = c.header("Content-Length").and_then(|v| v.trim().parse::<u64>().ok()).unwrap_or(0);
+        let len = req.header("Content-Length").and_then(|v| v.trim().parse::<u64>().ok()).unwrap_or(0);
         if len > MAX_BODY as u64 {
-            return Answer::detail(413, format!("request body over {MAX_BODY} bytes"));
+            return Err(Answer::detail(413, format!("request body over {MAX_BODY} bytes")));
         }
-        let body = if matches!(method, Method::Post | Method::Patch | Method::Put) {
-            match read_body(c, len as usize) {
-                Ok(b) => Some(b),
-                Err(a) => return a,
-            }
-        } else {
-            None
-        };
+        let needs_body = matches!(method, Method::Post | Method::Patch | Method::Put);
+        // Answered without the engine or the disk: the page, the description, the session.
+        let inline = matches!(r, Route::Page | Route::OpenApi | Route::Session);
+        Ok(Ticket { route: r, cred, needs_body, inline })
+    }
+
+    /// The answer to a checked request and its body (`None` when the method has none).
+    /// May wait for the engine or the disk (bounded): the server runs it off its own thread
+    /// unless [`Ticket::inline`].
+    pub fn respond(&self, req: &Req, t: Ticket, body: Option<Vec<u8>>) -> Answer {
+        let method = req.method;
+        let secure = req.secure;
+        let query = req.target.split_once('?').map(|(_, q)| q.to_string());
+        let r = t.route;
         let json_body = |b: &Option<Vec<u8>>| -> Result<Map<String, Value>, Answer> {
             let bytes = b.as_deref().unwrap_or(&[]);
             if bytes.iter().all(u8::is_ascii_whitespace) {
@@ -357,15 +475,17 @@ impl Api {
                 Err(a) => a,
             },
             (Route::Session, Method::Delete) => {
-                if let Some(sid) = c.header("Cookie").and_then(auth::session_cookie) {
+                if let Some(sid) = req.header("Cookie").and_then(|c| auth::session_cookie(c, secure)) {
                     self.auth.logout(sid);
                 }
                 Answer::json(200, &json!({"authenticated": false}))
                     .header("Set-Cookie", auth::clear_cookie(secure))
             }
             (Route::Session, _) => {
-                let csrf =
-                    c.header("Cookie").and_then(auth::session_cookie).and_then(|s| self.auth.session_csrf(s));
+                let csrf = req
+                    .header("Cookie")
+                    .and_then(|c| auth::session_cookie(c, secure))
+                    .and_then(|s| self.auth.session_csrf(s));
                 Answer::json(
                     200,
                     &json!({"authenticated": csrf.is_some(), "csrf_token": csrf, "token_configured": self.auth.has_token()}),
@@ -386,20 +506,51 @@ impl Api {
         .header("Content-Security-Policy", self.csp.clone())
     }
 
-    fn health(&self, seed_shape: bool) -> Answer {
+    /// `/health` (and the seed's `/api/v1/monitoring/health`) from the watcher's last look at
+    /// the engine, without a round-trip of its own: a flood of probes costs the engine
+    /// nothing. `None` before the watcher's first look (then [`Api::respond`] asks the
+    /// engine itself).
+    pub fn health_inline(&self, seed_shape: bool) -> Option<Answer> {
+        let beat = self.watch.beat()?;
+        let age = beat.at.elapsed();
+        Some(if age <= HEARTBEAT_STALE {
+            let status = if seed_shape { "healthy" } else { "ok" };
+            Answer::json(200, &self.health_body(status, Some(beat.alarm), Some(beat.open), None))
+        } else {
+            let why = format!("the engine has not answered the watcher for {:.1} s", age.as_secs_f64());
+            Answer::json(503, &self.health_body("unhealthy", None, None, Some(why)))
+                .header("Retry-After", "1")
+        })
+    }
+
+    fn health_body(
+        &self,
+        status: &str,
+        alarm: Option<&str>,
+        open: Option<usize>,
+        detail: Option<String>,
+    ) -> Value {
         let turns = self.bridge.engine.status.engine_turns.load(Ordering::Relaxed);
+        json!({
+            "status": status,
+            "timestamp": views::iso8601(SystemTime::now()),
+            "version": env!("CARGO_PKG_VERSION"),
+            "uptime_seconds": self.started.elapsed().as_secs(),
+            "engine": {"responding": alarm.is_some(), "turns": turns},
+            "alarm": alarm,
+            "open_positions": open,
+            "detail": detail,
+            "config_alarm": self.alarm,
+        })
+    }
+
+    fn health(&self, seed_shape: bool) -> Answer {
+        if let Some(a) = self.health_inline(seed_shape) {
+            return a;
+        }
         let engine = self.bridge.inspect(|e, now| (views::alarm_str(e.alarm(now).0), e.book().active()));
         let body = |status: &str, alarm: Option<&str>, open: Option<usize>, detail: Option<String>| {
-            json!({
-                "status": status,
-                "timestamp": views::iso8601(SystemTime::now()),
-                "version": env!("CARGO_PKG_VERSION"),
-                "uptime_seconds": self.started.elapsed().as_secs(),
-                "engine": {"responding": alarm.is_some(), "turns": turns},
-                "alarm": alarm,
-                "open_positions": open,
-                "detail": detail,
-            })
+            self.health_body(status, alarm, open, detail)
         };
         match engine {
             Ok((alarm, open)) => {
@@ -411,10 +562,34 @@ impl Api {
         }
     }
 
+    /// The last `/ready` answer if it is younger than [`READY_EVERY`]: `/ready` is computed
+    /// at most once a second, however many ask.
+    pub fn ready_cached(&self) -> Option<Answer> {
+        let c = self.ready_cache.lock().ok()?;
+        c.as_ref().filter(|(at, _)| at.elapsed() < READY_EVERY).map(|(_, a)| a.clone())
+    }
+
     fn ready(&self) -> Answer {
+        if let Some(a) = self.ready_cached() {
+            return a;
+        }
+        let a = self.ready_now();
+        if let Ok(mut c) = self.ready_cache.lock() {
+            *c = Some((Instant::now(), a.clone()));
+        }
+        a
+    }
+
+    fn ready_now(&self) -> Answer {
         let snap = self.bridge.inspect(|e, now| views::snapshot(e, now, Parts::ALL));
         let mut checks = BTreeMap::new();
         let mut ready = true;
+        if let Some(alarm) = &self.alarm {
+            // The API fell back to loopback only: protection runs, the configuration needs a
+            // person.
+            ready = false;
+            checks.insert("api_config", alarm.clone());
+        }
         match &snap {
             Ok(s) => {
                 checks.insert("engine", "ok".to_string());
@@ -529,6 +704,7 @@ impl Api {
             command_queue: crate::limits::COMMAND_QUEUE
                 .saturating_sub(self.bridge.engine.requests.capacity()),
             http: self.http.get().map(|h| &**h),
+            config_alarm: self.alarm.is_some(),
             watch: &self.watch,
             journal_bytes,
             venue: self.venue,
@@ -658,6 +834,7 @@ impl Api {
             "clock": clock_state(s.wall),
             "uptime_seconds": s.now.since(s.boot).as_secs(),
             "version": env!("CARGO_PKG_VERSION"),
+            "config_alarm": self.alarm,
         });
         Answer::json(200, &body)
     }
@@ -1294,26 +1471,6 @@ fn decimal(v: Option<&Value>) -> Result<Option<i64>, String> {
     }
 }
 
-fn read_body<C: Connection>(c: &mut C, len: usize) -> Result<Vec<u8>, Answer> {
-    let mut buf = vec![0u8; len];
-    let mut off = 0;
-    while off < len {
-        match c.read(&mut buf[off..]) {
-            Ok(0) => return Err(Answer::detail(400, "request body shorter than its Content-Length")),
-            Ok(n) => off += n,
-            Err(e) => {
-                use embedded_svc::io::Error as _;
-                return Err(if e.kind() == embedded_svc::io::ErrorKind::TimedOut {
-                    Answer::detail(408, "request body not received in time")
-                } else {
-                    Answer::detail(400, "request body could not be read")
-                });
-            }
-        }
-    }
-    Ok(buf)
-}
-
 #[derive(Serialize)]
 struct ClosedPosition {
     id: String,
@@ -1510,32 +1667,13 @@ fn base64(b: &[u8]) -> String {
     out
 }
 
-fn send<C: Connection>(c: &mut C, a: Answer) -> Result<(), C::Error> {
-    let mut headers: Vec<(&str, &str)> = vec![
-        ("Content-Type", a.ctype),
-        ("Cache-Control", "no-store"),
-        ("X-Content-Type-Options", "nosniff"),
-        ("X-Frame-Options", "DENY"),
-        ("Referrer-Policy", "no-referrer"),
-    ];
-    for (k, v) in &a.headers {
-        headers.push((k, v.as_str()));
-    }
-    c.initiate_response(a.status, None, &headers)?;
-    c.write_all(&a.body)
-}
-
-impl<C: Connection> Handler<C> for Api {
-    type Error = C::Error;
-
-    fn handle(&self, c: &mut C) -> Result<(), C::Error> {
-        let a = self.answer(c);
-        if a.status >= 500 {
-            log::warn!("[API] status={} path={}", a.status, c.uri().split('?').next().unwrap_or(""));
-        }
-        send(c, a)
-    }
-}
+/// The headers every answer carries, before its own.
+pub const COMMON_HEADERS: [(&str, &str); 4] = [
+    ("Cache-Control", "no-store"),
+    ("X-Content-Type-Options", "nosniff"),
+    ("X-Frame-Options", "DENY"),
+    ("Referrer-Policy", "no-referrer"),
+];
 
 #[cfg(test)]
 mod tests {

@@ -19,8 +19,17 @@ use ring::rand::{SecureRandom, SystemRandom};
 pub const MAX_SESSIONS: usize = 32;
 /// Lifetime of a session.
 pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
-/// Name of the session cookie.
+/// Name of the session cookie over plain HTTP.
 pub const COOKIE: &str = "tg_session";
+/// Name of the session cookie over TLS: the `__Host-` prefix makes the browser refuse it
+/// unless it is `Secure`, has `Path=/` and no `Domain`, so no other host (a sibling
+/// subdomain, a plain-HTTP page on the LAN) can set or shadow it.
+pub const COOKIE_TLS: &str = "__Host-tg_session";
+
+/// The session cookie's name for this transport.
+pub fn cookie_name(secure: bool) -> &'static str {
+    if secure { COOKIE_TLS } else { COOKIE }
+}
 /// Header carrying the CSRF token.
 pub const CSRF_HEADER: &str = "X-CSRF-Token";
 
@@ -116,14 +125,19 @@ impl Auth {
         s.iter().find(|x| x.expires > now && secret_eq(&x.id, id)).map(|x| x.csrf.clone())
     }
 
-    /// Classifies the credentials of a request: its `Authorization` header, its session
-    /// cookie and its CSRF header.
-    pub fn check(&self, authorization: Option<&str>, cookie: Option<&str>, csrf: Option<&str>) -> Credential {
+    /// Classifies the credentials of a request: its `Authorization` header, the session id of
+    /// its cookie ([`session_cookie`]) and its CSRF header.
+    pub fn check(
+        &self,
+        authorization: Option<&str>,
+        session: Option<&str>,
+        csrf: Option<&str>,
+    ) -> Credential {
         if let Some(tok) = authorization.and_then(bearer) {
             // A wrong bearer token is no credential, whatever cookie comes with it.
             return if self.token_ok(tok) { Credential::Bearer } else { Credential::None };
         }
-        let Some(sid) = cookie.and_then(session_cookie) else {
+        let Some(sid) = session else {
             return Credential::None;
         };
         match self.session_csrf(sid) {
@@ -140,15 +154,17 @@ pub fn bearer(h: &str) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim()).filter(|t| !t.is_empty())
 }
 
-/// The session id in a `Cookie` header.
-pub fn session_cookie(h: &str) -> Option<&str> {
-    h.split(';').filter_map(|kv| kv.trim().split_once('=')).find(|(k, _)| *k == COOKIE).map(|(_, v)| v.trim())
+/// The session id in a `Cookie` header: over TLS only the `__Host-` cookie counts.
+pub fn session_cookie(h: &str, secure: bool) -> Option<&str> {
+    let name = cookie_name(secure);
+    h.split(';').filter_map(|kv| kv.trim().split_once('=')).find(|(k, _)| *k == name).map(|(_, v)| v.trim())
 }
 
 /// The `Set-Cookie` value of a new session.
 pub fn set_cookie(id: &str, secure: bool) -> String {
     format!(
-        "{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}{}",
+        "{}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}{}",
+        cookie_name(secure),
         SESSION_TTL.as_secs(),
         if secure { "; Secure" } else { "" }
     )
@@ -156,7 +172,11 @@ pub fn set_cookie(id: &str, secure: bool) -> String {
 
 /// The `Set-Cookie` value that ends a session in the browser.
 pub fn clear_cookie(secure: bool) -> String {
-    format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0{}", if secure { "; Secure" } else { "" })
+    format!(
+        "{}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0{}",
+        cookie_name(secure),
+        if secure { "; Secure" } else { "" }
+    )
 }
 
 /// True when the request's `Origin` (if any) names the host it was sent to. A request from
@@ -199,12 +219,18 @@ mod tests {
         assert!(a.login("nope").is_none());
         let (sid, csrf) = a.login("s3cret-token").expect("login");
         let cookie = format!("other=1; {COOKIE}={sid}");
-        assert_eq!(a.check(None, Some(&cookie), Some(&csrf)), Credential::Session);
-        assert_eq!(a.check(None, Some(&cookie), None), Credential::CookieOnly);
-        assert_eq!(a.check(None, Some(&cookie), Some("x")), Credential::CookieOnly);
+        assert_eq!(a.check(None, session_cookie(&cookie, false), Some(&csrf)), Credential::Session);
+        assert_eq!(a.check(None, session_cookie(&cookie, false), None), Credential::CookieOnly);
+        assert_eq!(a.check(None, session_cookie(&cookie, false), Some("x")), Credential::CookieOnly);
         assert_eq!(a.check(None, Some("tg_session=forged"), Some(&csrf)), Credential::None);
         a.logout(&sid);
-        assert_eq!(a.check(None, Some(&cookie), Some(&csrf)), Credential::None);
+        assert_eq!(a.check(None, session_cookie(&cookie, false), Some(&csrf)), Credential::None);
+        // Over TLS only the `__Host-` cookie counts, and it is set `Secure`.
+        assert_eq!(session_cookie("tg_session=a", true), None);
+        assert_eq!(session_cookie("tg_session=a; __Host-tg_session=b", true), Some("b"));
+        assert!(set_cookie("x", true).starts_with("__Host-tg_session=x;"));
+        assert!(set_cookie("x", true).contains("; Secure") && set_cookie("x", true).contains("Path=/"));
+        assert!(!set_cookie("x", false).contains("Secure"));
         let none = Auth::new(None);
         assert!(none.login("").is_none());
         assert_eq!(none.check(Some("Bearer "), None, None), Credential::None);

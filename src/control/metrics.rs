@@ -4,8 +4,8 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::http::HttpStats;
 use super::notify::KINDS;
+use super::server::HttpStats;
 use super::views::Snap;
 use super::watch::{REASONS, RESULTS, WatchState};
 use crate::core::engine::Alarm;
@@ -32,6 +32,8 @@ pub struct Inputs<'a> {
     pub journal_bytes: Option<u64>,
     /// `feed.venue`.
     pub venue: &'a str,
+    /// A configuration alarm of the API (loopback-only fallback).
+    pub config_alarm: bool,
 }
 
 struct Out(String);
@@ -289,13 +291,46 @@ pub fn render(i: &Inputs<'_>) -> String {
         );
         o.sample("tickguard_http_refused_total", &[("cause", "connections")], load(&h.refused_connections));
         o.sample("tickguard_http_refused_total", &[("cause", "busy")], load(&h.busy));
+        o.sample("tickguard_http_refused_total", &[("cause", "waiting")], load(&h.waiting_refused));
+        o.sample("tickguard_http_refused_total", &[("cause", "host")], load(&h.wrong_host));
+        o.sample("tickguard_http_refused_total", &[("cause", "rate")], load(&h.throttled));
         o.one(
             "tickguard_http_timeouts_total",
             "counter",
-            "Requests whose head or body did not arrive in time.",
+            "Connections or requests cut at a deadline (TLS handshake, head, body, response write).",
             load(&h.timeouts),
         );
+        o.one(
+            "tickguard_http_auth_failures_total",
+            "counter",
+            "Wrong bearer tokens and failed logins (answered after a growing per-address delay).",
+            load(&h.auth_failures),
+        );
+        o.one(
+            "tickguard_http_evicted_total",
+            "counter",
+            "Unauthenticated connections closed to make room for a request with credentials.",
+            load(&h.evicted),
+        );
+        o.one(
+            "tickguard_http_tls_failures_total",
+            "counter",
+            "TLS handshakes that failed.",
+            load(&h.tls_failures),
+        );
+        o.one(
+            "tickguard_http_response_bytes_in_flight",
+            "gauge",
+            "Response bytes being written now, over all connections.",
+            h.response_bytes_in_flight.load(Ordering::Relaxed),
+        );
     }
+    o.one(
+        "tickguard_api_config_alarm",
+        "gauge",
+        "1 while the API serves on loopback only because of a configuration problem (see /ready).",
+        u8::from(i.config_alarm),
+    );
     if let Some(sync) = clock_synchronized() {
         o.one(
             "tickguard_clock_synchronized",

@@ -2,7 +2,7 @@
 //! the notifications that reach a person.
 //!
 //! ```text
-//!  HTTP clients ──▶ http (bounded server, own threads) ──▶ api (embedded-svc Handler)
+//!  HTTP clients ──▶ server (hyper, own runtime thread) ──▶ api (checks, endpoints)
 //!                                                            │ bridge: Command / Inspect
 //!  watch (one look per 250 ms) ──▶ notify (webhook,          ▼   over the bounded channel
 //!        │                          Telegram; own threads)  engine task (owns all state)
@@ -13,7 +13,8 @@
 //! a page view is an inspection message that copies what it shows ([`views::snapshot`]), and
 //! every wait for the engine is bounded ([`bridge`]). The module layout:
 //!
-//! - [`http`]: the HTTP/1.1 server and the embedded-svc `Connection` adapter;
+//! - [`server`]: hyper's HTTP/1.1 server on its own runtime, with the bounds of a hostile LAN;
+//! - [`hosts`]: the `Host` allow-list (DNS rebinding);
 //! - [`api`]: routing, credentials, the endpoints (see `docs/api.md`, `docs/openapi.yaml`);
 //! - [`auth`]: bearer token, sessions, CSRF, origin check;
 //! - [`views`]: snapshots and their JSON;
@@ -23,9 +24,11 @@
 pub mod api;
 pub mod auth;
 pub mod bridge;
-pub mod http;
+pub mod hosts;
 pub mod metrics;
 pub mod notify;
+pub mod server;
+mod settings;
 mod store;
 pub mod views;
 pub mod watch;
@@ -158,11 +161,23 @@ pub struct ControlConfig {
     /// `tls.extra_ca`, for the notification channels.
     pub extra_ca: Option<PathBuf>,
     /// Server bounds.
-    pub limits: http::Limits,
+    pub limits: server::Limits,
     /// Where registrations' `product` goes (the Upstox broker), if anywhere.
     pub products: Option<ProductSink>,
     /// How registrations' symbols are checked (Binance: the venue's list), if at all.
     pub symbols: Option<SymbolGate>,
+    /// `api.allowed_hosts`: the `Host` values served. `None`: the default set (localhost,
+    /// 127.0.0.1, [::1], every address of the box's interfaces and its host names, each with
+    /// and without the port), recomputed as interfaces change.
+    pub allowed_hosts: Option<Vec<String>>,
+    /// `api.protect_metrics`: `/metrics` needs the token.
+    pub protect_metrics: bool,
+    /// `api.hsts`: send `Strict-Transport-Security` over TLS.
+    pub hsts: bool,
+    /// A configuration problem of the API's transport or token that made `run` fall back to
+    /// serving on loopback only (the text names the key and the fix). Shown as an alarm on
+    /// `/ready`, `/health`, `/metrics` and the page while it lasts.
+    pub alarm: Option<String>,
 }
 
 impl ControlConfig {
@@ -185,51 +200,20 @@ impl ControlConfig {
                 cap: (d.timeout * 2).min(Duration::from_secs(10)),
             },
             extra_ca: None,
-            limits: http::Limits::default(),
+            limits: server::Limits::default(),
             products: None,
             symbols: None,
+            allowed_hosts: None,
+            protect_metrics: false,
+            hsts: false,
+            alarm: None,
         }
-    }
-
-    /// The control plane of a loaded configuration; reads the token files (their content
-    /// never appears in a message).
-    pub fn from_config(cfg: &Config) -> Result<ControlConfig, crate::config::ConfigError> {
-        let token = cfg.api.token_file.as_deref().map(crate::config::read_secret).transpose()?;
-        if token.as_ref().is_some_and(|t| t.len() < 16) {
-            log::warn!("[AUTH] api.token_file holds a short token: use at least 16 random characters");
-        }
-        let mut notify = Vec::new();
-        if let Some(url) = &cfg.notify.webhook_url {
-            notify.push(notify::Target::Webhook(url.clone()));
-        }
-        if let (Some(file), Some(chat)) = (&cfg.notify.telegram_token_file, &cfg.notify.telegram_chat_id) {
-            notify.push(notify::Target::Telegram {
-                api_url: cfg.notify.telegram_api_url.clone(),
-                token: crate::config::read_secret(file)?,
-                chat_id: chat.clone(),
-            });
-        }
-        let mut c = ControlConfig::new(cfg.api.listen, token);
-        c.protect_reads = cfg.api.protect_reads;
-        c.tls = cfg.api.tls_cert.clone().zip(cfg.api.tls_key.clone());
-        c.store = StoreProbe::Dir(cfg.store.dir.clone());
-        c.venue = cfg.feed.venue.as_str();
-        c.notify = notify;
-        c.dns = DnsConfig {
-            use_system: cfg.dns.use_system,
-            resolv_conf: cfg.dns.resolv_conf.clone(),
-            nameservers: cfg.dns.nameservers.clone(),
-            timeout: cfg.dns.timeout,
-            cap: (cfg.dns.timeout * 2).min(Duration::from_secs(10)),
-        };
-        c.extra_ca = cfg.tls.extra_ca.clone();
-        Ok(c)
     }
 }
 
 /// The running control plane. Dropping it stops the server, the watcher and the channels.
 pub struct Control {
-    server: Arc<Mutex<Option<http::Server>>>,
+    server: Arc<Mutex<Option<server::Server>>>,
     binder: Option<JoinHandle<()>>,
     stop: Arc<AtomicBool>,
     watcher: watch::Watcher,
@@ -241,7 +225,7 @@ pub struct Control {
 impl Control {
     /// The address the API listens on, once bound.
     pub fn local_addr(&self) -> Option<SocketAddr> {
-        self.server.lock().ok()?.as_ref().map(http::Server::local_addr)
+        self.server.lock().ok()?.as_ref().map(server::Server::local_addr)
     }
 
     /// Removes `path` when the control plane stops (the demo's token file).
@@ -281,7 +265,7 @@ pub fn spawn(
     journal: Option<Arc<dyn Journal>>,
 ) -> Result<Control, String> {
     let tls = match &cfg.tls {
-        Some((cert, key)) => Some(http::tls_config(cert, key)?),
+        Some((cert, key)) => Some(server::tls_config(cert, key)?),
         None => None,
     };
     let mut notifier = notify::Notifier::default();
@@ -294,6 +278,8 @@ pub fn spawn(
         bridge: bridge.clone(),
         token: cfg.token.clone(),
         protect_reads: cfg.protect_reads,
+        protect_metrics: cfg.protect_metrics,
+        alarm: cfg.alarm.clone(),
         journal,
         store: cfg.store.clone(),
         venue: cfg.venue,
@@ -302,14 +288,15 @@ pub fn spawn(
         symbols: cfg.symbols.clone(),
     }));
     let watcher = watch::Watcher::start(bridge, watch_state.clone()).map_err(|e| e.to_string())?;
-    let server: Arc<Mutex<Option<http::Server>>> = Arc::new(Mutex::new(None));
+    let server: Arc<Mutex<Option<server::Server>>> = Arc::new(Mutex::new(None));
     let stop = Arc::new(AtomicBool::new(false));
     let scheme = if tls.is_some() { "https" } else { "http" };
     let start = {
         let (api, limits, tls) = (api.clone(), cfg.limits.clone(), tls.clone());
-        move |listener: TcpListener| -> Result<http::Server, String> {
-            let s =
-                http::serve(listener, tls.clone(), limits.clone(), api.clone()).map_err(|e| e.to_string())?;
+        let opts = server::Options { allowed_hosts: cfg.allowed_hosts.clone(), hsts: cfg.hsts };
+        move |listener: TcpListener| -> Result<server::Server, String> {
+            let s = server::serve(listener, tls.clone(), limits.clone(), api.clone(), opts.clone())
+                .map_err(|e| e.to_string())?;
             api.set_http_stats(s.stats.clone());
             log::info!("[API] listening on {scheme}://{}/", s.local_addr());
             Ok(s)
@@ -375,7 +362,10 @@ pub fn spawn_from_config(
 /// read (its path is printed), the page on `listen`.
 pub fn spawn_demo(listen: SocketAddr, engine: EngineHandle) -> Result<Control, String> {
     let token = auth::random_hex(24).ok_or("no randomness from the OS for the demo token")?;
-    let path = std::env::temp_dir().join(format!("tickguard-demo-{}.token", std::process::id()));
+    // A random name, created new: another user of a shared /tmp can neither guess the path
+    // nor plant a file (or a symlink) there for the demo to write its token into.
+    let name = auth::random_hex(8).ok_or("no randomness from the OS for the demo token")?;
+    let path = std::env::temp_dir().join(format!("tickguard-demo-{name}.token"));
     write_private(&path, &token)
         .map_err(|e| format!("cannot write the demo token to {}: {e}", path.display()))?;
     let mut c = spawn(ControlConfig::new(listen, Some(token)), engine, None)?;
@@ -387,7 +377,7 @@ pub fn spawn_demo(listen: SocketAddr, engine: EngineHandle) -> Result<Control, S
 fn write_private(path: &Path, content: &str) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
     f.write_all(content.as_bytes())?;
     f.write_all(b"\n")
 }

@@ -66,6 +66,31 @@ pub struct WatchState {
     pub missed: AtomicU64,
     /// The notification channels.
     pub notifier: Notifier,
+    /// The last look at the engine that got an answer ([`WatchState::beat`]).
+    pub last_beat: std::sync::Mutex<Option<Beat>>,
+}
+
+/// What the watcher saw at its last answered look: `/health` answers from it.
+#[derive(Clone, Copy, Debug)]
+pub struct Beat {
+    /// When.
+    pub at: Instant,
+    /// The alarm (`live`, `stale`, `blind`, ...).
+    pub alarm: &'static str,
+    /// Positions not closed.
+    pub open: usize,
+}
+
+impl WatchState {
+    /// The last answered look, if any.
+    pub fn beat(&self) -> Option<Beat> {
+        *self.last_beat.lock().ok()?
+    }
+    fn set_beat(&self, b: Beat) {
+        if let Ok(mut s) = self.last_beat.lock() {
+            *s = Some(b);
+        }
+    }
 }
 
 /// What the watcher copies of one position.
@@ -128,7 +153,7 @@ impl Drop for Watcher {
     }
 }
 
-fn observe(bridge: &Bridge) -> Option<(bool, Vec<Obs>)> {
+fn observe(bridge: &Bridge) -> Option<(bool, Vec<Obs>, &'static str, usize)> {
     bridge
         .inspect(|e, now| {
             let obs = e
@@ -161,7 +186,7 @@ fn observe(bridge: &Bridge) -> Option<(bool, Vec<Obs>)> {
                     attempts: p.attempts,
                 })
                 .collect();
-            (e.feed_connected(), obs)
+            (e.feed_connected(), obs, super::views::alarm_str(e.alarm(now).0), e.book().active())
         })
         .ok()
 }
@@ -189,12 +214,18 @@ fn run(bridge: &Bridge, state: &WatchState, stop: &AtomicBool) {
     let mut down_sent = false;
     let mut dns_seen: Option<u64> = None;
     let mut dns_last: Option<Instant> = None;
+    let mut first = true;
     while !stop.load(Ordering::SeqCst) {
-        std::thread::sleep(PERIOD);
-        let Some((connected, obs)) = observe(bridge) else {
+        // The first look at once: `/health` answers from it.
+        if !first {
+            std::thread::sleep(PERIOD);
+        }
+        first = false;
+        let Some((connected, obs, alarm, open)) = observe(bridge) else {
             state.missed.fetch_add(1, Ordering::Relaxed);
             continue;
         };
+        state.set_beat(Beat { at: Instant::now(), alarm, open });
         let n = &state.notifier;
         // The feed.
         if connected {
