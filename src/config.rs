@@ -174,6 +174,8 @@ pub enum Kind {
     MarketHours,
     /// A list of dates `YYYY-MM-DD`.
     Dates,
+    /// A list of `Host` header values (`host`, `host:port`, `[v6]`, `[v6]:port`), or absent.
+    Hosts,
 }
 
 impl Kind {
@@ -200,6 +202,7 @@ impl Kind {
             Kind::Dates => "list of dates".into(),
             Kind::OptCount { min, max } => format!("integer {min} to {max}, optional"),
             Kind::OptBool => "bool, optional".into(),
+            Kind::Hosts => "list of hosts, optional".into(),
         }
     }
 
@@ -224,6 +227,7 @@ impl Kind {
             Kind::Dates => "a list of date strings like \"2026-01-26\"".into(),
             Kind::OptCount { min, max } => format!("an integer from {min} to {max}"),
             Kind::OptBool => "true or false".into(),
+            Kind::Hosts => "a list of host strings (\"tickguard.lan\", \"192.168.1.20:8443\")".into(),
         }
     }
 }
@@ -309,10 +313,10 @@ pub static KEYS: &[KeySpec] = &[
     ),
     key(
         "api.protect_reads",
-        Kind::Bool,
-        "false",
+        Kind::OptBool,
+        "(not loopback)",
         "",
-        "Require the token for read-only endpoints too; needs `api.token_file`.",
+        "Require the token for position data (every read but the page, `/health`, `/ready` and `/metrics`); needs `api.token_file`. Default: on when `api.listen` is not a loopback address and `api.token_file` is set.",
         "true",
     ),
     key(
@@ -330,6 +334,38 @@ pub static KEYS: &[KeySpec] = &[
         "",
         "PEM private key of `api.tls_cert`.",
         "\"/etc/tickguard/api.key\"",
+    ),
+    key(
+        "api.allowed_hosts",
+        Kind::Hosts,
+        "(box's names)",
+        "",
+        "`Host` values the API answers (`host`, `host:port`, `[v6]` or `[v6]:port`); any other gets 421. Default: `localhost`, `127.0.0.1`, `[::1]`, every address of the box's interfaces and its host names, each with and without the port.",
+        "[\"tickguard.lan\", \"192.168.1.20:8443\"]",
+    ),
+    key(
+        "api.protect_metrics",
+        Kind::OptBool,
+        "(protect_reads as set)",
+        "",
+        "Require the token for `/metrics`. Default: the value `api.protect_reads` is set to in the file or environment (false when it is not set), so Prometheus scrapes keep working when reads become protected by default.",
+        "true",
+    ),
+    key(
+        "api.allow_plain_http",
+        Kind::Bool,
+        "false",
+        "",
+        "Accept serving plain HTTP on a non-loopback `api.listen` (the token and the login cross the LAN in clear; warned at every start). Without it and without `api.tls_cert`, `check-config` refuses such a listen address and `run` serves on 127.0.0.1 only, with an alarm.",
+        "true",
+    ),
+    key(
+        "api.hsts",
+        Kind::Bool,
+        "false",
+        "",
+        "Send `Strict-Transport-Security` over HTTPS. Off by default: with a self-signed certificate HSTS takes away the browser's click-through to the emergency close.",
+        "true",
     ),
     key(
         "feed.venue",
@@ -824,12 +860,21 @@ pub struct ApiConfig {
     pub listen: SocketAddr,
     /// `api.token_file`.
     pub token_file: Option<PathBuf>,
-    /// `api.protect_reads`.
-    pub protect_reads: bool,
+    /// `api.protect_reads` as set in the file or environment (`None`: not set; see
+    /// [`ApiConfig::reads_protected`] for the value in force).
+    pub protect_reads: Option<bool>,
     /// `api.tls_cert`.
     pub tls_cert: Option<PathBuf>,
     /// `api.tls_key`.
     pub tls_key: Option<PathBuf>,
+    /// `api.allowed_hosts` (lower-cased); `None`: the server's default set.
+    pub allowed_hosts: Option<Vec<String>>,
+    /// `api.protect_metrics` as set (`None`: not set; see [`ApiConfig::metrics_protected`]).
+    pub protect_metrics: Option<bool>,
+    /// `api.allow_plain_http`.
+    pub allow_plain_http: bool,
+    /// `api.hsts`.
+    pub hsts: bool,
 }
 
 impl Default for ApiConfig {
@@ -837,10 +882,35 @@ impl Default for ApiConfig {
         ApiConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
             token_file: None,
-            protect_reads: false,
+            protect_reads: None,
             tls_cert: None,
             tls_key: None,
+            allowed_hosts: None,
+            protect_metrics: None,
+            allow_plain_http: false,
+            hsts: false,
         }
+    }
+}
+
+impl ApiConfig {
+    /// Whether `api.listen` is a loopback address (127.0.0.0/8, `::1`, or either mapped into
+    /// IPv6). `0.0.0.0` and `::` listen on every interface: not loopback.
+    pub fn listen_is_loopback(&self) -> bool {
+        self.listen.ip().to_canonical().is_loopback()
+    }
+
+    /// `api.protect_reads` in force: as set, else on when `api.listen` is not loopback and a
+    /// token exists to protect reads with (without `api.token_file` the API is read-only and
+    /// reads stay open, as before).
+    pub fn reads_protected(&self) -> bool {
+        self.protect_reads.unwrap_or(!self.listen_is_loopback() && self.token_file.is_some())
+    }
+
+    /// `api.protect_metrics` in force: as set, else the value `api.protect_reads` was set to
+    /// (false when it was not set: the new default of reads leaves scrapes open).
+    pub fn metrics_protected(&self) -> bool {
+        self.protect_metrics.unwrap_or(self.protect_reads == Some(true))
     }
 }
 
@@ -1256,10 +1326,56 @@ pub fn parse_str(
     let doc = DeTable::parse(text).map_err(|e| syntax_error(text, origin, &e))?;
     let mut cfg = Config::default();
     apply_file(&mut cfg, doc.get_ref())?;
-    apply_env(&mut cfg, env)?;
+    let env: Vec<(String, String)> = env.into_iter().collect();
+    apply_env(&mut cfg, env.iter().cloned())?;
+    let credentials = env.iter().find(|(k, _)| k == CREDENTIALS_DIRECTORY).map(|(_, v)| v.as_str());
+    resolve_credentials(&mut cfg, credentials);
     normalise_symbols(&mut cfg);
     check(&cfg)?;
     Ok(cfg)
+}
+
+/// The variable systemd sets for a unit with `LoadCredential=` (or `SetCredential=`): the
+/// directory holding the credentials it passes.
+pub const CREDENTIALS_DIRECTORY: &str = "CREDENTIALS_DIRECTORY";
+
+/// The keys whose files hold secrets (checked for their mode at start-up, see
+/// [`secret_problems`]); with `api.tls_cert` and `tls.extra_ca` these are the paths a
+/// credential of systemd can stand for.
+pub const SECRET_KEYS: &[&str] = &[
+    "api.token_file",
+    "api.tls_key",
+    "feed.token_file",
+    "broker.key_file",
+    "broker.secret_file",
+    "broker.token_file",
+    "notify.telegram_token_file",
+];
+
+/// `LoadCredential=`: when `$CREDENTIALS_DIRECTORY` is set (systemd passes credentials to the
+/// unit), a *relative* path of a secret key (or of `api.tls_cert`, `tls.extra_ca`) names a
+/// credential: `token_file = "api.token"` is `$CREDENTIALS_DIRECTORY/api.token`. Absolute
+/// paths are kept; without the variable relative paths keep meaning the working directory.
+fn resolve_credentials(cfg: &mut Config, dir: Option<&str>) {
+    let Some(dir) = dir.filter(|d| !d.is_empty()).map(Path::new) else {
+        return;
+    };
+    let fields: [&mut Option<PathBuf>; 9] = [
+        &mut cfg.api.token_file,
+        &mut cfg.api.tls_key,
+        &mut cfg.api.tls_cert,
+        &mut cfg.feed.token_file,
+        &mut cfg.broker.key_file,
+        &mut cfg.broker.secret_file,
+        &mut cfg.broker.token_file,
+        &mut cfg.notify.telegram_token_file,
+        &mut cfg.tls.extra_ca,
+    ];
+    for f in fields {
+        if let Some(p) = f.as_mut().filter(|p| p.is_relative()) {
+            *p = dir.join(&*p);
+        }
+    }
 }
 
 /// Binance's symbols are case-free: `btcusdt` is `BTCUSDT`, the name its frames carry, so
@@ -1337,6 +1453,7 @@ enum Val {
     OptBool(Option<bool>),
     KeyMap(std::collections::BTreeMap<String, String>),
     Dates(Vec<crate::feed::calendar::Date>),
+    Hosts(Option<Vec<String>>),
 }
 
 fn spec_of(name: &str) -> Option<&'static KeySpec> {
@@ -1519,6 +1636,23 @@ fn from_toml(spec: &KeySpec, v: &DeValue<'_>) -> Result<Val, Bad> {
             Ok(Val::KeyMap(out))
         }
         (Kind::MarketHours, DeValue::String(s)) => from_text(spec, s),
+        (Kind::Hosts, DeValue::Array(items)) => {
+            if items.is_empty() {
+                return Err(bad(
+                    "an empty list would refuse every request (421); remove the key for the default set",
+                ));
+            }
+            let mut out = Vec::with_capacity(items.len());
+            for (i, item) in items.iter().enumerate() {
+                let shown = render(item.get_ref());
+                let DeValue::String(s) = item.get_ref() else {
+                    let problem = format!("expected a host string, found {}", type_word(item.get_ref()));
+                    return Err(bad_item(i, shown, problem));
+                };
+                out.push(allowed_host(s).map_err(|b| bad_item(i, shown, b.problem))?);
+            }
+            Ok(Val::Hosts(Some(out)))
+        }
         (Kind::Dates, DeValue::Array(items)) => {
             let mut out = Vec::with_capacity(items.len());
             for (i, item) in items.iter().enumerate() {
@@ -1667,7 +1801,70 @@ fn from_text(spec: &KeySpec, text: &str) -> Result<Val, Bad> {
             "false" | "0" => Ok(Val::OptBool(Some(false))),
             _ => Err(bad("expected true or false")),
         },
+        Kind::Hosts => {
+            let mut out = Vec::new();
+            for (i, item) in list_items(text).enumerate() {
+                out.push(allowed_host(item).map_err(|b| bad_item(i, format!("{item:?}"), b.problem))?);
+            }
+            Ok(Val::Hosts((!out.is_empty()).then_some(out)))
+        }
     }
+}
+
+/// One entry of `api.allowed_hosts`, as a `Host` header carries it: a DNS name or IPv4
+/// address, optionally with `:port`, or a bracketed IPv6 address, optionally with `:port`.
+/// Returned lower-cased (host names match case-insensitively).
+fn allowed_host(s: &str) -> Result<String, Bad> {
+    let s = s.trim();
+    let fix = "write host, host:port, [v6] or [v6]:port (\"tickguard.lan\", \"192.168.1.20:8443\", \"[fd00::20]:8443\")";
+    if s.contains('/') {
+        return Err(bad(format!("{s:?} is not a host name: give the Host value, not a URL; {fix}")));
+    }
+    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+        let Some((v6, after)) = rest.split_once(']') else {
+            return Err(bad(format!("unclosed [ in an IPv6 host; {fix}")));
+        };
+        if v6.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(bad(format!("{v6:?} is not an IPv6 address; {fix}")));
+        }
+        match after {
+            "" => (s, None),
+            p => match p.strip_prefix(':') {
+                Some(port) => (&s[..s.len() - p.len()], Some(port)),
+                None => return Err(bad(format!("unexpected {p:?} after the IPv6 address; {fix}"))),
+            },
+        }
+    } else {
+        if s.parse::<std::net::Ipv6Addr>().is_ok() {
+            return Err(bad(format!(
+                "an IPv6 address must be in brackets, as a Host header writes it: [{s}]"
+            )));
+        }
+        match s.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (s, None),
+        }
+    };
+    if let Some(p) = port {
+        if !p.bytes().all(|b| b.is_ascii_digit()) || p.parse::<u16>().map_or(true, |n| n == 0) {
+            return Err(bad(format!("port {p:?} is not a port from 1 to 65535; {fix}")));
+        }
+    }
+    if !host.starts_with('[') {
+        let name_ok = !host.is_empty()
+            && host.len() <= 253
+            && host.split('.').all(|label| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && !label.starts_with('-')
+                    && !label.ends_with('-')
+                    && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+        if !name_ok {
+            return Err(bad(format!("{host:?} is not a host name or IPv4 address; {fix}")));
+        }
+    }
+    Ok(s.to_ascii_lowercase())
 }
 
 fn list_items(text: &str) -> impl Iterator<Item = &str> {
@@ -1768,9 +1965,13 @@ fn assign(cfg: &mut Config, spec: &KeySpec, v: Val) -> Result<(), ConfigError> {
     match (spec.name, v) {
         ("api.listen", Val::Addr(a)) => cfg.api.listen = a,
         ("api.token_file", Val::OptPath(p)) => cfg.api.token_file = p,
-        ("api.protect_reads", Val::Bool(b)) => cfg.api.protect_reads = b,
+        ("api.protect_reads", Val::OptBool(b)) => cfg.api.protect_reads = b,
         ("api.tls_cert", Val::OptPath(p)) => cfg.api.tls_cert = p,
         ("api.tls_key", Val::OptPath(p)) => cfg.api.tls_key = p,
+        ("api.allowed_hosts", Val::Hosts(h)) => cfg.api.allowed_hosts = h,
+        ("api.protect_metrics", Val::OptBool(b)) => cfg.api.protect_metrics = b,
+        ("api.allow_plain_http", Val::Bool(b)) => cfg.api.allow_plain_http = b,
+        ("api.hsts", Val::Bool(b)) => cfg.api.hsts = b,
         ("feed.venue", Val::Text(t)) => cfg.feed.venue = Venue::parse(&t).ok_or_else(|| mismatch(spec))?,
         ("feed.ws_url", Val::Text(t)) => cfg.feed.ws_url = t,
         ("feed.rest_url", Val::Text(t)) => cfg.feed.rest_url = t,
@@ -2113,6 +2314,288 @@ fn missing(p: &PosTable<'_, '_>, name: &str) -> ConfigError {
 }
 
 // ---------------------------------------------------------------------------------------
+// Start-up checks: the API's transport and token, secret files, outbound URLs
+
+/// How grave a start-up problem is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Severity {
+    /// `check-config` exits 78 on it. Under `run` an API problem makes the API serve on
+    /// 127.0.0.1 only with an alarm (protection never stops); an outbound URL problem is
+    /// logged as an error at every start.
+    Error,
+    /// Printed by `check-config`, logged by `run` at every start.
+    Warning,
+}
+
+/// A problem found by the start-up checks shared by `check-config` and `run`
+/// ([`api_problems`], [`secret_problems`], [`outbound_problems`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// Error or warning.
+    pub severity: Severity,
+    /// The key to change.
+    pub key: &'static str,
+    /// The `event=` of its log line.
+    pub event: &'static str,
+    /// One line naming the key, what is wrong and the fix (never a secret, never a URL
+    /// that may carry one).
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// Bits of a token needed to resist guessing.
+pub const MIN_TOKEN_BITS: u32 = 128;
+
+/// Estimated strength of a token, in bits. The rule (docs/configuration.md, "Token
+/// strength"): trailing `=` (base64 padding) is dropped; the alphabet is the smallest of
+/// these that holds every character: digits (10), hex digits of one case (16), lower-case
+/// letters and digits or upper-case letters and digits (36), letters and digits (62), the
+/// base64 / base64url alphabet `A-Z a-z 0-9 + / - _` (64), anything else (95, printable
+/// ASCII); each character counts log2 of that size, or log2 of the number of distinct
+/// characters when fewer than 8 distinct characters are used (`aaaa…`, `abab…`).
+pub fn token_bits(token: &str) -> u32 {
+    let t = token.trim().trim_end_matches('=');
+    let n = t.chars().count();
+    if n == 0 {
+        return 0;
+    }
+    let all = |f: fn(char) -> bool| t.chars().all(f);
+    let class: u32 = if all(|c| c.is_ascii_digit()) {
+        10
+    } else if all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
+        || all(|c| c.is_ascii_digit() || ('A'..='F').contains(&c))
+    {
+        16
+    } else if all(|c| c.is_ascii_digit() || c.is_ascii_lowercase())
+        || all(|c| c.is_ascii_digit() || c.is_ascii_uppercase())
+    {
+        36
+    } else if all(|c| c.is_ascii_alphanumeric()) {
+        62
+    } else if all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '/' | '-' | '_')) {
+        64
+    } else {
+        95
+    };
+    let distinct = t.chars().collect::<std::collections::BTreeSet<char>>().len();
+    let size = if distinct < 8 { distinct as f64 } else { f64::from(class) };
+    // At most a few hundred characters of a file: the product is far below u32::MAX.
+    (n as f64 * size.log2()).floor().clamp(0.0, f64::from(u32::MAX)) as u32
+}
+
+/// The API's transport and token rules, reading `api.token_file` for its strength. An
+/// unreadable token file is a warning here (its strength is not checked); under `run` it
+/// narrows the API to a read-only one on loopback, with the alarm.
+pub fn api_problems(cfg: &Config) -> Vec<Problem> {
+    let Some(path) = cfg.api.token_file.as_deref() else {
+        return api_problems_for_token(cfg, None);
+    };
+    match read_secret(path) {
+        Ok(t) => api_problems_for_token(cfg, Some(&t)),
+        Err(e) => {
+            let mut out = api_problems_for_token(cfg, None);
+            out.push(Problem {
+                severity: Severity::Warning,
+                key: "api.token_file",
+                event: "token_unchecked",
+                message: format!(
+                    "api.token_file: {e}; its strength was not checked (run the check as the service user, with $CREDENTIALS_DIRECTORY set if the unit passes it with LoadCredential=)"
+                ),
+            });
+            out
+        }
+    }
+}
+
+/// As [`api_problems`], with the token already read (`None`: no `api.token_file`).
+/// Errors: a non-loopback `api.listen` without `api.tls_cert` and without
+/// `api.allow_plain_http = true`; a token below [`MIN_TOKEN_BITS`]. Warnings: plain HTTP
+/// allowed on a non-loopback address; a non-loopback address without a token.
+pub fn api_problems_for_token(cfg: &Config, token: Option<&str>) -> Vec<Problem> {
+    let api = &cfg.api;
+    let mut out = Vec::new();
+    let lan = !api.listen_is_loopback();
+    if lan && api.tls_cert.is_none() {
+        if api.allow_plain_http {
+            out.push(Problem {
+                severity: Severity::Warning,
+                key: "api.allow_plain_http",
+                event: "plain_http",
+                message: format!(
+                    "api.allow_plain_http = true: the API serves plain HTTP on {} (not loopback), so the token and the login cross the network in clear; set api.tls_cert and api.tls_key to serve HTTPS",
+                    api.listen
+                ),
+            });
+        } else {
+            out.push(Problem {
+                severity: Severity::Error,
+                key: "api.listen",
+                event: "plain_http_refused",
+                message: format!(
+                    "api.listen = \"{}\" is not a loopback address and api.tls_cert is not set: the token and the login would cross the network in clear; set api.tls_cert and api.tls_key (HTTPS), or api.allow_plain_http = true to accept plain HTTP, or listen on 127.0.0.1",
+                    api.listen
+                ),
+            });
+        }
+    }
+    match (token, api.token_file.as_deref()) {
+        (Some(t), Some(path)) => {
+            let bits = token_bits(t);
+            if bits < MIN_TOKEN_BITS {
+                out.push(Problem {
+                    severity: Severity::Error,
+                    key: "api.token_file",
+                    event: "weak_token",
+                    message: format!(
+                        "api.token_file {} holds a token of about {bits} bits, below the {MIN_TOKEN_BITS} needed to resist guessing; make one with `openssl rand -hex 32 > {}` (64 hex digits, 256 bits) and restart",
+                        path.display(),
+                        path.display()
+                    ),
+                });
+            }
+        }
+        _ if lan => out.push(Problem {
+            severity: Severity::Warning,
+            key: "api.token_file",
+            event: "reads_open",
+            message: format!(
+                "api.listen = \"{}\" is not a loopback address and api.token_file is not set: anyone who reaches it reads positions and P/L (changes are refused); set api.token_file (make one with `openssl rand -hex 32`)",
+                api.listen
+            ),
+        }),
+        _ => {}
+    }
+    out
+}
+
+/// The files of [`SECRET_KEYS`] that are set, with their key.
+pub fn secret_files(cfg: &Config) -> Vec<(&'static str, &Path)> {
+    let all: [(&'static str, Option<&PathBuf>); 7] = [
+        ("api.token_file", cfg.api.token_file.as_ref()),
+        ("api.tls_key", cfg.api.tls_key.as_ref()),
+        ("feed.token_file", cfg.feed.token_file.as_ref()),
+        ("broker.key_file", cfg.broker.key_file.as_ref()),
+        ("broker.secret_file", cfg.broker.secret_file.as_ref()),
+        ("broker.token_file", cfg.broker.token_file.as_ref()),
+        ("notify.telegram_token_file", cfg.notify.telegram_token_file.as_ref()),
+    ];
+    all.into_iter().filter_map(|(k, p)| p.map(|p| (k, p.as_path()))).collect()
+}
+
+/// Warnings for secret files readable by their group or by others (mode `& 0o044`). A file
+/// that cannot be inspected is left to the code that reads it.
+pub fn secret_problems(cfg: &Config) -> Vec<Problem> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for (key, path) in secret_files(cfg) {
+        if !seen.insert(path) {
+            continue;
+        }
+        let Ok(meta) = std::fs::metadata(path) else { continue };
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode & 0o044 != 0 {
+            let who = match (mode & 0o040 != 0, mode & 0o004 != 0) {
+                (true, true) => "its group and others",
+                (true, false) => "its group",
+                _ => "others",
+            };
+            out.push(Problem {
+                severity: Severity::Warning,
+                key,
+                event: "secret_readable",
+                message: format!(
+                    "{key} {} is readable by {who} (mode {mode:04o}); run `chmod 600 {}` (owned by the service user), or pass it with LoadCredential=",
+                    path.display(),
+                    path.display()
+                ),
+            });
+        }
+    }
+    out
+}
+
+/// The host of a URL (`scheme://[user@]host[:port]/...`), without brackets for IPv6.
+fn url_host(url: &str) -> Option<&str> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if let Some(v6) = hostport.strip_prefix('[') {
+        return v6.split_once(']').map(|(h, _)| h);
+    }
+    Some(hostport.split(':').next().unwrap_or(hostport))
+}
+
+/// Whether `host` (of a URL) is a loopback host: `localhost`, 127.0.0.0/8 or `::1`.
+pub fn is_loopback_host(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<IpAddr>().is_ok_and(|ip| ip.to_canonical().is_loopback())
+}
+
+/// Outbound URLs that carry keys or tokens must use `https://` / `wss://` unless their host
+/// is loopback (a local proxy, the tests' fakes): `feed.rest_url` and `feed.ws_url` with
+/// Upstox (the access token), `broker.rest_url` with a live broker (keys, signatures,
+/// token), `broker.order_url` with Upstox, `notify.webhook_url` (hook URLs carry their
+/// secret in the path), `notify.telegram_api_url` with a Telegram bot (the token is in the
+/// path). The message names the key, the scheme and the host, never the whole URL.
+pub fn outbound_problems(cfg: &Config) -> Vec<Problem> {
+    let upstox_feed = cfg.feed.venue == Venue::Upstox;
+    let live_broker = cfg.broker.kind != BrokerKind::Paper;
+    let candidates: [(&'static str, Option<&str>, &str); 6] = [
+        ("feed.rest_url", upstox_feed.then_some(cfg.feed.rest_url.as_str()), "the Upstox access token"),
+        ("feed.ws_url", upstox_feed.then_some(cfg.feed.ws_url.as_str()), "the Upstox access token"),
+        ("broker.rest_url", live_broker.then_some(cfg.broker.rest_url.as_str()), "the broker's key or token"),
+        (
+            "broker.order_url",
+            (cfg.broker.kind == BrokerKind::Upstox).then_some(cfg.broker.order_url.as_str()),
+            "the Upstox access token",
+        ),
+        ("notify.webhook_url", cfg.notify.webhook_url.as_deref(), "the hook's secret path"),
+        (
+            "notify.telegram_api_url",
+            cfg.notify.telegram_token_file.is_some().then_some(cfg.notify.telegram_api_url.as_str()),
+            "the Telegram bot token",
+        ),
+    ];
+    let mut out = Vec::new();
+    for (key, url, what) in candidates {
+        let Some(url) = url else { continue };
+        let scheme = url.split_once("://").map_or("", |(s, _)| s);
+        if matches!(scheme, "https" | "wss") {
+            continue;
+        }
+        let host = url_host(url).unwrap_or("");
+        if is_loopback_host(host) {
+            continue;
+        }
+        let secure = if scheme == "ws" { "wss" } else { "https" };
+        out.push(Problem {
+            severity: Severity::Error,
+            key,
+            event: "insecure_url",
+            message: format!(
+                "{key} uses {scheme}:// to {host}, which is not a loopback host: it would send {what} in clear; use {secure}:// (plain {scheme}:// is accepted only to localhost, 127.0.0.0/8 or ::1)"
+            ),
+        });
+    }
+    out
+}
+
+/// Every start-up problem: [`api_problems`], [`outbound_problems`], [`secret_problems`], in
+/// that order (`check-config` prints them all).
+pub fn start_problems(cfg: &Config) -> Vec<Problem> {
+    let mut out = api_problems(cfg);
+    out.extend(outbound_problems(cfg));
+    out.extend(secret_problems(cfg));
+    out
+}
+
+// ---------------------------------------------------------------------------------------
 // Cross-key checks
 
 fn check(cfg: &Config) -> Result<(), ConfigError> {
@@ -2166,12 +2649,20 @@ fn check(cfg: &Config) -> Result<(), ConfigError> {
             fix: "raise retry_max_s or lower retry_initial_s".into(),
         });
     }
-    if cfg.api.protect_reads && cfg.api.token_file.is_none() {
+    if cfg.api.protect_reads == Some(true) && cfg.api.token_file.is_none() {
         return Err(ConfigError::Invalid {
             key: "api.protect_reads".into(),
             value: "true".into(),
             problem: "needs api.token_file: there is no token to protect reads with".into(),
             fix: "set api.token_file or protect_reads = false".into(),
+        });
+    }
+    if cfg.api.protect_metrics == Some(true) && cfg.api.token_file.is_none() {
+        return Err(ConfigError::Invalid {
+            key: "api.protect_metrics".into(),
+            value: "true".into(),
+            problem: "needs api.token_file: there is no token to protect /metrics with".into(),
+            fix: "set api.token_file or protect_metrics = false".into(),
         });
     }
     if cfg.api.tls_cert.is_some() != cfg.api.tls_key.is_some() {

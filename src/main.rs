@@ -177,6 +177,21 @@ fn check_config(file: &std::path::Path) -> ExitCode {
                 eprintln!("config error: {e}");
                 return ExitCode::from(EXIT_CONFIG);
             }
+            // The API's transport and token, outbound URLs, secret files: the very checks
+            // `run` makes at start-up (where an API problem only narrows the API to loopback).
+            let mut refused = false;
+            for p in tickguard::config::start_problems(&cfg) {
+                match p.severity {
+                    tickguard::config::Severity::Error => {
+                        refused = true;
+                        eprintln!("config error: {p}");
+                    }
+                    tickguard::config::Severity::Warning => eprintln!("warning: {p}"),
+                }
+            }
+            if refused {
+                return ExitCode::from(EXIT_CONFIG);
+            }
             println!("{}: ok", file.display());
             println!("{}", runtime::app::summary(&cfg));
             ExitCode::SUCCESS

@@ -160,7 +160,16 @@ fn full_fixture_loads() {
     let cfg = config::load(Some(&fixture("full.toml")), NO_ENV).expect("full.toml is valid");
     assert_eq!(cfg.api.listen, "0.0.0.0:8080".parse::<SocketAddr>().expect("addr"));
     assert_eq!(cfg.api.token_file.as_deref(), Some(Path::new("/etc/tickguard/api.token")));
-    assert!(cfg.api.protect_reads);
+    assert_eq!(cfg.api.protect_reads, Some(true));
+    assert!(cfg.api.reads_protected());
+    assert_eq!(cfg.api.protect_metrics, Some(false));
+    assert!(!cfg.api.metrics_protected());
+    assert!(cfg.api.hsts && !cfg.api.allow_plain_http);
+    assert_eq!(cfg.api.tls_cert.as_deref(), Some(Path::new("/etc/tickguard/api.crt")));
+    assert_eq!(
+        cfg.api.allowed_hosts.as_deref(),
+        Some(&["tickguard.lan".to_string(), "192.168.1.20:8080".into(), "[fd00::20]:8080".into()][..])
+    );
     assert_eq!(cfg.feed.venue, Venue::Binance);
     assert_eq!(cfg.feed.reconnect_initial, Duration::from_millis(500));
     assert_eq!(cfg.feed.rest_poll, Duration::from_millis(2500));
@@ -476,7 +485,7 @@ fn env_overrides_a_scalar() {
     )
     .expect("valid");
     assert_eq!(cfg.feed.ws_url, "wss://example.test/ws");
-    assert!(cfg.api.protect_reads);
+    assert_eq!(cfg.api.protect_reads, Some(true));
     assert_eq!(cfg.api.token_file.as_deref(), Some(Path::new("/run/token")));
     assert_eq!(cfg.broker.max_close_attempts, 9);
     assert_eq!(cfg.sim.seed, Some(u64::MAX));

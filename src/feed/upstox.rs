@@ -495,6 +495,15 @@ pub fn redirect_uri(body: &[u8]) -> Option<String> {
         .map(str::to_string)
 }
 
+/// The error of an authorized URL that cannot be used, without the URL: it carries the
+/// single-use code that opens the feed, so no message or log line ever shows it (nor its
+/// host's path or query).
+pub fn authorized_url_error(e: &str, url: &str) -> String {
+    let why = if url.is_empty() { e.to_string() } else { e.replace(url, "") };
+    let why = why.trim_start_matches([':', ' ']);
+    format!("authorized URL (not shown: it carries the single-use code) is unusable: {why}")
+}
+
 /// Percent-encodes an instrument key for a query string (`|` and spaces and the rest).
 pub fn encode_key(key: &str) -> String {
     let mut out = String::with_capacity(key.len() + 8);
@@ -771,7 +780,7 @@ async fn open(
             let _ = connector.resolver.resolve(&cfg.rest.host).await;
         }
         let url = authorize(cfg, connector, ux).await?;
-        let ep = Endpoint::parse(&url).map_err(|e| OpenError::Failed(format!("authorized URL: {e}")))?;
+        let ep = Endpoint::parse(&url).map_err(|e| OpenError::Failed(authorized_url_error(&e, &url)))?;
         let (stream, addr, resolved) =
             connector.connect(&ep, fresh_dns).await.map_err(|e| OpenError::Failed(e.to_string()))?;
         log::info!("[RECONNECT] event=connected host={} addr={addr} dns={}", ep.host, resolved.via.label());
@@ -1528,6 +1537,12 @@ mod tests {
         assert_eq!(parse_ltp(body), Ok(vec![("NSE_EQ|INE323A01026".to_string(), 575.0)]));
         let auth = br#"{"status":"success","data":{"authorized_redirect_uri":"wss://x.test/feed?code=abc"}}"#;
         assert_eq!(redirect_uri(auth).as_deref(), Some("wss://x.test/feed?code=abc"));
+        // An unusable authorized URL is reported without the URL (it carries the code).
+        let bad = "ftp://x.test/feed?code=secret-code";
+        let e = Endpoint::parse(bad).err().unwrap_or_default();
+        let msg = authorized_url_error(&e, bad);
+        assert!(!msg.contains("secret-code") && !msg.contains("x.test"), "{msg}");
+        assert!(msg.contains("scheme"), "{msg}");
         assert_eq!(price_scale("NCD_FO|1234"), 4);
         assert_eq!(price_scale("NSE_EQ|INE323A01026"), 2);
         let mut rng = Rng::new(1);
