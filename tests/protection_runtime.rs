@@ -96,7 +96,15 @@ async fn start_on(
             w.engine.feed(FeedEvent::Market(false)).await;
         })]
     });
-    let edges = Edges { broker, spawn, reconcile: false, products: None, symbols: None, recovered: None };
+    let edges = Edges {
+        broker,
+        spawn,
+        reconcile: false,
+        products: None,
+        symbols: None,
+        recovered: None,
+        ready_every: None,
+    };
     let run = tokio::spawn(run_with_edges(cfg, stop_rx, Some(ready_tx), edges));
     let handle =
         tokio::time::timeout(Duration::from_secs(10), ready_rx).await.expect("ready in time").expect("ready");

@@ -478,7 +478,8 @@ dir = "{state}"
             // while it is asked: a position can turn blind (or be priced) between the answer of
             // /ready and the position's own. A disagreement counts only when it holds on a second
             // look taken after the first, so a race of the checker is never reported as one of
-            // the appliance.
+            // the appliance. `/ready` is computed at most once a second, so the second look comes
+            // after that period: a disagreement that outlives the cache is the appliance's.
             let look = || -> Option<(&'static str, String)> {
                 let ready = get(api, "/ready");
                 let health = json(&get(api, "/api/v1/monitoring/health"));
@@ -518,7 +519,7 @@ dir = "{state}"
                 None
             };
             if look().is_some() {
-                std::thread::sleep(Duration::from_millis(50));
+                std::thread::sleep(tickguard::control::api::READY_EVERY + Duration::from_millis(100));
                 if let Some((inv, detail)) = look() {
                     broken.get_or_insert_with(|| fail(inv, detail, &p.tail()));
                 }

@@ -294,6 +294,7 @@ pub struct Api {
     ready_cache: Mutex<Option<(Instant, Answer)>>,
     /// A configuration problem of the API's transport or token (loopback-only fallback).
     alarm: Option<String>,
+    ready_every: Duration,
 }
 
 /// What [`Api::new`] needs.
@@ -308,6 +309,8 @@ pub struct ApiConfig {
     pub protect_metrics: bool,
     /// The configuration alarm of [`super::ControlConfig::alarm`].
     pub alarm: Option<String>,
+    /// How long a `/ready` answer is reused.
+    pub ready_every: Duration,
     /// The journal, once the store provides one.
     pub journal: Option<Arc<dyn Journal>>,
     /// How `/ready` checks the store when there is no journal.
@@ -343,6 +346,7 @@ impl Api {
             csp: page_csp(PAGE),
             ready_cache: Mutex::new(None),
             alarm: cfg.alarm,
+            ready_every: cfg.ready_every,
         }
     }
 
@@ -566,7 +570,7 @@ impl Api {
     /// at most once a second, however many ask.
     pub fn ready_cached(&self) -> Option<Answer> {
         let c = self.ready_cache.lock().ok()?;
-        c.as_ref().filter(|(at, _)| at.elapsed() < READY_EVERY).map(|(_, a)| a.clone())
+        c.as_ref().filter(|(at, _)| at.elapsed() < self.ready_every).map(|(_, a)| a.clone())
     }
 
     fn ready(&self) -> Answer {

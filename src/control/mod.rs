@@ -174,6 +174,8 @@ pub struct ControlConfig {
     pub protect_metrics: bool,
     /// `api.hsts`: send `Strict-Transport-Security` over TLS.
     pub hsts: bool,
+    /// How long a `/ready` answer is reused ([`api::READY_EVERY`]).
+    pub ready_every: Duration,
     /// A configuration problem of the API's transport or token that made `run` fall back to
     /// serving on loopback only (the text names the key and the fix). Shown as an alarm on
     /// `/ready`, `/health`, `/metrics` and the page while it lasts.
@@ -207,6 +209,7 @@ impl ControlConfig {
             protect_metrics: false,
             hsts: false,
             alarm: None,
+            ready_every: api::READY_EVERY,
         }
     }
 }
@@ -280,6 +283,7 @@ pub fn spawn(
         protect_reads: cfg.protect_reads,
         protect_metrics: cfg.protect_metrics,
         alarm: cfg.alarm.clone(),
+        ready_every: cfg.ready_every,
         journal,
         store: cfg.store.clone(),
         venue: cfg.venue,

@@ -129,6 +129,10 @@ pub struct Edges<B: crate::broker::Broker> {
     /// Called once with what the journal recovered, before anything is sent (the Upstox
     /// broker learns the send times of journaled attempts and the positions' products).
     pub recovered: Option<RecoveredHook>,
+    /// How long a `/ready` answer is reused (`None`: [`crate::control::api::READY_EVERY`]).
+    /// The cache is a real-time rate limit: a world on a virtual clock, which compresses
+    /// minutes into milliseconds, turns it off to hold `/ready` to each step's state.
+    pub ready_every: Option<std::time::Duration>,
 }
 
 /// See [`Edges::recovered`].
@@ -220,7 +224,15 @@ pub async fn run_config_with(
                 jobs.extend(edge.spawn(&feed_cfg, &w.instruments, w.engine, w.clock, w.added, w.stop));
                 jobs
             });
-            let edges = Edges { broker, spawn, reconcile: true, products: None, symbols, recovered: None };
+            let edges = Edges {
+                broker,
+                spawn,
+                reconcile: true,
+                products: None,
+                symbols,
+                recovered: None,
+                ready_every: None,
+            };
             run_with_edges(cfg, stop, ready, edges).await
         }
         (BrokerKind::Upstox, Some(edge)) => {
@@ -257,8 +269,15 @@ pub async fn run_config_with(
                     }
                 }
             });
-            let edges =
-                Edges { broker, spawn, reconcile: true, products, symbols, recovered: Some(recovered) };
+            let edges = Edges {
+                broker,
+                spawn,
+                reconcile: true,
+                products,
+                symbols,
+                recovered: Some(recovered),
+                ready_every: None,
+            };
             run_with_edges(cfg, stop, ready, edges).await
         }
         (BrokerKind::Binance | BrokerKind::Upstox, None) => config_error(format!(
@@ -297,8 +316,15 @@ pub async fn run_config_with(
                     vec![tokio::spawn(sim.run(w.engine, board, w.clock, w.stop))]
                 }
             });
-            let edges =
-                Edges { broker: paper, spawn, reconcile: false, products: None, symbols, recovered: None };
+            let edges = Edges {
+                broker: paper,
+                spawn,
+                reconcile: false,
+                products: None,
+                symbols,
+                recovered: None,
+                ready_every: None,
+            };
             run_with_edges(cfg, stop, ready, edges).await
         }
     }
@@ -391,6 +417,9 @@ pub async fn run_with_edges<B: crate::broker::Broker>(
     let control_cfg = crate::control::ControlConfig::from_config(&cfg).map(|mut c| {
         c.products = edges.products.clone();
         c.symbols = edges.symbols.clone();
+        if let Some(d) = edges.ready_every {
+            c.ready_every = d;
+        }
         c
     });
     let control = match control_cfg {

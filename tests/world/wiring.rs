@@ -66,6 +66,9 @@ pub async fn start(cfg: &Config, venue: &Venue, feed_state: &Feed, list_known: b
         products: None,
         symbols: Some(gate),
         recovered: None,
+        // `/ready` exact at every step: the probe cache is a real-time rate limit, and this
+        // world runs minutes of virtual time in milliseconds (the cache: tests/control_api.rs).
+        ready_every: Some(Duration::ZERO),
     };
     let addr = cfg.api.listen;
     tokio::spawn(async move {
