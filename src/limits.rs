@@ -82,3 +82,6 @@ pub const API_WAITING: usize = 32;
 pub const API_RESPONSE_BUDGET: usize = 4 * 1024 * 1024;
 /// Addresses the API remembers (anonymous rate, failed credentials).
 pub const API_PEERS: usize = 1024;
+/// Threads of the engine runtime's blocking pool (journal writes on the close path); more
+/// writes at once queue.
+pub const ENGINE_BLOCKING_THREADS: usize = 4;

@@ -208,7 +208,14 @@ where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = ExitCode>,
 {
-    match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    // The engine's runtime. Its blocking pool (journal writes of close orders) is bounded, so
+    // the process's thread count is bounded by construction (the unit's TasksMax; see
+    // docs/performance.md): a burst of closes queues its writes instead of failing to spawn.
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .max_blocking_threads(tickguard::limits::ENGINE_BLOCKING_THREADS)
+        .build()
+    {
         Ok(rt) => rt.block_on(f()),
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");
