@@ -550,32 +550,93 @@ fn https_with_a_certificate() {
     std::fs::write(&key, ck.signing_key.serialize_pem()).expect("write");
     let tls = Some((cert.clone(), key.clone()));
     let a = Appliance::start_with(control_support::fast_engine(), move |c| c.tls = tls);
+    let tls2 = Some((cert.clone(), key.clone()));
+    let hsts = Appliance::start_with(control_support::fast_engine(), move |c| {
+        c.tls = tls2;
+        c.hsts = true;
+    });
 
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ck.cert.der().clone()).expect("root");
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
-    let conn = rustls::ClientConnection::new(Arc::new(cfg), name).expect("client");
-    let sock = std::net::TcpStream::connect(a.addr).expect("connect");
-    sock.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
-    let mut tls = rustls::StreamOwned::new(conn, sock);
-    let body = json!({"token": TOKEN}).to_string();
-    let req = format!(
-        "POST /api/v1/session HTTP/1.1\r\nHost: localhost:{}\r\nOrigin: https://localhost:{}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        a.addr.port(),
-        a.addr.port(),
-        body.len()
+    let cfg = Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
     );
-    tls.write_all(req.as_bytes()).expect("send");
-    let mut out = Vec::new();
-    let _ = tls.read_to_end(&mut out);
-    let r = control_support::parse_response(&out);
+    let over_tls = |addr: std::net::SocketAddr, req: String| {
+        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+        let conn = rustls::ClientConnection::new(cfg.clone(), name).expect("client");
+        let sock = std::net::TcpStream::connect(addr).expect("connect");
+        sock.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        let mut tls = rustls::StreamOwned::new(conn, sock);
+        tls.write_all(req.as_bytes()).expect("send");
+        let mut out = Vec::new();
+        let _ = tls.read_to_end(&mut out);
+        control_support::parse_response(&out)
+    };
+    let body = json!({"token": TOKEN}).to_string();
+    let login = |addr: std::net::SocketAddr| {
+        format!(
+            "POST /api/v1/session HTTP/1.1\r\nHost: localhost:{}\r\nOrigin: https://localhost:{}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            addr.port(),
+            addr.port(),
+            body.len()
+        )
+    };
+    let r = over_tls(a.addr, login(a.addr));
     assert_eq!(r.status, 200, "{}", r.text());
-    assert!(r.header("set-cookie").is_some_and(|c| c.contains("; Secure")), "{:?}", r.header("set-cookie"));
+    // Under TLS the session cookie is `__Host-` prefixed and Secure.
+    let cookie = r.header("set-cookie").unwrap_or_default().to_string();
+    assert!(cookie.starts_with("__Host-tg_session=") && cookie.contains("; Secure"), "{cookie}");
+    assert!(cookie.contains("Path=/") && !cookie.to_ascii_lowercase().contains("domain="), "{cookie}");
+    assert_eq!(r.header("strict-transport-security"), None, "HSTS only with api.hsts");
+    let r = over_tls(hsts.addr, login(hsts.addr));
+    assert_eq!(r.header("strict-transport-security"), Some("max-age=31536000"), "api.hsts = true");
+    // A plain `tg_session` cookie (set over plain HTTP by anyone on the LAN) is no session
+    // over TLS.
+    let sid = cookie.split(['=', ';']).nth(1).unwrap_or_default().to_string();
+    let probe = |name: &str| {
+        over_tls(
+            a.addr,
+            format!(
+                "GET /api/v1/session HTTP/1.1\r\nHost: localhost:{}\r\nCookie: {name}={sid}\r\nConnection: close\r\n\r\n",
+                a.addr.port()
+            ),
+        )
+        .json()["authenticated"]
+            .clone()
+    };
+    assert_eq!(probe("__Host-tg_session"), json!(true));
+    assert_eq!(probe("tg_session"), json!(false));
+    // A ClientHello sent a byte at a time is cut at the head deadline, whatever each read does.
+    let tls3 = Some((cert.clone(), key.clone()));
+    let slow = Appliance::start_with(control_support::fast_engine(), move |c| {
+        c.tls = tls3;
+        c.limits.head_timeout = Duration::from_secs(2);
+    });
+    let mut s = std::net::TcpStream::connect(slow.addr).expect("connect");
+    let t0 = std::time::Instant::now();
+    let hello = [0x16u8, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03];
+    let mut cut = None;
+    for b in hello.iter().cycle().take(40) {
+        if s.write_all(&[*b]).is_err() {
+            cut = Some(t0.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+        s.set_nonblocking(true).expect("nonblocking");
+        let mut buf = [0u8; 64];
+        let closed = matches!(s.read(&mut buf), Ok(0));
+        s.set_nonblocking(false).expect("blocking");
+        if closed {
+            cut = Some(t0.elapsed());
+            break;
+        }
+    }
+    let cut = cut.expect("a byte-by-byte handshake was never cut");
+    assert!(cut < Duration::from_millis(3500), "cut after {cut:?}, bound 2 s");
     // Plain HTTP on the TLS port gets nothing useful.
     let plain = raw(a.addr, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", Duration::from_secs(3));
     assert!(!plain.starts_with(b"HTTP/1.1 200"), "no plain answer on the TLS port");
