@@ -19,6 +19,10 @@ Phase A (demo, 63 s; the demo's round is 18 s, its feed dies 10 s in and returns
   - the buzzer never sounds outside the blind windows and the start-up self-test.
 Phase B (--fault engine-hang@4s): the LED blinks, freezes from the hang until systemd's
 watchdog kills the process, and blinks again once systemd has restarted it.
+Phase C: the chip unplugged and plugged back under the running service.
+Phase D (idle-connection flood, TGM D-*): the peaks of the process's threads and RSS and of
+the unit's cgroup stay under the unit's TasksMax and MemoryMax, the process is the same one
+afterwards (NRestarts unchanged), and the right token was answered throughout.
 
 Emulated time stretches under load: every bound below is generous.
 """
@@ -287,6 +291,52 @@ def phase_c(ss, jr, marks):
         check(len(after) >= 2, "phase C: LED blinking on the new chip (%d changes)" % len(after))
 
 
+def kv(text):
+    return dict(x.split("=", 1) for x in text.split() if "=" in x)
+
+
+def phase_d(jr, marks):
+    """The idle-connection flood under the unit's TasksMax and MemoryMax."""
+    lim, fl, pk, st = (kv(marks.get(k, "")) for k in ("D-limits", "D-flood", "D-peak", "D-status"))
+    if not check(bool(fl) and bool(pk) and bool(st), "phase D: the flood ran (%s)" % (marks.get("D-flood") or "no result")):
+        return
+    tasks_max, mem_max = lim.get("tasks_max", ""), lim.get("memory_max", "")
+    if not check(
+        tasks_max.isdigit() and mem_max.isdigit(),
+        "phase D: the shipped unit limits tasks and memory (TasksMax=%s, MemoryMax=%s)" % (tasks_max, mem_max),
+    ):
+        return
+    tmax, mmax = int(tasks_max), int(mem_max)
+    check(
+        int(fl.get("attempted", 0)) == 1300 and int(fl.get("up", 0)) > 0,
+        "phase D: %s connections attempted (1000 over 8 addresses, 300 from one), %s up, %s still open after the hold"
+        % (fl.get("attempted"), fl.get("up"), fl.get("open_at_end")),
+    )
+    th, tasks = int(pk.get("threads", 0)), int(pk.get("tasks", 0))
+    check(0 < th < tmax and tasks < tmax, "phase D: peak threads %d, cgroup tasks %d < TasksMax=%d" % (th, tasks, tmax))
+    rss, hwm, cur = int(pk.get("rss_kb", 0)) * 1024, int(pk.get("hwm_kb", 0)) * 1024, int(pk.get("memory_current", 0))
+    check(
+        0 < rss < mmax and hwm < mmax and cur < mmax,
+        "phase D: peak VmRSS %.1f MiB, VmHWM %.1f MiB, cgroup memory.current %.1f MiB < MemoryMax=%.0f MiB (memory.peak %s)"
+        % (rss / 2**20, hwm / 2**20, cur / 2**20, mmax / 2**20, pk.get("memory_peak", "-")),
+    )
+    me = "tickguard[%s]" % st.get("pid")
+    stalls = [m for _, who, m in jr if who == me and "[WATCHDOG] event=engine_stalled" in m]
+    check(
+        st.get("pid") == st.get("pid_before")
+        and st.get("nrestarts") == st.get("nrestarts_before")
+        and st.get("active") == "active"
+        and not stalls,
+        "phase D: nothing restarted (same MainPID, NRestarts unchanged, active, no stall: %s)" % marks.get("D-status", ""),
+    )
+    probes, ok = int(fl.get("probes", 0)), int(fl.get("probes_200", 0))
+    check(
+        probes > 0 and ok == probes,
+        "phase D: the right token was answered 200 throughout the flood (%d of %d, slowest %s ms under emulation)"
+        % (ok, probes, fl.get("probe_max_ms")),
+    )
+
+
 def main():
     path = sys.argv[1]
     blocks, counts, marks, result = parse(path)
@@ -304,6 +354,7 @@ def main():
     c, gaps_c = samples(blocks.get("C", []))
     GAPS[:] = gaps_c
     phase_c(c, journal(blocks.get("J-C", [])), marks)
+    phase_d(journal(blocks.get("J-D", [])), marks)
     for name, gaps in (("A", gaps_a), ("B", gaps_b)):
         longest = max((g1 - g0 for g0, g1 in gaps), default=0.0)
         REPORT.append("      phase %s: %d sampler blind spots over 100 ms, longest %.2f s" % (name, len(gaps), longest))
@@ -311,8 +362,12 @@ def main():
     if rss:
         REPORT.append("      RSS 60 s into the demo: %s KiB (%s)" % (rss.group(1), marks.get("A-rss")))
     threads = re.search(r"threads=(\d+)", marks.get("A-rss", ""))
-    if threads:
-        check(int(threads.group(1)) <= 16, "threads: %s, well within TasksMax=32" % threads.group(1))
+    tasks_max = kv(marks.get("D-limits", "")).get("tasks_max", "")
+    if threads and tasks_max.isdigit():
+        check(
+            int(threads.group(1)) <= int(tasks_max) // 2,
+            "threads 60 s into the demo: %s, within half of TasksMax=%s" % (threads.group(1), tasks_max),
+        )
     text = "\n".join(REPORT) + "\n" + ("board test: PASS" if not FAILURES else "board test: FAIL (%d)" % len(FAILURES)) + "\n"
     sys.stdout.write(text)
     if len(sys.argv) > 2:

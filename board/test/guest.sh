@@ -12,7 +12,11 @@
 # 4. Phase C: the chip goes away under the running service (gpio-sim unplugged) and comes
 #    back under another number: the protection keeps running, the lines are found again by
 #    label.
-# 5. Prints the samples and the service's journal on the console, prefixed, then one result
+# 5. Phase D: an idle-connection flood against the demo's API (1000 connections over 8 source
+#    addresses and 300 from one, /board/tgflood) under the shipped unit's TasksMax and
+#    MemoryMax: samples the peaks of the threads, RSS and the unit's cgroup, probes with the
+#    token meanwhile; the process must be the same one afterwards.
+# 6. Prints the samples and the service's journal on the console, prefixed, then one result
 #    marker, and powers off. scripts/board-test checks the marker and analyses the data with
 #    board/test/analyze.py.
 set -u
@@ -215,6 +219,62 @@ say "TGM C-status pid_before=$PID_C pid=$(prop MainPID) nrestarts_before=$N_C nr
 journalctl -u "$UNIT" -o short-unix --no-pager --since "@$SINCE" >/run/journal-C
 emit C /run/samples-C
 emit J-C /run/journal-C
+
+# --- phase D: an idle-connection flood against the API, under the unit's limits ----------
+# The demo of phase C serves its API on loopback (api.listen). /board/tgflood opens 1000 idle
+# connections over 8 source addresses and 300 from one, holds them FLOOD_HOLD s and asks
+# with the right token every second meanwhile; a sampler records the peaks of the main
+# process's threads and RSS and of the unit's cgroup (pids.current, memory.current): what
+# TasksMax and MemoryMax limit.
+FLOOD_HOLD=20
+PID_D=$(prop MainPID)
+N_D=$(prop NRestarts)
+CG=/sys/fs/cgroup$(prop ControlGroup)
+SINCE_D=$EPOCHSECONDS
+API=$(journalctl -u "$UNIT" -o cat --no-pager --since "@$SINCE" | sed -n 's|.*status page: http://\([0-9.]*:[0-9]*\)/.*|\1|p' | tail -n 1)
+TOKEN_PATH=$(journalctl -u "$UNIT" -o cat --no-pager --since "@$SINCE" | sed -n 's|.*log in with the token in \(/[^)]*\)).*|\1|p' | tail -n 1)
+PORT=${API##*:}
+[[ ${API%%:*} == 127.* && -n $PORT ]] || fail "phase D: the demo's API address was not found in the journal (got '$API')"
+# PrivateTmp: the token is in the service's own /tmp, seen through its root.
+TOKEN_FILE=/proc/$PID_D/root$TOKEN_PATH
+[[ -n $TOKEN_PATH && -r $TOKEN_FILE ]] || say "TICKGUARD-BOARD: phase D: no token file ($TOKEN_PATH): probing skipped"
+say "TGM D-limits tasks_max=$(prop TasksMax) memory_max=$(prop MemoryMax) limit_nofile=$(prop LimitNOFILE) api=$API"
+
+flood_sampler() {
+  local out=$1 pid=$2 th=0 rss=0 hwm=0 tasks=0 mem=0 k v t m n=0
+  while [[ ! -e /run/flood.stop ]]; do
+    if [[ -r /proc/$pid/status ]]; then
+      while read -r k v _; do
+        case $k in
+          Threads:) ((v > th)) && th=$v ;;
+          VmRSS:) ((v > rss)) && rss=$v ;;
+          VmHWM:) ((v > hwm)) && hwm=$v ;;
+        esac
+      done <"/proc/$pid/status"
+    fi
+    read -r t <"$CG/pids.current" 2>/dev/null && ((t > tasks)) && tasks=$t
+    read -r m <"$CG/memory.current" 2>/dev/null && ((m > mem)) && mem=$m
+    n=$((n + 1))
+    read -r -t 0.2 -u 9 _ || true
+  done
+  echo "threads=$th rss_kb=$rss hwm_kb=$hwm tasks=$tasks memory_current=$mem samples=$n" >"$out"
+}
+rm -f /run/flood.stop /run/flood-peak
+[[ -p /run/sampler.fifo ]] || mkfifo /run/sampler.fifo
+exec 9<>/run/sampler.fifo
+flood_sampler /run/flood-peak "$PID_D" &
+FS=$!
+say "TGM D-start $EPOCHREALTIME pid=$PID_D nrestarts=$N_D"
+RESULT=$(/board/tgflood "$PORT" "$FLOOD_HOLD" 1000/8+300 "$TOKEN_FILE" 2>&1) || fail "phase D: tgflood: $RESULT"
+say "TGM D-flood $RESULT"
+# The server drops what it held; the process and its cgroup must be unchanged.
+sleep 3
+touch /run/flood.stop
+wait "$FS" 2>/dev/null
+say "TGM D-peak $(cat /run/flood-peak) memory_peak=$(cat "$CG/memory.peak" 2>/dev/null || echo -)"
+say "TGM D-status pid_before=$PID_D pid=$(prop MainPID) nrestarts_before=$N_D nrestarts=$(prop NRestarts) active=$(systemctl is-active "$UNIT") result=$(prop Result)"
+journalctl -u "$UNIT" -o short-unix --no-pager --since "@$SINCE_D" >/run/journal-D
+emit J-D /run/journal-D
 
 say "TICKGUARD-BOARD-RESULT: ok rss_kb=$RSS"
 finish

@@ -71,7 +71,7 @@ pub fn own_names() -> Vec<String> {
             }
         }
     }
-    if let Ok(h) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+    if let Some(h) = host_name() {
         let h = h.trim().to_ascii_lowercase();
         if !h.is_empty() && h != "localhost" {
             v.push(format!("{h}.local"));
@@ -79,6 +79,16 @@ pub fn own_names() -> Vec<String> {
         }
     }
     v
+}
+
+/// The box's host name: `/etc/hostname` (Debian and Raspberry Pi OS keep it there; no file
+/// under `/proc`, so the unit can keep `ProcSubset=pid`), else the kernel's.
+fn host_name() -> Option<String> {
+    ["/etc/hostname", "/proc/sys/kernel/hostname"].iter().find_map(|p| {
+        let h = std::fs::read_to_string(p).ok()?;
+        let h = h.lines().map(str::trim).find(|l| !l.is_empty() && !l.starts_with('#'))?.to_string();
+        Some(h)
+    })
 }
 
 impl HostCheck {
@@ -146,6 +156,17 @@ mod tests {
             assert!(!c.allows(Some(bad)), "{bad}");
         }
         assert!(c.allows(None), "HTTP/1.0 without Host");
+    }
+
+    #[test]
+    fn the_host_name_is_served() {
+        let Some(h) = host_name() else { return };
+        assert!(!h.is_empty());
+        let c = HostCheck::new(None, 8000);
+        if h != "localhost" {
+            assert!(c.allows(Some(&h.to_ascii_lowercase())), "{h}");
+            assert!(c.allows(Some(&format!("{}.local:8000", h.to_ascii_lowercase()))), "{h}.local");
+        }
     }
 
     #[test]

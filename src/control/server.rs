@@ -12,7 +12,7 @@
 //! | request body | [`Limits::max_body`] (`413`; a larger `Content-Length` is never read; chunked bodies are counted as they come), whole within [`Limits::body_timeout`] (`408`) |
 //! | a response | written whole within [`Limits::write_timeout`] from its first byte, else the connection is closed |
 //! | response bytes in flight | [`Limits::response_budget`] over all connections; a response that does not fit is a `503` |
-//! | handlers running | [`Limits::max_active`] for requests without credentials, [`Limits::max_active_authed`] more reserved for the right token or session: a flood of anonymous requests never takes the emergency close's slot |
+//! | handlers running | [`Limits::max_active`] for requests without credentials, [`Limits::max_active_authed`] more reserved for the right token or session: a flood of anonymous requests never takes the emergency close's slot; a request waits for a slot at most [`AUTHED_SLOT_WAIT`] (with credentials) or [`OPEN_SLOT_WAIT`], then `503 busy` |
 //! | anonymous requests | [`Limits::peer_rate`] per second per address (burst twice that), else `429` |
 //! | wrong tokens and logins | each peer's failures answered after a growing delay ([`failure_delay`]); the right token is never delayed; logged as one `[AUTH]` summary per [`AUTH_SUMMARY_EVERY`] |
 //!
@@ -156,6 +156,11 @@ impl HttpStats {
         self.responses[i].fetch_add(1, Ordering::Relaxed);
     }
 }
+
+/// How long a request with credentials waits for a handler slot before `503 busy`.
+pub const AUTHED_SLOT_WAIT: Duration = Duration::from_millis(500);
+/// How long a request without credentials waits for a handler slot before `503 busy`.
+pub const OPEN_SLOT_WAIT: Duration = Duration::from_millis(100);
 
 /// How often failed credentials are summarised in the log (one line per period at most).
 pub const AUTH_SUMMARY_EVERY: Duration = Duration::from_secs(30);
@@ -1042,8 +1047,12 @@ async fn answer(
     }
     // 8. The rest waits for the engine or the disk: on a bounded handler thread, from the
     // pool of its kind (the right token never queues behind anonymous load).
-    let slots = if authed { &ctx.authed_slots } else { &ctx.open_slots };
-    let Ok(permit) = slots.clone().try_acquire_owned() else {
+    // A request waits a bounded time for a slot (a task, no thread: the waiting ones are
+    // bounded by the connection caps): the bot's registrations and the emergency close ride
+    // out a burst instead of being refused at once.
+    let (slots, wait) =
+        if authed { (&ctx.authed_slots, AUTHED_SLOT_WAIT) } else { (&ctx.open_slots, OPEN_SLOT_WAIT) };
+    let Ok(Ok(permit)) = tokio::time::timeout(wait, slots.clone().acquire_owned()).await else {
         ctx.stats.busy.fetch_add(1, Ordering::Relaxed);
         return (Answer::detail(503, "the API is busy; try again").header("Retry-After", "1"), close_after);
     };

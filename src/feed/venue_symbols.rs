@@ -11,7 +11,7 @@
 //! the appliance must start whatever the state of this file.
 //!
 //! The answer is large (10-15 MB with every filter) and the appliance runs under
-//! `MemoryMax=32M`, so it is never held whole: it is streamed ([`http::request_streaming`], in
+//! `MemoryMax` (48M), so it is never held whole: it is streamed ([`http::request_streaming`], in
 //! pieces of at most [`crate::limits::EXCHANGE_INFO_CHUNK`] bytes) through
 //! [`ExchangeInfoScanner`], whose memory is a constant (one `symbols` entry carried over chunk
 //! boundaries, at most [`crate::limits::EXCHANGE_INFO_CARRY_MAX`] bytes). At most
