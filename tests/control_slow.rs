@@ -160,15 +160,25 @@ fn past_the_caps_the_right_token_makes_room() {
     let oldest = own.remove(0);
     assert_eq!(drain(oldest, Duration::from_secs(2)), "", "the oldest idle connection was closed");
     assert!(metric(a.addr, "tickguard_http_evicted_total") >= 1.0);
-    // Every waiting slot taken too: closed at once (a canned 503 over plain HTTP). The
-    // evicted connection's slot went to the authenticated one, which has closed since: one
-    // normal slot, then the two waiting ones.
+    // The waiting slots: the evicted connection's slot went to the authenticated one, which
+    // has closed since, so one normal slot is free, then two waiting ones. A silent waiting
+    // connection gives its slot to a newcomer; one that has spoken (half a head) keeps it, and
+    // with every waiting slot held by such, a newcomer is closed at once (a canned 503 over
+    // plain HTTP).
     std::thread::sleep(Duration::from_millis(200));
     let w1 = stall_from(4, a.addr, b"");
-    let w2 = stall_from(5, a.addr, b"");
+    let w2 = stall_from(5, a.addr, b"GET /health HTTP/1.1\r\n");
     let w3 = stall_from(7, a.addr, b"");
     std::thread::sleep(Duration::from_millis(100));
-    let mut over = connect_from(6, a.addr);
+    let mut newcomer = connect_from(6, a.addr);
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(drain(w3, Duration::from_secs(2)), "", "the silent waiting connection made room");
+    let _ = newcomer.write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+    let text = drain(newcomer, Duration::from_secs(2));
+    assert!(text.starts_with("HTTP/1.1 503"), "a waiting connection without credentials: {text}");
+    let w3 = stall_from(7, a.addr, b"GET /health HTTP/1.1\r\n");
+    std::thread::sleep(Duration::from_millis(100));
+    let mut over = connect_from(8, a.addr);
     let _ = over.write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
     let text = drain(over, Duration::from_secs(2));
     assert!(text.is_empty() || text.starts_with("HTTP/1.1 503"), "{text}");

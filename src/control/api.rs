@@ -979,8 +979,9 @@ impl Api {
         match self.auth.login(tok) {
             Some((sid, csrf)) => Answer::json(200, &json!({"authenticated": true, "csrf_token": csrf}))
                 .header("Set-Cookie", auth::set_cookie(&sid, secure)),
+            // Counted and delayed by the server, and logged there as one summary line per
+            // period (`[AUTH] event=credentials_refused`), never a line per failure.
             None => {
-                log::warn!("[AUTH] event=login_failed");
                 Answer::detail(401, "wrong token").header("WWW-Authenticate", "Bearer realm=\"tickguard\"")
             }
         }

@@ -5,6 +5,8 @@
 //! | what | bound |
 //! |---|---|
 //! | connections | [`Limits::max_connections`] in all, [`Limits::max_per_peer`] from one address |
+//! | an address at its cap | its oldest connection that is idle, unauthenticated and older than [`WAITING_GRACE`] is closed for the new one |
+//! | waiting slots full | the oldest waiting connection that has not sent a byte is closed for the newcomer |
 //! | past those caps | [`Limits::max_waiting`] more (at most [`Limits::max_waiting_per_peer`] per address), each with [`Limits::waiting_timeout`] to show the right token or session: then the oldest unauthenticated connection not in a request is closed to make room; without credentials: `503` and close. Beyond: closed at once |
 //! | TLS handshake | within [`Limits::head_timeout`] of the accept (a ClientHello sent a byte at a time is cut there) |
 //! | a request head | [`Limits::max_head`] bytes, [`Limits::max_headers`] headers (hyper answers `431`); whole within [`Limits::head_timeout`] from its first byte, else the connection is closed |
@@ -157,6 +159,9 @@ impl HttpStats {
     }
 }
 
+/// An address at its cap replaces only its connections older than this.
+pub const WAITING_GRACE: Duration = Duration::from_millis(500);
+
 /// How long a request with credentials waits for a handler slot before `503 busy`.
 pub const AUTHED_SLOT_WAIT: Duration = Duration::from_millis(500);
 /// How long a request without credentials waits for a handler slot before `503 busy`.
@@ -285,6 +290,10 @@ struct Conn {
     authed: bool,
     /// In a request (from its head to its answer).
     busy: bool,
+    /// A request head has arrived on it.
+    headed: bool,
+    /// A byte has arrived on it (a ClientHello or a request): set by [`FirstRead`].
+    spoke: Arc<std::sync::atomic::AtomicBool>,
     kill: Arc<Notify>,
 }
 
@@ -308,7 +317,20 @@ impl Conns {
         let (n, w) = self.per_peer.get(&peer).copied().unwrap_or((0, 0));
         let waiting = if self.normal < l.max_connections && n < l.max_per_peer {
             false
+        } else if self.normal < l.max_connections && self.replace_own_idle(peer) {
+            // This address is at its own cap: its oldest connection that is neither in a
+            // request nor authenticated (idle, mid-head, or waiting out a failed guess) and
+            // older than WAITING_GRACE is closed for the new one. An address only ever
+            // replaces its own connections, and a guesser on the operator's address cannot
+            // hold that address's slots against the emergency close.
+            false
         } else if self.waiting < l.max_waiting && w < l.max_waiting_per_peer {
+            true
+        } else if self.replace_silent_waiting(peer, w >= l.max_waiting_per_peer) {
+            // Waiting slots full: the oldest one that has not sent a single byte is closed for
+            // this one, so silent sockets from many addresses cannot hold every waiting slot
+            // against the operator, whose ClientHello or request comes right after its
+            // connect (and a connection that has spoken is never taken this way).
             true
         } else {
             return Admit::Refused;
@@ -323,8 +345,19 @@ impl Conns {
             e.0 += 1;
             self.normal += 1;
         }
-        self.live
-            .insert(id, Conn { peer, opened: Instant::now(), waiting, authed: false, busy: false, kill });
+        self.live.insert(
+            id,
+            Conn {
+                peer,
+                opened: Instant::now(),
+                waiting,
+                authed: false,
+                busy: false,
+                headed: false,
+                spoke: Arc::default(),
+                kill,
+            },
+        );
         if waiting { Admit::Waiting(id) } else { Admit::Normal(id) }
     }
 
@@ -384,9 +417,46 @@ impl Conns {
         evicted
     }
 
+    /// Closes the oldest connection of `peer` that is not waiting, not in a request, not
+    /// authenticated and older than [`WAITING_GRACE`]; false when there is none.
+    fn replace_own_idle(&mut self, peer: IpAddr) -> bool {
+        let victim = self
+            .live
+            .iter()
+            .filter(|(_, c)| c.peer == peer && !c.waiting && !c.busy && !c.authed)
+            .filter(|(_, c)| c.opened.elapsed() >= WAITING_GRACE)
+            .min_by_key(|(_, c)| c.opened)
+            .map(|(k, _)| *k);
+        let Some(v) = victim else { return false };
+        if let Some(c) = self.live.get(&v) {
+            c.kill.notify_one();
+        }
+        self.release(v);
+        true
+    }
+
+    /// Closes the oldest waiting connection (of `peer` when `own`) that has not sent a byte;
+    /// false when there is none.
+    fn replace_silent_waiting(&mut self, peer: IpAddr, own: bool) -> bool {
+        let victim = self
+            .live
+            .iter()
+            .filter(|(_, c)| c.waiting && !c.spoke.load(Ordering::Relaxed))
+            .filter(|(_, c)| !own || c.peer == peer)
+            .min_by_key(|(_, c)| c.opened)
+            .map(|(k, _)| *k);
+        let Some(v) = victim else { return false };
+        if let Some(c) = self.live.get(&v) {
+            c.kill.notify_one();
+        }
+        self.release(v);
+        true
+    }
+
     fn set(&mut self, id: u64, busy: bool, authed: bool) {
         if let Some(c) = self.live.get_mut(&id) {
             c.busy = busy;
+            c.headed |= busy;
             c.authed |= authed;
         }
     }
@@ -780,6 +850,8 @@ async fn accept_loop(
             }
         };
         let _ = tcp.set_nodelay(true);
+        let spoke = ctx.conns.lock().ok().and_then(|c| c.live.get(&id).map(|c| c.spoke.clone()));
+        let tcp = FirstRead { inner: tcp, spoke: spoke.unwrap_or_default() };
         let ctx2 = ctx.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
@@ -800,8 +872,51 @@ async fn accept_loop(
 
 const REFUSED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\nConnection: close\r\nContent-Length: 44\r\n\r\n{\"detail\":\"too many connections; try again\"}";
 
+/// The raw socket, noting its first byte (see [`Conn::spoke`]).
+struct FirstRead<T> {
+    inner: T,
+    spoke: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for FirstRead<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.spoke.store(true, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for FirstRead<T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 async fn connection(
-    tcp: tokio::net::TcpStream,
+    tcp: FirstRead<tokio::net::TcpStream>,
     peer: SocketAddr,
     id: u64,
     waiting: bool,
@@ -1016,7 +1131,7 @@ async fn answer(
                 .header("WWW-Authenticate", "Bearer realm=\"tickguard\""),
             Err(a) => a,
         };
-        return (failed(ctx, peer, a).await, close_after);
+        return (failed(ctx, peer, id, a).await, close_after);
     }
     // 5. The API's own checks, in the documented order.
     let ticket = match api.check(&r, cred) {
@@ -1038,7 +1153,7 @@ async fn answer(
     if ticket.inline {
         let a = api.respond(&r, ticket, body);
         if login && a.status == 401 {
-            return (failed(ctx, peer, a).await, close_after);
+            return (failed(ctx, peer, id, a).await, close_after);
         }
         return (a, close_after);
     }
@@ -1082,10 +1197,16 @@ fn inline_probe(api: &Api, r: &Req) -> Option<Answer> {
     }
 }
 
-async fn failed(ctx: &Ctx, peer: SocketAddr, a: Answer) -> Answer {
+async fn failed(ctx: &Ctx, peer: SocketAddr, id: u64, a: Answer) -> Answer {
     ctx.stats.auth_failures.fetch_add(1, Ordering::Relaxed);
     let delay = ctx.peers.lock().map_or(Duration::ZERO, |mut p| p.failure(peer.ip(), Instant::now()));
     if !delay.is_zero() {
+        // A connection waiting out its delay is not in a request that matters: it is the first
+        // to be closed when the right token needs room (a guesser on the operator's own address
+        // cannot hold its per-address slots against the emergency close).
+        if let Ok(mut c) = ctx.conns.lock() {
+            c.set(id, false, false);
+        }
         tokio::time::sleep(delay).await;
     }
     a
@@ -1199,6 +1320,9 @@ mod tests {
         let Admit::Normal(first) = c.admit(a, &l, k()) else { panic!("first is normal") };
         let Admit::Normal(_) = c.admit(a, &l, k()) else { panic!("second is normal") };
         let Admit::Waiting(w) = c.admit(a, &l, k()) else { panic!("third waits") };
+        if let Some(x) = c.live.get(&w) {
+            x.spoke.store(true, Ordering::Relaxed);
+        }
         assert!(matches!(c.admit(a, &l, k()), Admit::Refused));
         assert!(c.is_waiting(w));
         assert!(c.promote(w), "the oldest unauthenticated connection makes room");
@@ -1212,5 +1336,32 @@ mod tests {
             c.set(*id, false, true);
         }
         assert!(!c.promote(w2), "no unauthenticated connection to close");
+    }
+
+    #[test]
+    fn silent_waiting_connections_make_room() {
+        let l = Limits {
+            max_connections: 1,
+            max_per_peer: 1,
+            max_waiting: 1,
+            max_waiting_per_peer: 1,
+            ..Limits::default()
+        };
+        let mut c = Conns::default();
+        let k = || Arc::new(Notify::new());
+        let (a, b, d): (IpAddr, IpAddr, IpAddr) =
+            ([127, 0, 0, 2].into(), [127, 0, 0, 3].into(), [127, 0, 0, 4].into());
+        let Admit::Normal(_) = c.admit(a, &l, k()) else { panic!("normal") };
+        let Admit::Waiting(w) = c.admit(b, &l, k()) else { panic!("waits") };
+        if let Some(x) = c.live.get(&w) {
+            x.spoke.store(true, Ordering::Relaxed);
+        }
+        assert!(matches!(c.admit(d, &l, k()), Admit::Refused), "one that has spoken is never taken");
+        if let Some(x) = c.live.get(&w) {
+            x.spoke.store(false, Ordering::Relaxed);
+        }
+        let Admit::Waiting(w2) = c.admit(d, &l, k()) else { panic!("the silent one made room") };
+        assert!(!c.live.contains_key(&w) && c.is_waiting(w2));
+        assert_eq!(c.waiting, 1);
     }
 }
