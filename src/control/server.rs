@@ -192,6 +192,22 @@ pub fn failure_delay(n: u32) -> Duration {
 // ---------------------------------------------------------------------------------------
 // Per-address state: anonymous rate, failed credentials.
 
+/// The client a connection counts against: its IPv4 address, or the /64 of its IPv6 address
+/// (one LAN host can take any number of addresses in its /64 by itself, so per-address caps
+/// and rates hold per /64). An IPv4-mapped IPv6 address counts as the IPv4 address.
+pub fn client(peer: SocketAddr) -> IpAddr {
+    match peer.ip() {
+        IpAddr::V4(a) => IpAddr::V4(a),
+        IpAddr::V6(a) => match a.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = a.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
+}
+
 struct Peer {
     tokens: f64,
     refilled: Instant,
@@ -833,7 +849,7 @@ async fn accept_loop(
         ctx.stats.accepted.fetch_add(1, Ordering::Relaxed);
         let kill = Arc::new(Notify::new());
         let admit = match ctx.conns.lock() {
-            Ok(mut c) => c.admit(peer.ip(), &ctx.limits, kill.clone()),
+            Ok(mut c) => c.admit(client(peer), &ctx.limits, kill.clone()),
             Err(_) => Admit::Refused,
         };
         let (id, waiting) = match admit {
@@ -1114,7 +1130,8 @@ async fn answer(
     }
     // 3. Anonymous requests are rated per address.
     if !authed {
-        let ok = ctx.peers.lock().is_ok_and(|mut p| p.allow(peer.ip(), ctx.limits.peer_rate, Instant::now()));
+        let ok =
+            ctx.peers.lock().is_ok_and(|mut p| p.allow(client(peer), ctx.limits.peer_rate, Instant::now()));
         if !ok {
             ctx.stats.throttled.fetch_add(1, Ordering::Relaxed);
             return (
@@ -1199,7 +1216,7 @@ fn inline_probe(api: &Api, r: &Req) -> Option<Answer> {
 
 async fn failed(ctx: &Ctx, peer: SocketAddr, id: u64, a: Answer) -> Answer {
     ctx.stats.auth_failures.fetch_add(1, Ordering::Relaxed);
-    let delay = ctx.peers.lock().map_or(Duration::ZERO, |mut p| p.failure(peer.ip(), Instant::now()));
+    let delay = ctx.peers.lock().map_or(Duration::ZERO, |mut p| p.failure(client(peer), Instant::now()));
     if !delay.is_zero() {
         // A connection waiting out its delay is not in a request that matters: it is the first
         // to be closed when the right token needs room (a guesser on the operator's own address
@@ -1249,6 +1266,18 @@ async fn read_body(mut body: Incoming, l: &Limits, stats: &HttpStats) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_ipv6_client_is_its_64() {
+        let a: SocketAddr = "[fd00:1:2:3:aaaa::1]:5000".parse().expect("addr");
+        let b: SocketAddr = "[fd00:1:2:3:bbbb::9]:6000".parse().expect("addr");
+        let c: SocketAddr = "[fd00:1:2:4::1]:6000".parse().expect("addr");
+        assert_eq!(client(a), client(b), "one /64, one client");
+        assert_ne!(client(a), client(c));
+        let m: SocketAddr = "[::ffff:192.168.1.7]:80".parse().expect("addr");
+        assert_eq!(client(m), IpAddr::from([192, 168, 1, 7]));
+        assert_eq!(client("127.0.0.2:1".parse().expect("addr")), IpAddr::from([127, 0, 0, 2]));
+    }
 
     #[test]
     fn failure_delays_grow_and_are_capped() {
