@@ -403,21 +403,7 @@ impl Conns {
     /// A waiting connection showed credentials: it becomes a normal one, and the oldest
     /// unauthenticated connection that is not in a request is closed to make room.
     fn promote(&mut self, id: u64) -> bool {
-        let victim = self
-            .live
-            .iter()
-            .filter(|(k, c)| **k != id && !c.authed && !c.busy && !c.waiting)
-            .min_by_key(|(_, c)| c.opened)
-            .map(|(k, _)| *k);
-        let evicted = if let Some(v) = victim {
-            if let Some(c) = self.live.get(&v) {
-                c.kill.notify_one();
-            }
-            self.release(v);
-            true
-        } else {
-            false
-        };
+        let evicted = self.close_oldest(|k, c| k != id && !c.authed && !c.busy && !c.waiting);
         if let Some(c) = self.live.get_mut(&id) {
             if c.waiting {
                 c.waiting = false;
@@ -436,31 +422,22 @@ impl Conns {
     /// Closes the oldest connection of `peer` that is not waiting, not in a request, not
     /// authenticated and older than [`WAITING_GRACE`]; false when there is none.
     fn replace_own_idle(&mut self, peer: IpAddr) -> bool {
-        let victim = self
-            .live
-            .iter()
-            .filter(|(_, c)| c.peer == peer && !c.waiting && !c.busy && !c.authed)
-            .filter(|(_, c)| c.opened.elapsed() >= WAITING_GRACE)
-            .min_by_key(|(_, c)| c.opened)
-            .map(|(k, _)| *k);
-        let Some(v) = victim else { return false };
-        if let Some(c) = self.live.get(&v) {
-            c.kill.notify_one();
-        }
-        self.release(v);
-        true
+        self.close_oldest(|_, c| {
+            c.peer == peer && !c.waiting && !c.busy && !c.authed && c.opened.elapsed() >= WAITING_GRACE
+        })
     }
 
     /// Closes the oldest waiting connection (of `peer` when `own`) that has not sent a byte;
     /// false when there is none.
     fn replace_silent_waiting(&mut self, peer: IpAddr, own: bool) -> bool {
-        let victim = self
-            .live
-            .iter()
-            .filter(|(_, c)| c.waiting && !c.spoke.load(Ordering::Relaxed))
-            .filter(|(_, c)| !own || c.peer == peer)
-            .min_by_key(|(_, c)| c.opened)
-            .map(|(k, _)| *k);
+        self.close_oldest(|_, c| c.waiting && !c.spoke.load(Ordering::Relaxed) && (!own || c.peer == peer))
+    }
+
+    /// Closes the oldest connection that `pick` accepts (its task ends at once, its slot is
+    /// free now); false when there is none.
+    fn close_oldest(&mut self, pick: impl Fn(u64, &Conn) -> bool) -> bool {
+        let victim =
+            self.live.iter().filter(|(k, c)| pick(**k, c)).min_by_key(|(_, c)| c.opened).map(|(k, _)| *k);
         let Some(v) = victim else { return false };
         if let Some(c) = self.live.get(&v) {
             c.kill.notify_one();
