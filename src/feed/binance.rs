@@ -630,6 +630,260 @@ pub fn stream_name(symbol: &str, kind: &str) -> String {
     format!("{}@{kind}", symbol.to_ascii_lowercase())
 }
 
+// ----- the session: what Binance's differs in ------------------------------------------------
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+
+use super::error::FeedError;
+use super::session::{self, Ctx, Gate, Rotation, Timing, Venue};
+use crate::core::backoff::Rng;
+use crate::core::engine::FeedEvent;
+use crate::core::types::{InstrumentId, Quote, Source, Symbol, Tick};
+use crate::net::http::{Connector, Endpoint};
+use crate::net::ws::{self, WsConn, WsLimits};
+
+/// Settings of the Binance feed session.
+#[derive(Clone, Debug)]
+pub struct BinanceConfig {
+    /// The WebSocket endpoint (`feed.ws_url`).
+    pub endpoint: Endpoint,
+    /// No frame for this long means the feed is silent (`feed.silence_timeout_s`).
+    pub silence_timeout: Duration,
+    /// First reconnect delay (`feed.reconnect_initial_s`).
+    pub reconnect_initial: Duration,
+    /// Slowest reconnect delay (`feed.reconnect_max_s`).
+    pub reconnect_max: Duration,
+    /// Jitter of the reconnect delays.
+    pub jitter: f64,
+    /// Streams per symbol (`bookTicker`).
+    pub streams: Vec<String>,
+    /// Open the next connection after this long (Binance cuts at 24 h).
+    pub max_lifetime: Duration,
+    /// Streams per SUBSCRIBE message.
+    pub subscribe_batch: usize,
+    /// Least time between two control messages (within Binance's 5 messages/s).
+    pub control_spacing: Duration,
+    /// Bound of connect + TLS + upgrade.
+    pub connect_timeout: Duration,
+    /// Frame and message limits.
+    pub limits: WsLimits,
+    /// Seed of the jitter and of the frame masks.
+    pub seed: u64,
+}
+
+impl BinanceConfig {
+    /// Defaults for Binance spot streams at `endpoint`.
+    pub fn new(endpoint: Endpoint, seed: u64) -> BinanceConfig {
+        BinanceConfig {
+            endpoint,
+            silence_timeout: Duration::from_secs(10),
+            reconnect_initial: Duration::from_secs(1),
+            reconnect_max: Duration::from_secs(30),
+            jitter: 0.5,
+            streams: vec!["bookTicker".into()],
+            max_lifetime: Duration::from_secs(23 * 3600 + 30 * 60),
+            subscribe_batch: 200,
+            control_spacing: Duration::from_millis(500),
+            connect_timeout: Duration::from_secs(10),
+            limits: WsLimits { max_frame: 64 * 1024, max_message: 64 * 1024 },
+            seed,
+        }
+    }
+}
+
+/// The Binance venue of the feed session: a fixed endpoint, JSON `SUBSCRIBE` text frames
+/// acknowledged by id (the connection is live at the first acknowledgement), combined-stream
+/// text frames, and rotation with the next connection opened first.
+pub struct BinanceFeed {
+    cfg: BinanceConfig,
+}
+
+impl BinanceFeed {
+    /// The venue for these settings.
+    pub fn new(cfg: BinanceConfig) -> BinanceFeed {
+        BinanceFeed { cfg }
+    }
+
+    /// Builds the SUBSCRIBE messages for `insts`, `subscribe_batch` streams each, recording
+    /// each message's instruments under its request id.
+    fn subscribe_messages(&self, insts: &[(InstrumentId, Symbol)], conn: &mut BinanceConn) -> Vec<String> {
+        let per = (self.cfg.subscribe_batch / self.cfg.streams.len().max(1)).max(1);
+        insts
+            .chunks(per)
+            .map(|chunk| {
+                let id = conn.next_id;
+                conn.next_id += 1;
+                let params: Vec<String> = chunk
+                    .iter()
+                    .flat_map(|(_, s)| {
+                        self.cfg.streams.iter().map(move |k| format!("\"{}\"", stream_name(s, k)))
+                    })
+                    .collect();
+                conn.pending.insert(id, chunk.iter().map(|(i, _)| *i).collect());
+                format!("{{\"method\":\"SUBSCRIBE\",\"params\":[{}],\"id\":{id}}}", params.join(","))
+            })
+            .collect()
+    }
+}
+
+/// One Binance connection: the instruments of each unacknowledged request.
+pub struct BinanceConn {
+    pending: HashMap<i64, Vec<InstrumentId>>,
+    next_id: i64,
+    subscribed_any: bool,
+}
+
+impl Venue for BinanceFeed {
+    type Conn = BinanceConn;
+    type Scratch = ();
+    type Item = Symbol;
+    const ROTATION: Rotation = Rotation::Overlap;
+    const BINARY_CONTROL: bool = false;
+    const ADDED_BATCH: usize = 1;
+
+    fn timing(&self) -> Timing {
+        Timing {
+            silence_timeout: self.cfg.silence_timeout,
+            reconnect_initial: self.cfg.reconnect_initial,
+            reconnect_max: self.cfg.reconnect_max,
+            jitter: self.cfg.jitter,
+            connect_timeout: self.cfg.connect_timeout,
+            control_spacing: self.cfg.control_spacing,
+            max_lifetime: Some(self.cfg.max_lifetime),
+            seed: self.cfg.seed,
+        }
+    }
+
+    fn dns_host(&self) -> &str {
+        &self.cfg.endpoint.host
+    }
+
+    fn scratch(&self) {}
+
+    async fn gate(&self, _ctx: &Ctx, _stop: &mut watch::Receiver<bool>) -> Gate {
+        Gate::Go
+    }
+
+    async fn connect(
+        &self,
+        connector: &Connector,
+        ctx: &Ctx,
+        fresh_dns: bool,
+        _rng: &mut Rng,
+    ) -> Result<(WsConn, BinanceConn), FeedError> {
+        let ep = &self.cfg.endpoint;
+        let (stream, addr, resolved) = connector.connect(ep, fresh_dns).await.map_err(FeedError::Connect)?;
+        log::info!("[RECONNECT] event=connected host={} addr={addr} dns={}", ep.host, resolved.via.label());
+        let ws = ws::connect(
+            stream,
+            &ep.host_header(),
+            &ep.path,
+            &[],
+            self.cfg.limits,
+            self.cfg.seed ^ ctx.clock.now().as_nanos(),
+        )
+        .await
+        .map_err(FeedError::Upgrade)?;
+        Ok((ws, BinanceConn { pending: HashMap::new(), next_id: 1, subscribed_any: false }))
+    }
+
+    fn subscriptions(&self, ctx: &Ctx, conn: &mut BinanceConn) -> Vec<String> {
+        let insts = ctx.shared.instruments();
+        self.subscribe_messages(&insts, conn)
+    }
+
+    fn register(&self, ctx: &Ctx, id: InstrumentId, sym: &Symbol) -> Option<Symbol> {
+        ctx.shared.add(id, sym.clone());
+        Some(sym.clone())
+    }
+
+    fn added_message(&self, conn: &mut BinanceConn, items: &[(InstrumentId, Symbol)]) -> String {
+        self.subscribe_messages(items, conn).join("")
+    }
+
+    async fn added_sent(&self, _ctx: &Ctx, _conn: &mut BinanceConn, _ids: &[InstrumentId]) {}
+
+    async fn on_data(
+        &self,
+        ctx: &Ctx,
+        conn: &mut BinanceConn,
+        _: &mut (),
+        bytes: &[u8],
+        binary: bool,
+    ) -> bool {
+        if binary {
+            ctx.malformed("binary");
+            return false;
+        }
+        let now = ctx.clock.now();
+        ctx.shared.frames.fetch_add(1, Ordering::Relaxed);
+        match decode(bytes) {
+            Ok(Frame::Quote { symbol, bid, ask, last, exch_ts }) => {
+                let Some(id) = ctx.shared.lookup(symbol) else {
+                    ctx.shared.unknown_symbols.fetch_add(1, Ordering::Relaxed);
+                    return false;
+                };
+                let q = Quote { bid, ask, last, source: Source::Live, exch_ts, dated: now };
+                ctx.engine.ticks.push(Tick::new(id, q));
+                ctx.shared.ticks.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(Frame::Ack { id: Some(id) }) => {
+                if let Some(insts) = conn.pending.remove(&id) {
+                    if !conn.subscribed_any {
+                        conn.subscribed_any = true;
+                        ctx.mark_live();
+                    }
+                    ctx.shared.subscribed.fetch_add(insts.len() as u64, Ordering::Relaxed);
+                    for i in &insts {
+                        ctx.engine.feed(FeedEvent::Subscribed(*i)).await;
+                    }
+                    log::info!("[RECONNECT] event=subscribed request_id={id} instruments={}", insts.len());
+                }
+            }
+            Ok(Frame::Ack { id: None }) | Ok(Frame::Other) => {}
+            Ok(Frame::Error { code, id }) => {
+                let insts = id.and_then(|i| conn.pending.remove(&i)).map_or(0, |v| v.len());
+                log::warn!(
+                    "[RECONNECT] event=venue_error code={} request_id={} instruments={insts}",
+                    code.map_or("none".into(), |c| c.to_string()),
+                    id.map_or("none".into(), |c| c.to_string())
+                );
+            }
+            Ok(Frame::ServerShutdown) => return true,
+            Err(e) => ctx.malformed(e.kind()),
+        }
+        false
+    }
+
+    fn is_live(&self, conn: &BinanceConn) -> bool {
+        conn.subscribed_any
+    }
+
+    fn acked(&self, conn: &BinanceConn) -> bool {
+        conn.pending.is_empty()
+    }
+
+    fn set_live(&self, conn: &mut BinanceConn) {
+        conn.subscribed_any = true;
+    }
+}
+
+/// Runs the Binance feed session until `stop` fires ([`session::run`] with [`BinanceFeed`]).
+pub async fn run(
+    cfg: BinanceConfig,
+    connector: Connector,
+    ctx: Ctx,
+    added: mpsc::Receiver<(InstrumentId, Symbol)>,
+    stop: watch::Receiver<bool>,
+) {
+    session::run(Arc::new(BinanceFeed::new(cfg)), connector, ctx, added, stop).await;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

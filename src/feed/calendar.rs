@@ -387,7 +387,7 @@ impl WallClock {
             if at.is_none() {
                 log::error!("{FAKE_WALL_CLOCK_ENV}={v:?} is not an RFC 3339 time; using the system clock");
             }
-            at.map(|at| (at, flag.trim() != "unsynced", std::time::Instant::now()))
+            at.map(|at| (at, flag.trim() != "unsynced", crate::bus::clock::mono_std()))
         });
         WallClock { fake, cached: std::sync::Mutex::new(None) }
     }
@@ -395,7 +395,7 @@ impl WallClock {
     /// A fixed fake clock starting at `unix_ms` (tests).
     pub fn fake(unix_ms: i64, synced: bool) -> WallClock {
         WallClock {
-            fake: Some((unix_ms, synced, std::time::Instant::now())),
+            fake: Some((unix_ms, synced, crate::bus::clock::mono_std())),
             cached: std::sync::Mutex::new(None),
         }
     }
@@ -411,9 +411,9 @@ impl WallClock {
             // The fake runs from its own start, and follows the test steps of the wall clock
             // (`runtime::clock::step_wall`) like the real one does.
             let ms = i64::try_from(t0.elapsed().as_millis()).unwrap_or(i64::MAX);
-            return (at.saturating_add(ms).saturating_add(crate::runtime::clock::wall_offset_ms()), synced);
+            return (at.saturating_add(ms).saturating_add(crate::bus::clock::wall_offset_ms()), synced);
         }
-        let ms = crate::runtime::clock::wall_unix_ms();
+        let ms = crate::bus::clock::wall_unix_ms();
         (ms, ms >= WALL_FLOOR_MS && self.system_synced())
     }
 
@@ -425,7 +425,7 @@ impl WallClock {
             }
         }
         let v = std::path::Path::new("/run/systemd/timesync/synchronized").exists() || timedatectl_synced();
-        *slot = Some((std::time::Instant::now(), v));
+        *slot = Some((crate::bus::clock::mono_std(), v));
         v
     }
 }

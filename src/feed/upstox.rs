@@ -37,18 +37,19 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::{Notify, mpsc, watch};
-use tokio::time::Instant;
 
 use super::calendar::{Calendar, MarketState, WallClock};
-use super::session::{Ctx, FeedShared};
+use super::error::{FeedError, PollError};
+use super::rest;
+use super::session::{self, Ctx, FeedShared, Gate, Rotation, Timing, Venue};
 use super::upstox_proto::{self as pb, Last, Sink};
-use crate::core::backoff::{Backoff, CircuitBreaker, Rng};
+use crate::core::backoff::Rng;
 use crate::core::engine::FeedEvent;
 use crate::core::price::Price;
 use crate::core::types::{InstrumentId, Quote, Source, Symbol, Tick};
 use crate::limits::MAX_INSTRUMENTS;
-use crate::net::http::{self, Connector, Endpoint, HttpError, Req};
-use crate::net::ws::{self, Event, WsConn, WsError, WsLimits};
+use crate::net::http::{self, Connector, Endpoint, Req};
+use crate::net::ws::{self, WsConn, WsError, WsLimits};
 
 /// Instrument keys per subscribe request.
 pub const SUBSCRIBE_BATCH: usize = 100;
@@ -144,30 +145,24 @@ pub struct UpstoxConfig {
     pub rest_timeout: Duration,
     /// Seed of the jitter and of the frame masks.
     pub seed: u64,
+    /// Reads the access token file (trimmed; an error names the path, never the content).
+    /// The wiring passes the configuration's secret reader.
+    pub read_token: ReadToken,
 }
 
-impl UpstoxConfig {
-    /// Settings from the configuration (validated: an Upstox venue has a token file).
-    pub fn from_config(cfg: &crate::config::Config, rest: Endpoint, seed: u64) -> UpstoxConfig {
-        let mode = Mode::parse(&cfg.feed.mode).unwrap_or_default();
-        UpstoxConfig {
-            rest,
-            token_file: cfg.feed.token_file.clone().unwrap_or_default(),
-            mode,
-            cap: cfg.feed.max_subscriptions.map_or(mode.cap(), usize::from).min(mode.cap()),
-            silence_timeout: cfg.feed.silence_timeout,
-            reconnect_initial: cfg.feed.reconnect_initial,
-            reconnect_max: cfg.feed.reconnect_max,
-            jitter: 0.5,
-            connect_timeout: Duration::from_secs(10),
-            control_spacing: Duration::from_millis(200),
-            limits: WsLimits { max_frame: 1 << 20, max_message: 1 << 20 },
-            max_lifetime: None,
-            rest_poll: cfg.feed.rest_poll,
-            rest_timeout: cfg.feed.rest_poll.max(Duration::from_secs(2)),
-            seed,
-        }
+/// A reader of a secret file: its trimmed content, or why it cannot be had.
+pub type ReadToken = fn(&std::path::Path) -> Result<String, String>;
+
+/// The plain token reader (the file's content, trimmed; refused when empty), used until a
+/// session or poller brings the configuration's reader ([`UpstoxConfig::read_token`]).
+pub fn read_token_file(path: &std::path::Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("secret file {}: cannot read it: {e}", path.display()))?;
+    let t = text.trim();
+    if t.is_empty() {
+        return Err(format!("secret file {}: is empty; write the secret into it", path.display()));
     }
+    Ok(t.to_string())
 }
 
 // ----- shared state --------------------------------------------------------------------------
@@ -219,6 +214,7 @@ impl KeyTable {
 /// The access token file: read when it changes.
 struct TokenFile {
     path: PathBuf,
+    read: ReadToken,
     value: Option<String>,
     stamp: Option<(SystemTime, u64)>,
 }
@@ -233,7 +229,7 @@ impl TokenFile {
     fn current(&mut self) -> Result<String, String> {
         let stamp = file_stamp(&self.path);
         if self.value.is_none() || stamp != self.stamp {
-            let v = crate::config::read_secret(&self.path).map_err(|e| e.to_string())?;
+            let v = (self.read)(&self.path)?;
             self.value = Some(v);
             self.stamp = stamp;
         }
@@ -247,7 +243,7 @@ impl TokenFile {
 /// uses).
 ///
 /// A symbol's key is its `[feed.instrument_keys]` entry, or the symbol itself when it already
-/// is a key (`NSE_EQ|INE323A01026`) — [`crate::config::FeedConfig::instrument_key`]. Every
+/// is a key (`NSE_EQ|INE323A01026`) (the configuration's `FeedConfig::instrument_key`). Every
 /// configured pair is known from the start; a symbol that is its own key becomes known the
 /// first time it is resolved (a position registered on it: the feed session adds its
 /// instrument). Symbols learned this way are bounded by [`MAX_INSTRUMENTS`].
@@ -262,16 +258,6 @@ impl InstrumentMap {
     /// A map of the configured `symbol → key` pairs.
     pub fn new(configured: BTreeMap<String, String>) -> InstrumentMap {
         InstrumentMap { configured, learned: RwLock::new(BTreeMap::new()) }
-    }
-
-    /// `[feed.instrument_keys]`, plus every symbol of `feed.instruments` and `[[positions]]`
-    /// that is itself a key.
-    pub fn from_config(cfg: &crate::config::Config) -> InstrumentMap {
-        let m = InstrumentMap::new(cfg.feed.instrument_keys.clone());
-        for s in cfg.watched_symbols() {
-            let _ = m.key(&s);
-        }
-        m
     }
 
     /// A map of these pairs (tests, tools).
@@ -337,10 +323,20 @@ impl UpstoxShared {
         UpstoxShared {
             keys: RwLock::new(KeyTable::default()),
             map,
-            token: Mutex::new(TokenFile { path: token_file, value: None, stamp: None }),
+            token: Mutex::new(TokenFile {
+                path: token_file,
+                read: read_token_file,
+                value: None,
+                stamp: None,
+            }),
             venue_market: Mutex::new(None),
             market_changed: Notify::new(),
         }
+    }
+
+    /// Reads the token file with `read` from now on.
+    pub fn set_reader(&self, read: ReadToken) {
+        self.token.lock().unwrap_or_else(|p| p.into_inner()).read = read;
     }
 
     /// The key of `symbol`: its configured key, or the symbol itself when it is a key.
@@ -517,6 +513,16 @@ pub fn encode_key(key: &str) -> String {
     out
 }
 
+/// An Upstox error body's first `errorCode` and `message` (`{"errors":[{"errorCode":..}]}`).
+/// The broker reads the same bodies (`crate::broker::upstox` may use this one).
+pub fn error_code(body: &[u8]) -> Option<(String, String)> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let e = v.get("errors")?.as_array()?.first()?;
+    let code = e.get("errorCode").or_else(|| e.get("error_code"))?.as_str()?.to_string();
+    let msg = e.get("message").and_then(serde_json::Value::as_str).unwrap_or("").to_string();
+    Some((code, msg))
+}
+
 /// The LTP quote path for `keys` under the base path `base`.
 pub fn ltp_path(base: &str, keys: &[&str]) -> String {
     let list: Vec<String> = keys.iter().map(|k| encode_key(k)).collect();
@@ -537,35 +543,7 @@ pub fn parse_ltp(body: &[u8]) -> Result<Vec<(String, f64)>, String> {
         .collect())
 }
 
-// ----- the session ---------------------------------------------------------------------------
-
-/// One connection.
-struct Conn {
-    ws: WsConn,
-    opened: Instant,
-    /// Instruments requested on this connection.
-    requested: Vec<InstrumentId>,
-    /// A frame arrived after the subscriptions were sent: the connection is live.
-    live: bool,
-    rng: Rng,
-}
-
-enum Ended {
-    Stop,
-    /// Lost; `healthy` when it was live for at least `reconnect_max`.
-    Lost {
-        cause: String,
-        healthy: bool,
-    },
-    /// Closed on purpose to open the next one.
-    Rotate,
-}
-
-enum OpenError {
-    Auth { source: &'static str, status: u16 },
-    Token(String),
-    Failed(String),
-}
+// ----- the session: what Upstox's differs in -----------------------------------------------
 
 /// Per-frame scratch space, allocated once per session so that a frame allocates nothing.
 pub struct FrameBuf {
@@ -735,8 +713,8 @@ async fn authorize(
     cfg: &UpstoxConfig,
     connector: &Connector,
     ux: &UpstoxShared,
-) -> Result<String, OpenError> {
-    let token = ux.token().map_err(OpenError::Token)?;
+) -> Result<String, FeedError> {
+    let token = ux.token().map_err(FeedError::Token)?;
     let bearer = format!("Bearer {token}");
     let path = format!("{}{AUTHORIZE_PATH}", cfg.rest.path.trim_end_matches('/'));
     let req = Req {
@@ -747,14 +725,10 @@ async fn authorize(
         timeout: cfg.connect_timeout,
         max_body: 64 * 1024,
     };
-    let ans = http::request(connector, &cfg.rest, req)
-        .await
-        .map_err(|e| OpenError::Failed(format!("authorize: {e}")))?;
+    let ans = http::request(connector, &cfg.rest, req).await.map_err(FeedError::Authorize)?;
     match ans.status {
         200 => {
-            let url = redirect_uri(&ans.body).ok_or_else(|| {
-                OpenError::Failed("authorize: no authorized_redirect_uri in the answer".into())
-            })?;
+            let url = redirect_uri(&ans.body).ok_or(FeedError::NoRedirect)?;
             log::info!(
                 "[RECONNECT] event=authorized host={} addr={} dns={}",
                 cfg.rest.host,
@@ -763,158 +737,265 @@ async fn authorize(
             );
             Ok(url)
         }
-        401 => Err(OpenError::Auth { source: "authorize", status: 401 }),
-        s => Err(OpenError::Failed(format!("authorize: HTTP {s}"))),
+        401 => Err(FeedError::Unauthorized { what: "authorize", status: 401 }),
+        s => Err(FeedError::AuthorizeStatus(s)),
     }
 }
 
-async fn open(
-    cfg: &UpstoxConfig,
-    connector: &Connector,
-    ux: &UpstoxShared,
-    fresh_dns: bool,
-    rng: &mut Rng,
-) -> Result<Conn, OpenError> {
-    let work = async {
+/// The Upstox venue of the feed session: authorize before every connection (a fresh `wss://`
+/// URL with a single-use code), subscriptions as JSON in binary frames within the mode's cap,
+/// protobuf frames (live at the first good frame; `market_info` overrides the calendar), one
+/// connection at a time (rotation closes first), and a rejected token blocks the network
+/// until the token file changes.
+pub struct UpstoxFeed {
+    cfg: UpstoxConfig,
+    ux: Arc<UpstoxShared>,
+}
+
+impl UpstoxFeed {
+    /// The venue for these settings and shared state.
+    pub fn new(cfg: UpstoxConfig, ux: Arc<UpstoxShared>) -> UpstoxFeed {
+        ux.set_reader(cfg.read_token);
+        UpstoxFeed { cfg, ux }
+    }
+}
+
+/// One Upstox connection.
+pub struct UpstoxConn {
+    /// Instruments requested on this connection.
+    requested: Vec<InstrumentId>,
+    /// A frame arrived after the subscriptions were sent: the connection is live.
+    live: bool,
+    rng: Rng,
+    /// Segments of the subscribed keys (whose `market_info` status counts).
+    segments: Vec<String>,
+    /// The venue's last word on the market on this connection (logged on change).
+    market_seen: Option<bool>,
+}
+
+impl Venue for UpstoxFeed {
+    type Conn = UpstoxConn;
+    type Scratch = FrameBuf;
+    type Item = String;
+    const ROTATION: Rotation = Rotation::CloseFirst;
+    const BINARY_CONTROL: bool = true;
+    const ADDED_BATCH: usize = SUBSCRIBE_BATCH;
+
+    fn timing(&self) -> Timing {
+        let c = &self.cfg;
+        Timing {
+            silence_timeout: c.silence_timeout,
+            reconnect_initial: c.reconnect_initial,
+            reconnect_max: c.reconnect_max,
+            jitter: c.jitter,
+            connect_timeout: c.connect_timeout,
+            control_spacing: c.control_spacing,
+            max_lifetime: c.max_lifetime,
+            seed: c.seed,
+        }
+    }
+
+    fn dns_host(&self) -> &str {
+        &self.cfg.rest.host
+    }
+
+    fn scratch(&self) -> FrameBuf {
+        FrameBuf::default()
+    }
+
+    async fn gate(&self, ctx: &Ctx, stop: &mut watch::Receiver<bool>) -> Gate {
+        if !ctx.shared.auth_blocked.load(Ordering::SeqCst) {
+            return Gate::Go;
+        }
+        if wait_for_new_token(ctx, &self.ux, stop).await { Gate::Unblocked } else { Gate::Stop }
+    }
+
+    async fn connect(
+        &self,
+        connector: &Connector,
+        _ctx: &Ctx,
+        fresh_dns: bool,
+        rng: &mut Rng,
+    ) -> Result<(WsConn, UpstoxConn), FeedError> {
+        let cfg = &self.cfg;
         if fresh_dns {
             let _ = connector.resolver.resolve(&cfg.rest.host).await;
         }
-        let url = authorize(cfg, connector, ux).await?;
-        let ep = Endpoint::parse(&url).map_err(|e| OpenError::Failed(authorized_url_error(&e, &url)))?;
-        let (stream, addr, resolved) =
-            connector.connect(&ep, fresh_dns).await.map_err(|e| OpenError::Failed(e.to_string()))?;
+        let url = authorize(cfg, connector, &self.ux).await?;
+        let ep =
+            Endpoint::parse(&url).map_err(|e| FeedError::AuthorizedUrl(authorized_url_error(&e, &url)))?;
+        let (stream, addr, resolved) = connector.connect(&ep, fresh_dns).await.map_err(FeedError::Connect)?;
         log::info!("[RECONNECT] event=connected host={} addr={addr} dns={}", ep.host, resolved.via.label());
         let ws = ws::connect(stream, &ep.host_header(), &ep.path, &[], cfg.limits, rng.next_u64())
             .await
             .map_err(|e| match e {
-                WsError::Status { status: 401, .. } => OpenError::Auth { source: "feed", status: 401 },
-                e => OpenError::Failed(format!("upgrade: {e}")),
+                WsError::Status { status: 401, .. } => FeedError::Unauthorized { what: "feed", status: 401 },
+                e => FeedError::Upgrade(e),
             })?;
-        Ok::<WsConn, OpenError>(ws)
-    };
-    let ws = tokio::time::timeout(cfg.connect_timeout, work).await.map_err(|_| {
-        OpenError::Failed(format!("connect timeout after {} ms", cfg.connect_timeout.as_millis()))
-    })??;
-    let mut conn = Conn { ws, opened: Instant::now(), requested: Vec::new(), live: false, rng: rng.clone() };
-    let _ = rng.next_u64();
-    let subs = ux.subscriptions();
-    let take = subs.len().min(cfg.cap);
-    if take < subs.len() {
-        log::error!(
-            "[RECONNECT] event=subscription_cap cap={} mode={} requested={} (instruments past the cap are not subscribed)",
-            cfg.cap,
-            cfg.mode.as_str(),
-            subs.len()
+        let conn = UpstoxConn {
+            requested: Vec::new(),
+            live: false,
+            rng: rng.clone(),
+            segments: self.ux.keys.read().map(|t| t.segments()).unwrap_or_default(),
+            market_seen: None,
+        };
+        let _ = rng.next_u64();
+        Ok((ws, conn))
+    }
+
+    fn subscriptions(&self, _ctx: &Ctx, conn: &mut UpstoxConn) -> Vec<String> {
+        let cfg = &self.cfg;
+        let subs = self.ux.subscriptions();
+        let take = subs.len().min(cfg.cap);
+        if take < subs.len() {
+            log::error!(
+                "[RECONNECT] event=subscription_cap cap={} mode={} requested={} (instruments past the cap are not subscribed)",
+                cfg.cap,
+                cfg.mode.as_str(),
+                subs.len()
+            );
+        }
+        let mut msgs = Vec::new();
+        for chunk in subs[..take].chunks(SUBSCRIBE_BATCH) {
+            // A key watched under two symbols is asked for once.
+            let mut keys: Vec<&str> = Vec::with_capacity(chunk.len());
+            for (_, k) in chunk {
+                if !keys.contains(&k.as_str()) {
+                    keys.push(k.as_str());
+                }
+            }
+            msgs.push(control_message(&guid(&mut conn.rng), "sub", Some(cfg.mode), &keys));
+            conn.requested.extend(chunk.iter().map(|(i, _)| *i));
+        }
+        msgs
+    }
+
+    fn subscribe_sent(&self, conn: &UpstoxConn, requests: usize) {
+        log::info!(
+            "[RECONNECT] event=subscribe_sent mode={} instruments={} requests={requests}",
+            self.cfg.mode.as_str(),
+            conn.requested.len()
         );
     }
-    let mut requests = 0;
-    for (n, chunk) in subs[..take].chunks(SUBSCRIBE_BATCH).enumerate() {
-        if n > 0 {
-            tokio::time::sleep(cfg.control_spacing).await;
+
+    fn register(&self, ctx: &Ctx, id: InstrumentId, sym: &Symbol) -> Option<String> {
+        add_instrument(ctx, &self.ux, id, sym)
+    }
+
+    fn admit(&self, conn: &UpstoxConn, sym: &Symbol) -> bool {
+        if conn.requested.len() >= self.cfg.cap {
+            log::error!(
+                "[RECONNECT] event=subscription_cap symbol={sym} cap={} mode={} (not subscribed: the connection is full)",
+                self.cfg.cap,
+                self.cfg.mode.as_str()
+            );
+            return false;
         }
-        // A key watched under two symbols is asked for once.
-        let mut keys: Vec<&str> = Vec::with_capacity(chunk.len());
-        for (_, k) in chunk {
-            if !keys.contains(&k.as_str()) {
-                keys.push(k.as_str());
+        true
+    }
+
+    fn added_message(&self, conn: &mut UpstoxConn, items: &[(InstrumentId, String)]) -> String {
+        let refs: Vec<&str> = items.iter().map(|(_, k)| k.as_str()).collect();
+        control_message(&guid(&mut conn.rng), "sub", Some(self.cfg.mode), &refs)
+    }
+
+    async fn added_sent(&self, ctx: &Ctx, conn: &mut UpstoxConn, ids: &[InstrumentId]) {
+        conn.requested.extend(ids.iter().copied());
+        ctx.shared.subscribed.store(conn.requested.len() as u64, Ordering::Relaxed);
+        if conn.live {
+            for id in ids {
+                ctx.engine.feed(FeedEvent::Subscribed(*id)).await;
             }
         }
-        let msg = control_message(&guid(&mut conn.rng), "sub", Some(cfg.mode), &keys);
-        conn.ws
-            .send_binary(msg.as_bytes())
-            .await
-            .map_err(|e| OpenError::Failed(format!("subscribe: {e}")))?;
-        conn.requested.extend(chunk.iter().map(|(i, _)| *i));
-        requests += 1;
+        log::info!(
+            "[RECONNECT] event=subscribed mode={} instruments={} (added)",
+            self.cfg.mode.as_str(),
+            ids.len()
+        );
     }
-    log::info!(
-        "[RECONNECT] event=subscribe_sent mode={} instruments={} requests={requests}",
-        cfg.mode.as_str(),
-        conn.requested.len()
-    );
-    Ok(conn)
+
+    async fn on_data(
+        &self,
+        ctx: &Ctx,
+        conn: &mut UpstoxConn,
+        buf: &mut FrameBuf,
+        bytes: &[u8],
+        binary: bool,
+    ) -> bool {
+        if !binary {
+            ctx.malformed("text");
+            return false;
+        }
+        let (out, err) = apply_frame(bytes, &self.ux, ctx, buf, &conn.segments);
+        if let Some(e) = err {
+            ctx.malformed(e.kind());
+            return false;
+        }
+        if out.bad_prices > 0 {
+            ctx.malformed("bad_price");
+        }
+        if !conn.live {
+            conn.live = true;
+            ctx.mark_live();
+            ctx.shared.subscribed.store(conn.requested.len() as u64, Ordering::Relaxed);
+            for id in &conn.requested {
+                ctx.engine.feed(FeedEvent::Subscribed(*id)).await;
+            }
+            log::info!(
+                "[RECONNECT] event=subscribed mode={} instruments={}",
+                self.cfg.mode.as_str(),
+                conn.requested.len()
+            );
+        }
+        if let Some(open) = out.market {
+            if conn.market_seen != Some(open) {
+                conn.market_seen = Some(open);
+                let list: Vec<String> = buf
+                    .segments
+                    .iter()
+                    .filter(|(s, _)| conn.segments.iter().any(|x| x == s.as_str()))
+                    .map(|(s, st)| format!("{s}:{}", status_name(*st)))
+                    .collect();
+                log::info!("[MARKET] event=venue_status open={open} segments={}", list.join(","));
+            }
+            self.ux.set_venue_market(Some(open));
+        }
+        false
+    }
+
+    fn is_live(&self, conn: &UpstoxConn) -> bool {
+        conn.live
+    }
+
+    fn set_live(&self, conn: &mut UpstoxConn) {
+        conn.live = true;
+    }
+
+    fn down(&self, _ctx: &Ctx) {
+        self.ux.set_venue_market(None);
+    }
+
+    fn fatal(&self, ctx: &Ctx, e: &FeedError) -> bool {
+        match e {
+            FeedError::Unauthorized { what, status } => auth_failed(ctx, &self.ux, what, *status),
+            FeedError::Token(why) => token_unreadable(ctx, &self.ux, why),
+            _ => return false,
+        }
+        true
+    }
 }
 
-fn mark_down(ctx: &Ctx, ux: &UpstoxShared) {
-    ctx.shared.live.store(false, Ordering::Relaxed);
-    ctx.shared.subscribed.store(0, Ordering::Relaxed);
-    ux.set_venue_market(None);
-}
-
-/// Runs the feed session until `stop` fires. `added` brings instruments registered later.
+/// Runs the Upstox feed session until `stop` fires ([`session::run`] with [`UpstoxFeed`]).
+/// `added` brings instruments registered later.
 pub async fn run(
     cfg: UpstoxConfig,
     connector: Connector,
     ctx: Ctx,
     ux: Arc<UpstoxShared>,
-    mut added: mpsc::Receiver<(InstrumentId, Symbol)>,
-    mut stop: watch::Receiver<bool>,
+    added: mpsc::Receiver<(InstrumentId, Symbol)>,
+    stop: watch::Receiver<bool>,
 ) {
-    let mut backoff = Backoff::new(cfg.reconnect_initial, cfg.reconnect_max, cfg.jitter);
-    let mut rng = Rng::new(cfg.seed);
-    let mut buf = FrameBuf::default();
-    loop {
-        while let Ok((id, sym)) = added.try_recv() {
-            add_instrument(&ctx, &ux, id, &sym);
-        }
-        if ctx.shared.auth_blocked.load(Ordering::SeqCst) {
-            if !wait_for_new_token(&ctx, &ux, &mut stop).await {
-                return;
-            }
-            backoff.reset();
-            continue;
-        }
-        let attempt = backoff.attempt() + 1;
-        let fresh_dns = attempt % 3 == 0;
-        if fresh_dns {
-            log::info!("[DNS] event=health_check host={} attempt={attempt}", cfg.rest.host);
-        }
-        let cause = match open(&cfg, &connector, &ux, fresh_dns, &mut rng).await {
-            Ok(conn) => match read_loop(&cfg, &ctx, &ux, conn, &mut buf, &mut added, &mut stop).await {
-                Ended::Stop => return,
-                Ended::Rotate => {
-                    mark_down(&ctx, &ux);
-                    ctx.shared.rotations.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-                Ended::Lost { cause, healthy } => {
-                    if healthy {
-                        backoff.reset();
-                    }
-                    Some(cause)
-                }
-            },
-            Err(OpenError::Auth { source, status }) => {
-                auth_failed(&ctx, &ux, source, status);
-                None
-            }
-            Err(OpenError::Token(e)) => {
-                token_unreadable(&ctx, &ux, &e);
-                None
-            }
-            Err(OpenError::Failed(e)) => Some(e),
-        };
-        mark_down(&ctx, &ux);
-        ctx.shared.reconnects.fetch_add(1, Ordering::Relaxed);
-        ctx.engine.feed(FeedEvent::Disconnected).await;
-        let Some(cause) = cause else {
-            // Authorization: no backoff, no retry; wait for a new token at the top.
-            continue;
-        };
-        ctx.shared.network_errors.fetch_add(1, Ordering::Relaxed);
-        let delay = backoff.next_delay(&mut rng);
-        ctx.shared.attempts.store(u64::from(backoff.attempt()), Ordering::Relaxed);
-        log::warn!(
-            "[RECONNECT] attempt={} delay_ms={} cause=\"{}\"",
-            backoff.attempt(),
-            delay.as_millis(),
-            cause.replace('"', "'")
-        );
-        tokio::select! {
-            _ = stop.changed() => return,
-            _ = tokio::time::sleep(delay) => {}
-        }
-    }
+    session::run(Arc::new(UpstoxFeed::new(cfg, ux)), connector, ctx, added, stop).await;
 }
 
 fn add_instrument(ctx: &Ctx, ux: &UpstoxShared, id: InstrumentId, sym: &Symbol) -> Option<String> {
@@ -929,499 +1010,140 @@ fn add_instrument(ctx: &Ctx, ux: &UpstoxShared, id: InstrumentId, sym: &Symbol) 
     }
 }
 
-async fn read_loop(
-    cfg: &UpstoxConfig,
-    ctx: &Ctx,
-    ux: &UpstoxShared,
-    mut conn: Conn,
-    buf: &mut FrameBuf,
-    added: &mut mpsc::Receiver<(InstrumentId, Symbol)>,
-    stop: &mut watch::Receiver<bool>,
-) -> Ended {
-    let ping_every = cfg.silence_timeout / 3;
-    let mut last_frame = Instant::now();
-    let mut next_ping = last_frame + ping_every;
-    let rotate_at = cfg.max_lifetime.map(|d| conn.opened + d);
-    let mut outbox: std::collections::VecDeque<(InstrumentId, String)> = std::collections::VecDeque::new();
-    let mut next_send = Instant::now();
-    let segments = ux.keys.read().map(|t| t.segments()).unwrap_or_default();
-    let mut market_seen: Option<bool> = None;
-    let healthy = |conn: &Conn| conn.live && conn.opened.elapsed() >= cfg.reconnect_max;
-    loop {
-        let mut wake = (last_frame + cfg.silence_timeout).min(next_ping);
-        if let Some(r) = rotate_at {
-            wake = wake.min(r);
-        }
-        if !outbox.is_empty() {
-            wake = wake.min(next_send);
-        }
-        let mut ping = false;
-        let mut lost: Option<String> = None;
-        let mut frame: Option<(FrameOutcome, Option<pb::DecodeError>)> = None;
-        tokio::select! {
-            biased;
-            _ = stop.changed() => {
-                conn.ws.close(1000).await;
-                return Ended::Stop;
-            }
-            Some((id, sym)) = added.recv() => {
-                if let Some(key) = add_instrument(ctx, ux, id, &sym) {
-                    if conn.requested.len() >= cfg.cap {
-                        log::error!(
-                            "[RECONNECT] event=subscription_cap symbol={sym} cap={} mode={} (not subscribed: the connection is full)",
-                            cfg.cap,
-                            cfg.mode.as_str()
-                        );
-                    } else {
-                        outbox.push_back((id, key));
-                    }
-                }
-                continue;
-            }
-            r = tokio::time::timeout_at(wake, conn.ws.next()) => match r {
-                Err(_) => {}
-                Ok(Err(e)) => lost = Some(e.to_string()),
-                Ok(Ok(ev)) => {
-                    last_frame = Instant::now();
-                    match ev {
-                        Event::Binary(b) => frame = Some(apply_frame(b, ux, ctx, buf, &segments)),
-                        Event::Text(_) => ctx.malformed("text"),
-                        Event::Ping => ping = true,
-                        Event::Pong => {}
-                        Event::Close(code) => lost = Some(format!(
-                            "closed by server (code {})",
-                            code.map_or("none".into(), |c| c.to_string())
-                        )),
-                    }
-                }
-            }
-        }
-        if let Some((out, err)) = frame {
-            if let Some(e) = err {
-                ctx.malformed(e.kind());
-            } else {
-                if out.bad_prices > 0 {
-                    ctx.malformed("bad_price");
-                }
-                if !conn.live {
-                    conn.live = true;
-                    ctx.shared.live.store(true, Ordering::Relaxed);
-                    ctx.shared.epoch.fetch_add(1, Ordering::Relaxed);
-                    ctx.shared.attempts.store(0, Ordering::Relaxed);
-                    ctx.shared.subscribed.store(conn.requested.len() as u64, Ordering::Relaxed);
-                    for id in &conn.requested {
-                        ctx.engine.feed(FeedEvent::Subscribed(*id)).await;
-                    }
-                    log::info!(
-                        "[RECONNECT] event=subscribed mode={} instruments={}",
-                        cfg.mode.as_str(),
-                        conn.requested.len()
-                    );
-                }
-                if let Some(open) = out.market {
-                    if market_seen != Some(open) {
-                        market_seen = Some(open);
-                        let list: Vec<String> = buf
-                            .segments
-                            .iter()
-                            .filter(|(s, _)| segments.iter().any(|x| x == s.as_str()))
-                            .map(|(s, st)| format!("{s}:{}", status_name(*st)))
-                            .collect();
-                        log::info!("[MARKET] event=venue_status open={open} segments={}", list.join(","));
-                    }
-                    ux.set_venue_market(Some(open));
-                }
-            }
-        }
-        if let Some(cause) = lost {
-            if conn.ws.flush_control().await.is_ok() {
-                conn.ws.close(1000).await;
-            }
-            return Ended::Lost { cause, healthy: healthy(&conn) };
-        }
-        if ping {
-            if let Err(e) = conn.ws.flush_control().await {
-                conn.ws.close(1000).await;
-                return Ended::Lost { cause: format!("pong: {e}"), healthy: healthy(&conn) };
-            }
-        }
-        let now = Instant::now();
-        if now >= last_frame + cfg.silence_timeout {
-            // Close our side before anything else is opened: one connection per app and user.
-            conn.ws.close(1000).await;
-            return Ended::Lost {
-                cause: format!(
-                    "silent for {} ms (no frame, no pong)",
-                    now.saturating_duration_since(last_frame).as_millis()
-                ),
-                healthy: healthy(&conn),
-            };
-        }
-        if now >= next_ping {
-            next_ping = now + ping_every;
-            if let Err(e) = conn.ws.send_ping(b"tg").await {
-                conn.ws.close(1000).await;
-                return Ended::Lost { cause: format!("ping: {e}"), healthy: healthy(&conn) };
-            }
-        }
-        if !outbox.is_empty() && now >= next_send {
-            let mut ids = Vec::new();
-            let mut keys = Vec::new();
-            while let Some((id, key)) = outbox.pop_front() {
-                ids.push(id);
-                keys.push(key);
-                if keys.len() >= SUBSCRIBE_BATCH {
-                    break;
-                }
-            }
-            let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
-            let msg = control_message(&guid(&mut conn.rng), "sub", Some(cfg.mode), &refs);
-            if let Err(e) = conn.ws.send_binary(msg.as_bytes()).await {
-                conn.ws.close(1000).await;
-                return Ended::Lost { cause: format!("subscribe: {e}"), healthy: healthy(&conn) };
-            }
-            conn.requested.extend(ids.iter().copied());
-            ctx.shared.subscribed.store(conn.requested.len() as u64, Ordering::Relaxed);
-            if conn.live {
-                for id in &ids {
-                    ctx.engine.feed(FeedEvent::Subscribed(*id)).await;
-                }
-            }
-            log::info!(
-                "[RECONNECT] event=subscribed mode={} instruments={} (added)",
-                cfg.mode.as_str(),
-                ids.len()
-            );
-            next_send = now + cfg.control_spacing;
-        }
-        if rotate_at.is_some_and(|r| now >= r) {
-            log::info!(
-                "[RECONNECT] event=rotating cause=max_lifetime (closing this connection first: Upstox allows one per app and user)"
-            );
-            conn.ws.close(1000).await;
-            return Ended::Rotate;
-        }
-    }
-}
-
 // ----- the LTP quote fallback ----------------------------------------------------------------
 
 /// First wait before a key the venue refused is asked for again (alone); it doubles up to
 /// [`LTP_REFUSED_RETRY_MAX`].
-pub const LTP_REFUSED_RETRY_INITIAL: Duration = Duration::from_secs(30);
+pub const LTP_REFUSED_RETRY_INITIAL: Duration = rest::REFUSED_RETRY_INITIAL;
 /// Longest wait before a refused key is asked for again.
-pub const LTP_REFUSED_RETRY_MAX: Duration = Duration::from_secs(600);
+pub const LTP_REFUSED_RETRY_MAX: Duration = rest::REFUSED_RETRY_MAX;
 /// Most LTP requests in one poll (splitting batches to find refused keys included): the
 /// instruments left when it is reached get a REST error this round, and are asked next round.
 pub const LTP_REQUESTS_PER_POLL: usize = crate::limits::LTP_REQUESTS_PER_POLL;
 
-/// An instrument the poller asks for: its id, instrument key and symbol.
-type Want = (InstrumentId, String, String);
-
-/// A key the venue refused: left out of the batches until `retry_at`.
-struct Refused {
-    retry_at: Instant,
-    backoff: Duration,
+/// Upstox's REST fallback: the v3 LTP quote, at most [`LTP_MAX_KEYS`] keys a request, with the
+/// bearer token; a 4xx about its keys is a refusal (split to find the key), a 401 raises
+/// `[AUTH]` and blocks the poller until the token file changes.
+pub struct UpstoxPoller {
+    cfg: UpstoxConfig,
+    ux: Arc<UpstoxShared>,
 }
 
-/// What became of one LTP request.
-enum Batch {
-    /// Answered (prices handed over, per-instrument status reported).
-    Done,
-    /// The feed came back while it was in flight: the poll ends, nothing applied.
-    Discarded,
-    /// The venue refused the request as such (a 4xx about its keys): split it, or refuse its
-    /// one key.
-    Refused { status: u16, code: String },
-    /// The request failed as a whole (network, 5xx, 401, 429): the poll ends. `hold_off`:
-    /// the venue asked for a pause (429); `breaker`: the failure counts for the breaker.
-    Failed { cause: String, hold_off: Option<Duration>, breaker: bool },
+impl UpstoxPoller {
+    /// The poller for these settings and shared state.
+    pub fn new(cfg: UpstoxConfig, ux: Arc<UpstoxShared>) -> UpstoxPoller {
+        ux.set_reader(cfg.read_token);
+        UpstoxPoller { cfg, ux }
+    }
 }
 
-/// Runs the LTP poller until `stop` fires.
-///
-/// Per instrument: every polled instrument gets `FeedEvent::RestOk` (priced by this answer)
-/// or `FeedEvent::RestError` (not priced: missing from the answer, unreadable, refused, or the
-/// request failed), so the engine can tell an instrument the venue never prices. A request
-/// the venue refuses with a 4xx (one bad key fails Upstox's whole batch) is split in halves
-/// until the offending key is alone; that key is logged (`[FALLBACK]
-/// event=rest_symbol_refused`), left out of later batches and asked for alone again after
-/// [`LTP_REFUSED_RETRY_INITIAL`] (doubling up to [`LTP_REFUSED_RETRY_MAX`]); the other
-/// instruments keep their LTP. Every request counts in `status.rest.polls`, every failed or
-/// refused one in `status.rest.errors` (the `tickguard_rest_*` metrics).
+impl rest::Poller for UpstoxPoller {
+    const BATCH_MAX: usize = LTP_MAX_KEYS;
+    const REQUESTS_MAX: usize = LTP_REQUESTS_PER_POLL;
+
+    fn endpoint(&self) -> &Endpoint {
+        &self.cfg.rest
+    }
+
+    fn every(&self) -> Duration {
+        self.cfg.rest_poll
+    }
+
+    fn blocked(&self, ctx: &Ctx) -> bool {
+        ctx.shared.auth_blocked.load(Ordering::SeqCst)
+    }
+
+    fn name(&self, id: InstrumentId, symbol: &str) -> Option<String> {
+        // The feed session maps instruments as they join; one it has not seen yet is mapped
+        // here (the shared map resolves it the same way).
+        let ux = &self.ux;
+        ux.key_of(id).or_else(|| if ux.add(id, symbol) { ux.key_of(id) } else { None })
+    }
+
+    async fn request(&self, connector: &Connector, ctx: &Ctx, batch: &[rest::Want]) -> rest::Reply {
+        let cfg = &self.cfg;
+        let token = match self.ux.token() {
+            Ok(t) => t,
+            Err(e) => {
+                token_unreadable(ctx, &self.ux, &e);
+                return rest::Reply::Blocked;
+            }
+        };
+        let bearer = format!("Bearer {token}");
+        let keys: Vec<&str> = batch.iter().map(|w| w.name.as_str()).collect();
+        let path = ltp_path(&cfg.rest.path, &keys);
+        let req = Req {
+            method: "GET",
+            path: &path,
+            headers: &[("authorization", &bearer), ("accept", "application/json")],
+            body: None,
+            timeout: cfg.rest_timeout,
+            max_body: 1024 * 1024,
+        };
+        let ans = match http::request(connector, &cfg.rest, req).await {
+            Ok(ans) => ans,
+            Err(e) => return rest::Reply::Failed(PollError::Http(e)),
+        };
+        match ans.status {
+            200 => {}
+            401 => {
+                auth_failed(ctx, &self.ux, "ltp", 401);
+                return rest::Reply::Failed(PollError::Unauthorized);
+            }
+            429 => {
+                let wait = Duration::from_secs(ans.retry_after.unwrap_or(60).clamp(1, 3600));
+                return rest::Reply::Failed(PollError::RateLimited { status: 429, wait });
+            }
+            s @ (400..=407 | 409..=499) => {
+                let code = error_code(&ans.body).map_or_else(|| "none".to_string(), |(c, _)| c);
+                return rest::Reply::Refused { status: s, code };
+            }
+            s => return rest::Reply::Failed(PollError::Status(s)),
+        }
+        let (prices, unreadable) = match parse_ltp(&ans.body) {
+            Ok(prices) => {
+                let mut v = Vec::with_capacity(prices.len());
+                for (token, ltp) in prices {
+                    match Price::from_f64(ltp, price_scale(&token)) {
+                        Ok(p) if p.is_positive() => v.push((token, p)),
+                        _ => log::warn!("[FALLBACK] event=rest_bad_price key={token}"),
+                    }
+                }
+                (v, None)
+            }
+            Err(e) => (Vec::new(), Some(e)),
+        };
+        rest::Reply::Priced {
+            prices,
+            unreadable,
+            addr: ans.addr.to_string(),
+            dns: ans.dns.label().to_string(),
+        }
+    }
+
+    fn refused_fields(&self, w: &rest::Want, status: u16, code: &str) -> String {
+        format!("symbol={} key=\"{}\" http={status} code={code}", w.symbol, w.name)
+    }
+
+    fn accepted_fields(&self, w: &rest::Want) -> String {
+        format!("symbol={} key=\"{}\"", w.symbol, w.name)
+    }
+
+    fn missing_fields(&self, w: &rest::Want) -> String {
+        format!("key={}", w.name)
+    }
+}
+
+/// Runs the LTP poller until `stop` fires: [`rest::run`] with [`UpstoxPoller`] (one
+/// fallback-poller shape for every venue; its rules are there).
 pub async fn run_ltp(
     cfg: UpstoxConfig,
     connector: Connector,
     ctx: Ctx,
     ux: Arc<UpstoxShared>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
-    let mut breaker = CircuitBreaker::new(3, Duration::from_secs(5), Duration::from_secs(120));
-    let mut rng = Rng::new(ctx.clock.now().as_nanos() ^ cfg.seed);
-    let mut announced = false;
-    let mut refused: HashMap<String, Refused> = HashMap::new();
-    loop {
-        tokio::select! {
-            _ = stop.changed() => return,
-            _ = tokio::time::sleep(cfg.rest_poll) => {}
-        }
-        if ctx.shared.live.load(Ordering::Relaxed) {
-            announced = false;
-            continue;
-        }
-        if ctx.shared.auth_blocked.load(Ordering::SeqCst) {
-            continue;
-        }
-        let wanted: Vec<(InstrumentId, String)> = ctx
-            .engine
-            .inspect(|e, _| {
-                let mut v: Vec<(InstrumentId, String)> = e
-                    .book()
-                    .iter()
-                    .filter(|(_, p)| !p.state.is_terminal())
-                    .map(|(_, p)| (p.instrument, e.cache().symbol(p.instrument).to_string()))
-                    .collect();
-                v.sort();
-                v.dedup();
-                v
-            })
-            .await
-            .unwrap_or_default();
-        let mut unmapped: Vec<InstrumentId> = Vec::new();
-        let mut due: Vec<Want> = Vec::new();
-        let mut batched: Vec<Want> = Vec::new();
-        let now = Instant::now();
-        for (id, sym) in wanted {
-            // The feed session maps instruments as they join; one it has not seen yet is
-            // mapped here (the shared map resolves it the same way).
-            let key = ux.key_of(id).or_else(|| if ux.add(id, &sym) { ux.key_of(id) } else { None });
-            let Some(key) = key else {
-                unmapped.push(id);
-                continue;
-            };
-            match refused.get(&key) {
-                Some(r) if now < r.retry_at => unmapped.push(id),
-                Some(_) => due.push((id, key, sym)),
-                None => batched.push((id, key, sym)),
-            }
-        }
-        // Never priced by this source: no key, or refused by the venue and not yet due.
-        for id in &unmapped {
-            ctx.engine.feed(FeedEvent::RestError(*id)).await;
-        }
-        let open = !breaker.allow(ctx.clock.now());
-        ctx.engine.status.rest.breaker_open.store(open, Ordering::Relaxed);
-        if (batched.is_empty() && due.is_empty()) || open {
-            continue;
-        }
-        let token = match ux.token() {
-            Ok(t) => t,
-            Err(e) => {
-                token_unreadable(&ctx, &ux, &e);
-                continue;
-            }
-        };
-        let bearer = format!("Bearer {token}");
-        let total = batched.len() + due.len();
-        let mut queue: std::collections::VecDeque<Vec<Want>> =
-            batched.chunks(LTP_MAX_KEYS).map(<[Want]>::to_vec).collect();
-        // Refused keys due for another try go alone: they cannot fail anyone else's batch.
-        queue.extend(due.into_iter().map(|w| vec![w]));
-        let mut requests = 0usize;
-        while let Some(batch) = queue.pop_front() {
-            if requests >= LTP_REQUESTS_PER_POLL {
-                let left: usize = batch.len() + queue.iter().map(Vec::len).sum::<usize>();
-                log::warn!(
-                    "[FALLBACK] event=rest_error instruments={left} cause=\"{LTP_REQUESTS_PER_POLL} requests this poll (splitting refused batches); the rest wait for the next poll\""
-                );
-                for (id, _, _) in batch.iter().chain(queue.iter().flatten()) {
-                    ctx.engine.feed(FeedEvent::RestError(*id)).await;
-                }
-                break;
-            }
-            requests += 1;
-            let t0 = Instant::now();
-            let outcome =
-                ltp_request(&cfg, &connector, &ctx, &ux, &bearer, &batch, &mut announced, total).await;
-            let ms = t0.elapsed().as_millis();
-            match outcome {
-                Batch::Done => {
-                    breaker.on_success();
-                    for (_, key, sym) in &batch {
-                        if refused.remove(key).is_some() {
-                            log::info!("[FALLBACK] event=rest_symbol_accepted symbol={sym} key=\"{key}\"");
-                        }
-                    }
-                }
-                Batch::Discarded => {
-                    log::info!("[FALLBACK] event=rest_discarded reason=feed_returned time_ms={ms}");
-                    break;
-                }
-                Batch::Refused { status, code } if batch.len() > 1 => {
-                    ctx.engine.status.rest.errors.fetch_add(1, Ordering::Relaxed);
-                    log::info!(
-                        "[FALLBACK] event=rest_batch_refused instruments={} http={status} code={code} time_ms={ms} (split to find the refused key)",
-                        batch.len()
-                    );
-                    let (a, b) = batch.split_at(batch.len() / 2);
-                    queue.push_front(b.to_vec());
-                    queue.push_front(a.to_vec());
-                }
-                Batch::Refused { status, code } => {
-                    ctx.engine.status.rest.errors.fetch_add(1, Ordering::Relaxed);
-                    for (id, key, sym) in &batch {
-                        let backoff = match refused.get(key) {
-                            Some(r) => (r.backoff * 2).min(LTP_REFUSED_RETRY_MAX),
-                            None => LTP_REFUSED_RETRY_INITIAL,
-                        };
-                        if refused.contains_key(key) || refused.len() < crate::limits::REST_REFUSED_MAX {
-                            refused
-                                .insert(key.clone(), Refused { retry_at: Instant::now() + backoff, backoff });
-                        }
-                        log::warn!(
-                            "[FALLBACK] event=rest_symbol_refused symbol={sym} key=\"{key}\" http={status} code={code} retry_ms={} (left out of the batch; the other instruments keep their LTP)",
-                            backoff.as_millis()
-                        );
-                        ctx.engine.feed(FeedEvent::RestError(*id)).await;
-                    }
-                }
-                Batch::Failed { cause, hold_off, breaker: counts } => {
-                    ctx.engine.status.rest.errors.fetch_add(1, Ordering::Relaxed);
-                    let left: usize = batch.len() + queue.iter().map(Vec::len).sum::<usize>();
-                    log::warn!(
-                        "[FALLBACK] event=rest_error instruments={left} cause=\"{}\" time_ms={ms}",
-                        cause.replace('"', "'")
-                    );
-                    if counts {
-                        breaker.on_failure(ctx.clock.now(), &mut rng);
-                    }
-                    if let Some(wait) = hold_off {
-                        breaker.hold_off(ctx.clock.now(), wait);
-                    }
-                    for (id, _, _) in batch.iter().chain(queue.iter().flatten()) {
-                        ctx.engine.feed(FeedEvent::RestError(*id)).await;
-                    }
-                    break;
-                }
-            }
-        }
-    }
-}
-
-/// One LTP request for `batch`: hands its prices to the engine and reports each instrument's
-/// REST status when answered.
-#[allow(clippy::too_many_arguments)]
-async fn ltp_request(
-    cfg: &UpstoxConfig,
-    connector: &Connector,
-    ctx: &Ctx,
-    ux: &UpstoxShared,
-    bearer: &str,
-    batch: &[Want],
-    announced: &mut bool,
-    total: usize,
-) -> Batch {
-    let keys: Vec<&str> = batch.iter().map(|(_, k, _)| k.as_str()).collect();
-    let path = ltp_path(&cfg.rest.path, &keys);
-    let epoch = ctx.shared.epoch.load(Ordering::Relaxed);
-    let sent_at = ctx.clock.now();
-    let t0 = Instant::now();
-    ctx.engine.status.rest.polls.fetch_add(1, Ordering::Relaxed);
-    let req = Req {
-        method: "GET",
-        path: &path,
-        headers: &[("authorization", bearer), ("accept", "application/json")],
-        body: None,
-        timeout: cfg.rest_timeout,
-        max_body: 1024 * 1024,
-    };
-    let result = http::request(connector, &cfg.rest, req).await;
-    let ms = t0.elapsed().as_millis();
-    let ans = match result {
-        Ok(ans) => ans,
-        Err(e) => return Batch::Failed { cause: describe(&e), hold_off: None, breaker: true },
-    };
-    match ans.status {
-        200 => {}
-        401 => {
-            auth_failed(ctx, ux, "ltp", 401);
-            return Batch::Failed {
-                cause: "HTTP 401 (authorization refused)".into(),
-                hold_off: None,
-                breaker: false,
-            };
-        }
-        429 => {
-            let wait = ans.retry_after.unwrap_or(60).clamp(1, 3600);
-            return Batch::Failed {
-                cause: format!("HTTP 429 (rate limited; holding off {wait} s)"),
-                hold_off: Some(Duration::from_secs(wait)),
-                breaker: false,
-            };
-        }
-        s @ (400..=407 | 409..=499) => {
-            let code =
-                crate::broker::upstox::error_code(&ans.body).map_or_else(|| "none".to_string(), |(c, _)| c);
-            return Batch::Refused { status: s, code };
-        }
-        s => return Batch::Failed { cause: format!("HTTP {s}"), hold_off: None, breaker: true },
-    }
-    if ctx.shared.live.load(Ordering::Relaxed) || ctx.shared.epoch.load(Ordering::Relaxed) != epoch {
-        return Batch::Discarded;
-    }
-    if !*announced {
-        *announced = true;
-        log::info!(
-            "[FALLBACK] event=rest_polling host={} addr={} dns={} every_ms={} instruments={total} time_ms={ms}",
-            cfg.rest.host,
-            ans.addr,
-            ans.dns.label(),
-            cfg.rest_poll.as_millis(),
-        );
-    }
-    let scale_of = |id: InstrumentId| ux.keys.read().map_or(2, |t| t.scale(id));
-    let mut got: Vec<InstrumentId> = Vec::with_capacity(batch.len());
-    match parse_ltp(&ans.body) {
-        Ok(prices) => {
-            for (token, v) in prices {
-                // Several instruments may share a key (a symbol and its key both registered).
-                for (id, _, _) in batch.iter().filter(|(_, k, _)| *k == token) {
-                    match Price::from_f64(v, scale_of(*id)) {
-                        Ok(p) if p.is_positive() => {
-                            let q = Quote {
-                                bid: None,
-                                ask: None,
-                                last: Some(p),
-                                source: Source::Rest,
-                                exch_ts: None,
-                                dated: sent_at,
-                            };
-                            ctx.engine.ticks.push(Tick::new(*id, q));
-                            got.push(*id);
-                        }
-                        _ => log::warn!("[FALLBACK] event=rest_bad_price key={token}"),
-                    }
-                }
-            }
-        }
-        Err(e) => {
-            ctx.engine.status.rest.errors.fetch_add(1, Ordering::Relaxed);
-            log::warn!("[FALLBACK] event=rest_error cause=\"unreadable answer: {e}\" time_ms={ms}");
-        }
-    }
-    for (id, key, _) in batch {
-        if got.contains(id) {
-            ctx.engine.feed(FeedEvent::RestOk(*id)).await;
-        } else {
-            log::warn!("[FALLBACK] event=rest_missing key={key}");
-            ctx.engine.feed(FeedEvent::RestError(*id)).await;
-        }
-    }
-    Batch::Done
-}
-
-fn describe(e: &HttpError) -> String {
-    e.to_string()
+    rest::run(UpstoxPoller::new(cfg, ux), connector, ctx, stop).await;
 }
 
 // ----- the market clock ----------------------------------------------------------------------
@@ -1457,32 +1179,28 @@ pub async fn run_market(
 }
 
 /// Everything the Upstox edge runs: the feed session, the LTP poller and the market clock.
-/// `map` is the venue-instrument map the broker shares ([`InstrumentMap::from_config`]).
+/// `map` is the venue-instrument map the broker shares; `calendar` the market hours (the
+/// wiring parses `feed.market_hours` and `feed.holidays`).
 #[allow(clippy::too_many_arguments)]
 pub fn spawn(
-    cfg: &crate::config::Config,
-    rest: Endpoint,
+    ucfg: UpstoxConfig,
+    calendar: Calendar,
     connector: Connector,
     shared: Arc<FeedShared>,
     ctx: Ctx,
     instruments: &[(InstrumentId, String)],
     added: mpsc::Receiver<(InstrumentId, Symbol)>,
     stop: watch::Receiver<bool>,
-    seed: u64,
     map: Arc<InstrumentMap>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
-    let ucfg = UpstoxConfig::from_config(cfg, rest, seed);
     let ux = Arc::new(UpstoxShared::with_map(ucfg.token_file.clone(), map));
+    ux.set_reader(ucfg.read_token);
     for (id, sym) in instruments {
         shared.add(*id, Symbol::try_from(sym.as_str()).unwrap_or_default());
         if !ux.add(*id, sym) {
             log::error!("[RECONNECT] event=unmapped_symbol symbol={sym} (no Upstox instrument key)");
         }
     }
-    let calendar = Calendar::parse(&cfg.feed.market_hours, &cfg.feed.holidays).unwrap_or_else(|e| {
-        log::error!("[MARKET] event=calendar_invalid error=\"{e}\" (the market counts as always open)");
-        Calendar::always()
-    });
     let wall = Arc::new(WallClock::from_env());
     if wall.is_fake() {
         log::warn!(

@@ -578,7 +578,7 @@ pub fn read_stored(dir: &Path) -> Result<Option<SymbolList>, String> {
 }
 
 fn now_unix_ms() -> u64 {
-    crate::runtime::clock::wall_now()
+    crate::bus::clock::wall_now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
@@ -743,7 +743,7 @@ impl VenueSymbols {
             if *stop.borrow() {
                 return;
             }
-            let t0 = tokio::time::Instant::now();
+            let t0 = crate::bus::clock::mono();
             let result = tokio::select! {
                 _ = stop.changed() => return,
                 r = Self::fetch(&connector, &rest) => r,

@@ -7,16 +7,20 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use super::EngineHandle;
-use super::clock::Clock;
+use crate::bus::EngineHandle;
+use crate::bus::clock::Clock;
 use crate::config::Config;
 use crate::core::types::{InstrumentId, Symbol};
+use crate::feed::binance::{self, BinanceConfig};
+use crate::feed::calendar::Calendar;
 use crate::feed::rest::{self, RestConfig};
-use crate::feed::session::{self, Ctx, FeedShared, SessionConfig};
+use crate::feed::session::{Ctx, FeedShared};
+use crate::feed::upstox::{InstrumentMap, Mode, UpstoxConfig};
 use crate::feed::venue_symbols::VenueSymbols;
 use crate::net::dns::{DnsConfig, Resolver};
 use crate::net::http::{Connector, Endpoint};
 use crate::net::tls::TlsClient;
+use crate::net::ws::WsLimits;
 
 /// Every host is re-resolved this often in the background.
 pub const DNS_REFRESH: Duration = Duration::from_secs(120);
@@ -34,6 +38,68 @@ pub fn resolution_cap(cfg: &Config) -> Duration {
     all.min(Duration::from_secs(10).max(cfg.dns.timeout))
 }
 
+// ----- the feed's settings, filled from the configuration (the feed edge knows no `config`) --
+
+/// Binance's session settings: its defaults, with the configured timings.
+pub fn binance_config(cfg: &Config, endpoint: Endpoint, seed: u64) -> BinanceConfig {
+    let mut b = BinanceConfig::new(endpoint, seed);
+    b.silence_timeout = cfg.feed.silence_timeout;
+    b.reconnect_initial = cfg.feed.reconnect_initial;
+    b.reconnect_max = cfg.feed.reconnect_max;
+    b
+}
+
+/// The REST last-price poller's settings (Binance).
+pub fn rest_config(cfg: &Config, endpoint: Endpoint) -> RestConfig {
+    RestConfig {
+        endpoint,
+        every: cfg.feed.rest_poll,
+        timeout: cfg.feed.rest_poll.max(Duration::from_secs(2)),
+    }
+}
+
+/// The Upstox feed's settings (validated: an Upstox venue has a token file).
+pub fn upstox_config(cfg: &Config, rest: Endpoint, seed: u64) -> UpstoxConfig {
+    let mode = Mode::parse(&cfg.feed.mode).unwrap_or_default();
+    UpstoxConfig {
+        rest,
+        token_file: cfg.feed.token_file.clone().unwrap_or_default(),
+        mode,
+        cap: cfg.feed.max_subscriptions.map_or(mode.cap(), usize::from).min(mode.cap()),
+        silence_timeout: cfg.feed.silence_timeout,
+        reconnect_initial: cfg.feed.reconnect_initial,
+        reconnect_max: cfg.feed.reconnect_max,
+        jitter: 0.5,
+        connect_timeout: Duration::from_secs(10),
+        control_spacing: Duration::from_millis(200),
+        limits: WsLimits { max_frame: 1 << 20, max_message: 1 << 20 },
+        max_lifetime: None,
+        rest_poll: cfg.feed.rest_poll,
+        rest_timeout: cfg.feed.rest_poll.max(Duration::from_secs(2)),
+        seed,
+        read_token: |p| crate::config::read_secret(p).map_err(|e| e.to_string()),
+    }
+}
+
+/// Upstox's venue-instrument map: `[feed.instrument_keys]`, plus every symbol of
+/// `feed.instruments` and `[[positions]]` that is itself a key.
+pub fn instrument_map(cfg: &Config) -> InstrumentMap {
+    let m = InstrumentMap::new(cfg.feed.instrument_keys.clone());
+    for s in cfg.watched_symbols() {
+        let _ = m.key(&s);
+    }
+    m
+}
+
+/// The market calendar of `feed.market_hours` and `feed.holidays` (always open, loudly, when
+/// it cannot be read).
+pub fn calendar(cfg: &Config) -> Calendar {
+    Calendar::parse(&cfg.feed.market_hours, &cfg.feed.holidays).unwrap_or_else(|e| {
+        log::error!("[MARKET] event=calendar_invalid error=\"{e}\" (the market counts as always open)");
+        Calendar::always()
+    })
+}
+
 /// The network edge, ready to spawn.
 pub struct Edge {
     /// Connections through the resolver and TLS.
@@ -45,7 +111,7 @@ pub struct Edge {
     pub symbols: Arc<VenueSymbols>,
     /// Upstox's venue-instrument map (symbol ↔ instrument key), shared by the feed session,
     /// the LTP poller and the Upstox broker (empty for another venue).
-    pub upstox_keys: Arc<crate::feed::upstox::InstrumentMap>,
+    pub upstox_keys: Arc<InstrumentMap>,
     ws: Endpoint,
     rest: Endpoint,
     seed: u64,
@@ -78,7 +144,7 @@ impl Edge {
         } else {
             VenueSymbols::empty(&cfg.store.dir)
         };
-        let upstox_keys = Arc::new(crate::feed::upstox::InstrumentMap::from_config(cfg));
+        let upstox_keys = Arc::new(instrument_map(cfg));
         Ok(Edge { connector, shared: Arc::new(FeedShared::default()), symbols, upstox_keys, ws, rest, seed })
     }
 
@@ -118,28 +184,20 @@ impl Edge {
                 stop.clone(),
             ))];
             jobs.extend(crate::feed::upstox::spawn(
-                cfg,
-                self.rest.clone(),
+                upstox_config(cfg, self.rest.clone(), self.seed),
+                calendar(cfg),
                 self.connector.clone(),
                 self.shared.clone(),
                 ctx,
                 instruments,
                 added,
                 stop,
-                self.seed,
                 self.upstox_keys.clone(),
             ));
             return jobs;
         }
-        let mut scfg = SessionConfig::binance(self.ws.clone(), self.seed);
-        scfg.silence_timeout = cfg.feed.silence_timeout;
-        scfg.reconnect_initial = cfg.feed.reconnect_initial;
-        scfg.reconnect_max = cfg.feed.reconnect_max;
-        let rcfg = RestConfig {
-            endpoint: self.rest.clone(),
-            every: cfg.feed.rest_poll,
-            timeout: cfg.feed.rest_poll.max(Duration::from_secs(2)),
-        };
+        let scfg = binance_config(cfg, self.ws.clone(), self.seed);
+        let rcfg = rest_config(cfg, self.rest.clone());
         vec![
             tokio::spawn(self.symbols.clone().refresh_loop(
                 self.connector.clone(),
@@ -148,8 +206,8 @@ impl Edge {
                 stop.clone(),
             )),
             tokio::spawn(self.connector.resolver.clone().refresh_loop(hosts, DNS_REFRESH, stop.clone())),
-            tokio::spawn(session::run(scfg, self.connector.clone(), ctx.clone(), added, stop.clone())),
-            tokio::spawn(rest::run(rcfg, self.connector.clone(), ctx, stop)),
+            tokio::spawn(binance::run(scfg, self.connector.clone(), ctx.clone(), added, stop.clone())),
+            tokio::spawn(rest::run(rest::BinancePoller::new(rcfg), self.connector.clone(), ctx, stop)),
         ]
     }
 }
