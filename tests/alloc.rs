@@ -172,7 +172,7 @@ fn body() {
                 2 => Outcome::PartiallyFilled { executed: Qty::from_units(50_000_000), price: None },
                 _ => Outcome::Working { executed: Qty::ZERO, price: None },
             };
-            let r = BrokerReport { pos: *pos, client_id: client_id.clone(), outcome };
+            let r = BrokerReport { pos: *pos, client_id: client_id.clone(), outcome, sent_at: None };
             e.on_broker(now, &r, &mut out);
         }
     });
@@ -194,8 +194,12 @@ fn body() {
             // Reject every new attempt so that retries keep coming, up to CloseFailed.
             for o in out.orders.iter() {
                 if let OrderAction::Place { pos, client_id, .. } = o {
-                    let r =
-                        BrokerReport { pos: *pos, client_id: client_id.clone(), outcome: Outcome::Rejected };
+                    let r = BrokerReport {
+                        pos: *pos,
+                        client_id: client_id.clone(),
+                        outcome: Outcome::Rejected,
+                        sent_at: None,
+                    };
                     e.on_broker(now, &r, &mut reply);
                 }
             }

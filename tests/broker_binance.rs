@@ -1,7 +1,7 @@
 //! The Binance spot broker (issue 5) against the fake exchange of `tests/support/fake_binance.rs`
 //! on loopback TLS: signing (Binance's documented example), client ids, `LOT_SIZE` rounding and
 //! balance capping, the mapping of every fault to *filled / rejected / unknown* (and the
-//! 429/418 hold-off), the absent-only-after-`recvWindow` rule through `broker::resolve`, and a
+//! 429/418 hold-off), the absent-only-after-`recvWindow` rule through `runtime::executor::resolve`, and a
 //! response lost after a fill resolved by look-up without a second order.
 
 mod support;
@@ -13,12 +13,13 @@ use support::fake_binance::{API_KEY, FakeBinance, Fault, Route, SECRET};
 use tickguard::broker::binance::{
     self, Binance, BinanceConfig, Credentials, Rules, Sizing, close_size, sign, valid_client_id,
 };
-use tickguard::broker::{Broker, CloseOrder, Lookup, Secret, resolve};
+use tickguard::broker::{Broker, CloseOrder, Lookup, Secret};
 use tickguard::core::engine::{Outcome, client_id};
 use tickguard::core::price::{Price, Qty};
 use tickguard::core::types::{CloseReason, InstrumentId, PositionId, Side, Symbol};
 use tickguard::net::http::Endpoint;
 use tickguard::runtime::clock::Clock;
+use tickguard::runtime::executor::resolve;
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -639,7 +640,7 @@ qty = 1
 entry = 3000
 "#;
     let cfg = tickguard::config::parse_str(text, "t", Vec::new()).expect("valid config");
-    let e = binance::refuse_short_positions(&cfg.positions).expect_err("short refused");
+    let e = tickguard::config::refuse_unclosable_sides(&cfg).expect_err("short refused");
     assert!(e.to_string().contains("positions[0].side"), "{e}");
     assert!(binance::check_side(Side::Long).is_ok());
     assert!(binance::check_side(Side::Short).is_err());

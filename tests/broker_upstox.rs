@@ -13,13 +13,14 @@ use serde_json::json;
 use support::ca::TestCa;
 use support::fake_upstox::{FakeUpstox, TOKEN, UFault};
 use tickguard::broker::upstox::{Product, Upstox, UpstoxConfig, history_outcome, session_day};
-use tickguard::broker::{Broker, CloseOrder, Lookup, Secret, resolve};
+use tickguard::broker::{Broker, CloseOrder, Lookup, Secret};
 use tickguard::core::engine::{Outcome, client_id};
 use tickguard::core::price::{Price, Qty};
 use tickguard::core::types::{CloseReason, InstrumentId, PositionId, Side, Symbol};
 use tickguard::feed::upstox::InstrumentMap;
 use tickguard::net::http::Endpoint;
 use tickguard::runtime::clock::Clock;
+use tickguard::runtime::executor::resolve;
 
 const LIMIT: Duration = Duration::from_secs(30);
 const KEY: &str = "NSE_EQ|INE323A01026";

@@ -578,7 +578,7 @@ impl Harness {
             };
             let before: Vec<_> = self.e.book().iter().map(|(_, p)| (p.state.clone(), p.filled)).collect();
             let pre = self.snapshot();
-            let r = BrokerReport { pos, client_id, outcome };
+            let r = BrokerReport { pos, client_id, outcome, sent_at: None };
             self.e.on_broker(self.now, &r, &mut self.out);
             self.check(&pre)?;
             let after: Vec<_> = self.e.book().iter().map(|(_, p)| (p.state.clone(), p.filled)).collect();
@@ -602,7 +602,7 @@ impl Harness {
         let o = &mut self.venue[i];
         o.executed = executed;
         o.done = done;
-        let r = BrokerReport { pos: o.pos, client_id: o.client_id.clone(), outcome };
+        let r = BrokerReport { pos: o.pos, client_id: o.client_id.clone(), outcome, sent_at: None };
         let pre = self.snapshot();
         self.e.on_broker(self.now, &r, &mut self.out);
         prop_assert!(

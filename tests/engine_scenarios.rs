@@ -263,7 +263,7 @@ impl<const N: usize, const M: usize> Sim<N, M> {
     }
 
     fn broker_as(&mut self, pos: PosIdx, client_id: ClientId, outcome: Outcome) -> Step {
-        let r = BrokerReport { pos, client_id, outcome };
+        let r = BrokerReport { pos, client_id, outcome, sent_at: None };
         self.e.on_broker(self.now, &r, &mut self.out);
         self.step()
     }

@@ -9,6 +9,15 @@
 //! A close is a `MARKET` order for the smaller of the remaining position and the free balance
 //! of the base asset (`GET /api/v3/account`), rounded down to the symbol's `LOT_SIZE` step
 //! (`GET /api/v3/exchangeInfo`, cached), with `newClientOrderId` = the attempt's client id.
+//!
+//! **Warm path.** Requests go over a pool of kept-alive TLS connections ([`Pool`]), kept warm
+//! by [`Binance::run_time_sync`]: `GET /api/v3/time` every [`BROKER_KEEP_WARM`] (15 s, under
+//! the venue front end's idle timeout; it re-learns the time offset too), and the account
+//! balances read every [`BROKER_BALANCE_REFRESH`] and after every fill. A close sizes from a
+//! cached balance younger than [`BROKER_BALANCE_MAX_AGE`], so on a warm broker it is one
+//! `POST /api/v3/order` on an open connection. A balance older than that (or dropped after a
+//! fill or an unknown outcome) is read on the close path within `prepare_budget` (1.5 s) as
+//! before, and past it the position's own quantity is sent (docs/operations.md).
 //! How each answer maps to an [`Outcome`] is in [`place_outcome`] and the table of
 //! `docs/operations.md` ("Broker error mapping"): nothing that may have reached the matching
 //! engine is ever reported as failed.
@@ -17,10 +26,10 @@
 //! market close is not protected by its id: an unknown attempt is resolved by
 //! `GET /api/v3/order?origClientOrderId=` ([`Broker::lookup`]), and "does not exist" (-2013)
 //! proves absence only once [`Broker::absent_after`] (`recvWindow` + margin ≤ 2 s) has passed
-//! since the send; [`super::resolve`] enforces that.
+//! since the send; `runtime::executor::resolve` enforces that.
 //!
 //! Spot cannot close a short: a short position with this broker is a configuration error
-//! ([`refuse_short_positions`], [`check_side`]) and [`Broker::place`] refuses one.
+//! ([`check_side`], applied by the configuration and the API at the door) and [`Broker::place`] refuses one.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -33,15 +42,18 @@ use serde_json::Value;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::{Broker, CloseOrder, Lookup, Secret};
-use crate::config::{Config, ConfigError, read_secret};
+use super::{Broker, BrokerError, CloseOrder, Lookup, Placed, Secret};
+use crate::bus::clock::Clock;
 use crate::core::backoff::CircuitBreaker;
-use crate::core::book::PositionSpec;
 use crate::core::engine::Outcome;
 use crate::core::price::{Price, Qty, SCALE, notional};
+use crate::core::time::Timestamp;
 use crate::core::types::{Side, Symbol};
-use crate::net::http::{self, Answer, Connector, Endpoint, HttpError, Req};
-use crate::runtime::clock::Clock;
+use crate::limits::{
+    BROKER_BALANCE_MAX_AGE, BROKER_BALANCE_REFRESH, BROKER_KEEP_WARM, BROKER_POOL_IDLE_PER_HOST,
+    BROKER_POOL_IDLE_TIMEOUT,
+};
+use crate::net::http::{Answer, Connector, Endpoint, HttpError, Pool, Req};
 
 /// Largest `recvWindow` tickguard sends (Binance accepts up to 60 s; a short window bounds how
 /// long an unknown close stays unknown).
@@ -86,6 +98,14 @@ pub struct BinanceConfig {
     /// Period of the server-time refresh ([`Binance::run_time_sync`]); an offset older than
     /// twice this is refreshed before the next signed request.
     pub time_refresh: Duration,
+    /// Period of the keep-warm request ([`Binance::run_time_sync`]; default
+    /// [`BROKER_KEEP_WARM`]).
+    pub keep_warm: Duration,
+    /// Period of the background balance refresh (default [`BROKER_BALANCE_REFRESH`]).
+    pub balance_refresh: Duration,
+    /// A cached balance younger than this sizes a close without a request (default
+    /// [`BROKER_BALANCE_MAX_AGE`]).
+    pub balance_max_age: Duration,
     /// Hold-off after a 429 without `Retry-After`.
     pub hold_off_429: Duration,
     /// Hold-off after a 418 (IP ban) without `Retry-After`.
@@ -107,55 +127,24 @@ impl BinanceConfig {
             query_timeout: Duration::from_secs(3),
             prepare_budget: Duration::from_millis(1500),
             time_refresh: Duration::from_secs(60),
+            keep_warm: BROKER_KEEP_WARM,
+            balance_refresh: BROKER_BALANCE_REFRESH,
+            balance_max_age: BROKER_BALANCE_MAX_AGE,
             hold_off_429: Duration::from_secs(30),
             hold_off_418: Duration::from_secs(120),
             symbols: Vec::new(),
         }
     }
-
-    /// From `broker.rest_url` and `broker.recv_window_ms`.
-    pub fn from_config(cfg: &Config) -> Result<BinanceConfig, ConfigError> {
-        let rest = Endpoint::parse(&cfg.broker.rest_url).map_err(|e| ConfigError::Invalid {
-            key: "broker.rest_url".into(),
-            value: cfg.broker.rest_url.clone(),
-            problem: e,
-            fix: "set it like rest_url = \"https://api.binance.com\"".into(),
-        })?;
-        let mut c = BinanceConfig::new(rest);
-        c.recv_window = cfg.broker.recv_window.min(MAX_RECV_WINDOW);
-        c.symbols = cfg.watched_symbols();
-        Ok(c)
-    }
 }
 
-/// The API key and secret, read from `broker.key_file` and `broker.secret_file`.
+/// The API key and secret, read from `broker.key_file` and `broker.secret_file`
+/// (`runtime::wiring::broker`).
 #[derive(Clone, Debug)]
 pub struct Credentials {
     /// Sent as `X-MBX-APIKEY`.
     pub api_key: Secret,
     /// Signs every private request.
     pub secret: Secret,
-}
-
-impl Credentials {
-    /// Reads both files ([`read_secret`]); a missing key names the key to set.
-    pub fn from_config(cfg: &Config) -> Result<Credentials, ConfigError> {
-        let need = |key: &str, p: &Option<std::path::PathBuf>| {
-            p.clone().ok_or_else(|| ConfigError::Missing {
-                key: key.into(),
-                fix: format!(
-                    "broker.kind = \"binance\" signs its orders: set {key} to a file holding the {}",
-                    if key.ends_with("key_file") { "API key" } else { "API secret" }
-                ),
-            })
-        };
-        let key = need("broker.key_file", &cfg.broker.key_file)?;
-        let secret = need("broker.secret_file", &cfg.broker.secret_file)?;
-        Ok(Credentials {
-            api_key: Secret::new(read_secret(&key)?),
-            secret: Secret::new(read_secret(&secret)?),
-        })
-    }
 }
 
 /// The hex HMAC-SHA256 of `payload` keyed by `secret`: Binance's `signature`.
@@ -172,12 +161,9 @@ fn hex(bytes: &[u8]) -> String {
     s
 }
 
-/// True for a client order id Binance accepts: 1 to 36 characters of `[A-Za-z0-9_-]`.
-pub fn valid_client_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= CLIENT_ID_MAX
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
+/// True for a client order id Binance accepts: 1 to 36 characters of `[A-Za-z0-9_-]`, the
+/// one client-id rule (`core::spec::valid_client_id`).
+pub use crate::core::spec::valid_client_id;
 
 /// Spot cannot close a short (it would need a margin account): `Err` with the reason for a
 /// short, for the runtime to refuse a registration with this broker.
@@ -188,23 +174,6 @@ pub fn check_side(side: Side) -> Result<(), &'static str> {
             "broker.kind = \"binance\" trades spot, which cannot close a short position (that needs a margin account)",
         ),
     }
-}
-
-/// Refuses any short among `positions` (a configuration error naming `positions[N].side`),
-/// for `check-config` and start-up with `broker.kind = "binance"`.
-pub fn refuse_short_positions(positions: &[PositionSpec]) -> Result<(), ConfigError> {
-    for (i, p) in positions.iter().enumerate() {
-        if let Err(why) = check_side(p.side) {
-            return Err(ConfigError::Invalid {
-                key: format!("positions[{i}].side"),
-                value: "\"short\"".into(),
-                problem: format!("position {}: {why}", p.id),
-                fix: "protect only long positions with the binance broker, or use broker.kind = \"paper\""
-                    .into(),
-            });
-        }
-    }
-    Ok(())
 }
 
 /// The filters of a symbol that shape a market close (from `exchangeInfo`).
@@ -224,18 +193,16 @@ pub struct Rules {
 
 impl Rules {
     /// Reads the rules of `symbol` from an `exchangeInfo` answer.
-    pub fn parse(symbol: &str, body: &[u8]) -> Result<Rules, String> {
-        let v: Value = serde_json::from_slice(body).map_err(|e| format!("exchangeInfo is not JSON: {e}"))?;
+    pub fn parse(symbol: &str, body: &[u8]) -> Result<Rules, BrokerError> {
+        let bad = |why: String| BrokerError::Unreadable { what: format!("exchangeInfo {symbol}"), why };
+        let v: Value = serde_json::from_slice(body).map_err(|e| bad(format!("not JSON: {e}")))?;
         let s = v
             .get("symbols")
             .and_then(Value::as_array)
             .and_then(|a| a.iter().find(|s| s.get("symbol").and_then(Value::as_str) == Some(symbol)))
-            .ok_or_else(|| format!("exchangeInfo has no symbol {symbol}"))?;
-        let base_asset = s
-            .get("baseAsset")
-            .and_then(Value::as_str)
-            .ok_or_else(|| format!("exchangeInfo: {symbol} has no baseAsset"))?
-            .to_string();
+            .ok_or_else(|| bad(format!("no symbol {symbol}")))?;
+        let base_asset =
+            s.get("baseAsset").and_then(Value::as_str).ok_or_else(|| bad("no baseAsset".into()))?.to_string();
         let mut r =
             Rules { base_asset, step: Qty::ZERO, min_qty: Qty::ZERO, max_qty: None, min_notional: None };
         let qty = |f: &Value, k: &str| f.get(k).and_then(Value::as_str).and_then(|t| Qty::parse(t).ok());
@@ -401,6 +368,15 @@ pub fn lookup_outcome(status: u16, body: &[u8]) -> Lookup {
     }
 }
 
+/// A venue's error answer as a [`BrokerError::Venue`].
+fn venue_error(what: &str, a: &Answer) -> BrokerError {
+    BrokerError::Venue {
+        what: what.to_string(),
+        status: a.status,
+        code: error_code(&a.body).map(|(c, m)| (c.to_string(), m)),
+    }
+}
+
 /// Percent-encodes everything but RFC 3986 unreserved characters.
 fn enc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -415,7 +391,7 @@ fn enc(s: &str) -> String {
 }
 
 fn wall_ms() -> i64 {
-    crate::runtime::clock::wall_unix_ms()
+    crate::bus::clock::wall_unix_ms()
 }
 
 struct State {
@@ -427,12 +403,19 @@ struct State {
     rules: HashMap<String, Rules>,
     /// Opened by 429/418 `Retry-After`; while open nothing is sent.
     breaker: CircuitBreaker,
+    /// The last account read and when it was read (dropped after a fill or an unknown
+    /// outcome: the balance has changed, or may have).
+    account: Option<(Account, Timestamp)>,
 }
 
 /// The Binance spot broker. Share it behind an `Arc`.
 pub struct Binance {
     cfg: BinanceConfig,
-    conn: Connector,
+    pool: Pool,
+    /// Wakes the background refresh (after a fill).
+    refresh: tokio::sync::Notify,
+    /// The configured symbols' rules were loaded by the background refresh (once).
+    rules_preloaded: std::sync::atomic::AtomicBool,
     api_key: Secret,
     key: hmac::Key,
     clock: Clock,
@@ -454,7 +437,9 @@ impl Binance {
         let key = hmac::Key::new(hmac::HMAC_SHA256, creds.secret.expose().as_bytes());
         Binance {
             cfg,
-            conn,
+            pool: Pool::new(conn, BROKER_POOL_IDLE_PER_HOST, BROKER_POOL_IDLE_TIMEOUT),
+            refresh: tokio::sync::Notify::new(),
+            rules_preloaded: std::sync::atomic::AtomicBool::new(false),
             api_key: creds.api_key,
             key,
             clock: Clock::new(),
@@ -463,8 +448,34 @@ impl Binance {
                 synced: None,
                 rules: HashMap::new(),
                 breaker: CircuitBreaker::new(u32::MAX, Duration::from_secs(1), Duration::from_secs(60)),
+                account: None,
             }),
         }
+    }
+
+    /// Connections (TCP + TLS handshakes) opened so far by this broker's pool.
+    pub fn connections_opened(&self) -> u64 {
+        self.pool.connections_opened()
+    }
+
+    /// The cached account if it is younger than `max_age`.
+    fn fresh_account(&self, max_age: Duration) -> Option<Account> {
+        let now = self.clock.now();
+        let st = self.lock();
+        st.account.as_ref().filter(|(_, at)| now.since(*at) <= max_age).map(|(a, _)| a.clone())
+    }
+
+    /// Age of the cached account, if one is cached.
+    pub fn account_age(&self) -> Option<Duration> {
+        let now = self.clock.now();
+        self.lock().account.as_ref().map(|(_, at)| now.since(*at))
+    }
+
+    /// Forgets the cached account (its balances changed, or may have) and wakes the
+    /// background refresh.
+    fn account_changed(&self) {
+        self.lock().account = None;
+        self.refresh.notify_one();
     }
 
     /// The settings in force (after clamping).
@@ -524,7 +535,7 @@ impl Binance {
             timeout,
             max_body,
         };
-        let answer = http::request(&self.conn, &self.cfg.rest, req).await?;
+        let answer = self.pool.request(&self.cfg.rest, req).await?;
         self.observe(&answer);
         Ok(answer)
     }
@@ -582,26 +593,26 @@ impl Binance {
 
     /// Learns the server-time offset from `GET /api/v3/time` (server time minus the local
     /// wall time at the middle of the round trip) and returns it in ms.
-    pub async fn sync_time(&self) -> Result<i64, String> {
+    pub async fn sync_time(&self) -> Result<i64, BrokerError> {
         let t0 = wall_ms();
-        let i0 = Instant::now();
-        let a = self
-            .send("GET", &self.path("/api/v3/time"), None, self.cfg.query_timeout, 4096)
-            .await
-            .map_err(|e| e.to_string())?;
+        let i0 = crate::bus::clock::mono();
+        let a = self.send("GET", &self.path("/api/v3/time"), None, self.cfg.query_timeout, 4096).await?;
         if a.status != 200 {
-            return Err(format!("GET /api/v3/time: HTTP {}", a.status));
+            return Err(venue_error("GET /api/v3/time", &a));
         }
         let server = serde_json::from_slice::<Value>(&a.body)
             .ok()
             .and_then(|v| v.get("serverTime").and_then(Value::as_i64))
-            .ok_or("GET /api/v3/time: no serverTime in the answer")?;
+            .ok_or_else(|| BrokerError::Unreadable {
+                what: "GET /api/v3/time".into(),
+                why: "no serverTime in the answer".into(),
+            })?;
         let rtt = i64::try_from(i0.elapsed().as_millis()).unwrap_or(i64::MAX);
         let offset = server - (t0 + rtt / 2);
         {
             let mut st = self.lock();
             st.offset_ms = offset;
-            st.synced = Some(Instant::now());
+            st.synced = Some(crate::bus::clock::mono());
         }
         if rtt > 1000 {
             log::warn!(
@@ -613,36 +624,67 @@ impl Binance {
         Ok(offset)
     }
 
-    /// Keeps the server-time offset fresh: now, then every `time_refresh`, until `stop`.
+    /// Keeps the broker warm until `stop`: the server-time offset learned now, then every
+    /// `time_refresh` or [`BROKER_KEEP_WARM`] (15 s) whichever is shorter, which also keeps
+    /// a pooled connection open (its `GET /api/v3/time` is the keep-warm request: weight 1,
+    /// harmless, and well within the venue front end's idle timeout); the configured
+    /// symbols' rules loaded; the account balances read now, every
+    /// [`BROKER_BALANCE_REFRESH`] (10 s) and at once after every fill (a close sizes from a
+    /// balance younger than [`BROKER_BALANCE_MAX_AGE`] without a request). Nothing is sent
+    /// while a 429/418 hold-off lasts.
     pub async fn run_time_sync(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let warm = self.cfg.time_refresh.min(self.cfg.keep_warm).max(Duration::from_millis(100));
+        let mut next_time = crate::bus::clock::mono();
+        let mut next_balance = next_time;
         loop {
             if self.held_off().is_none() {
-                if let Err(e) = self.sync_time().await {
-                    log::warn!("[CLOSE] event=time_sync_failed venue=binance cause=\"{e}\"");
+                let now = crate::bus::clock::mono();
+                if now >= next_time {
+                    if let Err(e) = self.sync_time().await {
+                        log::warn!("[CLOSE] event=time_sync_failed venue=binance cause=\"{e}\"");
+                    }
+                    next_time = crate::bus::clock::mono() + warm;
+                }
+                if now >= next_balance || self.account_age().is_none() {
+                    self.refresh_account().await;
+                    next_balance = crate::bus::clock::mono() + self.cfg.balance_refresh;
                 }
             }
+            let wake = next_time.min(next_balance).max(crate::bus::clock::mono() + Duration::from_millis(50));
             tokio::select! {
                 r = stop.changed() => if r.is_err() || *stop.borrow() { return },
-                _ = tokio::time::sleep(self.cfg.time_refresh) => {}
+                _ = tokio::time::sleep_until(wake) => {}
+                _ = self.refresh.notified() => { next_balance = crate::bus::clock::mono(); }
             }
         }
     }
 
+    /// Loads the configured symbols' rules (the first time) and reads the account into
+    /// the cache; a failure is logged and the cache left as it is (it ages out).
+    async fn refresh_account(&self) {
+        // Once: a symbol whose rules fail is tried again when it is used, never every refresh.
+        let first = !self.rules_preloaded.swap(true, std::sync::atomic::Ordering::Relaxed);
+        for s in self.cfg.symbols.iter().filter(|_| first) {
+            if self.cached_rules(s).is_none() {
+                if let Err(e) = self.rules(s).await {
+                    log::warn!("[CLOSE] event=rules_unknown venue=binance symbol={s} cause=\"{e}\"");
+                }
+            }
+        }
+        if let Err(e) = self.account_within(self.cfg.query_timeout).await {
+            log::warn!("[CLOSE] event=balance_refresh_failed venue=binance cause=\"{e}\"");
+        }
+    }
+
     /// The rules of `symbol`: cached, else `GET /api/v3/exchangeInfo?symbol=` (then cached).
-    pub async fn rules(&self, symbol: &str) -> Result<Rules, String> {
+    pub async fn rules(&self, symbol: &str) -> Result<Rules, BrokerError> {
         if let Some(r) = self.cached_rules(symbol) {
             return Ok(r);
         }
         let path = format!("{}?symbol={}", self.path("/api/v3/exchangeInfo"), enc(symbol));
-        let a = self
-            .send("GET", &path, None, self.cfg.query_timeout, INFO_BODY_MAX)
-            .await
-            .map_err(|e| e.to_string())?;
+        let a = self.send("GET", &path, None, self.cfg.query_timeout, INFO_BODY_MAX).await?;
         if a.status != 200 {
-            return Err(match error_code(&a.body) {
-                Some((code, msg)) => format!("exchangeInfo {symbol}: HTTP {} code {code}: {msg}", a.status),
-                None => format!("exchangeInfo {symbol}: HTTP {}", a.status),
-            });
+            return Err(venue_error(&format!("exchangeInfo {symbol}"), &a));
         }
         let r = Rules::parse(symbol, &a.body)?;
         self.lock().rules.insert(symbol.to_string(), r.clone());
@@ -651,7 +693,7 @@ impl Binance {
 
     /// Loads the rules of `symbols` and the time offset, at start-up. Failures are returned
     /// together (each is retried on first use).
-    pub async fn prepare(&self, symbols: &[&str]) -> Result<(), String> {
+    pub async fn prepare(&self, symbols: &[&str]) -> Result<(), BrokerError> {
         let mut errors = Vec::new();
         if let Err(e) = self.sync_time().await {
             errors.push(e);
@@ -661,41 +703,38 @@ impl Binance {
                 errors.push(e);
             }
         }
-        if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) }
+        if errors.is_empty() { Ok(()) } else { Err(BrokerError::Several(errors)) }
     }
 
     /// Balances from `GET /api/v3/account` (signed, `omitZeroBalances=true`): asset →
     /// (free, locked). An asset not listed holds nothing; an asset whose amount cannot be read
     /// is left out (see [`Binance::account`] to tell the two apart).
-    pub async fn balances(&self) -> Result<HashMap<String, (Qty, Qty)>, String> {
+    pub async fn balances(&self) -> Result<HashMap<String, (Qty, Qty)>, BrokerError> {
         self.account_within(self.cfg.query_timeout).await.map(|a| a.balances)
     }
 
     /// The account's balances, and the assets whose amount could not be read.
-    pub async fn account(&self) -> Result<Account, String> {
+    pub async fn account(&self) -> Result<Account, BrokerError> {
         self.account_within(self.cfg.query_timeout).await
     }
 
-    async fn account_within(&self, timeout: Duration) -> Result<Account, String> {
+    async fn account_within(&self, timeout: Duration) -> Result<Account, BrokerError> {
         if let Some(wait) = self.held_off() {
-            return Err(format!("held off after a rate limit for {} ms", wait.as_millis()));
+            return Err(BrokerError::HeldOff { ms: wait.as_millis() });
         }
         self.sync_if_needed().await;
-        let ts = self.timestamp_at(Instant::now());
+        let ts = self.timestamp_at(crate::bus::clock::mono());
         let params =
             format!("omitZeroBalances=true&recvWindow={}&timestamp={ts}", self.cfg.recv_window.as_millis());
-        let a = self
-            .signed("GET", "/api/v3/account", &params, timeout, INFO_BODY_MAX)
-            .await
-            .map_err(|e| e.to_string())?;
+        let a = self.signed("GET", "/api/v3/account", &params, timeout, INFO_BODY_MAX).await?;
         if a.status != 200 {
             self.log_auth(&a, "account");
-            return Err(match error_code(&a.body) {
-                Some((code, msg)) => format!("account: HTTP {} code {code}: {msg}", a.status),
-                None => format!("account: HTTP {}", a.status),
-            });
+            return Err(venue_error("account", &a));
         }
-        Account::parse(&a.body)
+        let acct = Account::parse(&a.body)?;
+        let at = self.clock.now();
+        self.lock().account = Some((acct.clone(), at));
+        Ok(acct)
     }
     async fn sync_if_needed(&self) {
         if self.needs_sync() {
@@ -725,7 +764,7 @@ impl Binance {
     /// The account's balance of `symbol`'s base asset and the symbol's rules, within the
     /// prepare budget (whatever is not known by then is `None`).
     async fn prepare_order(&self, symbol: &str) -> (Option<Rules>, Option<(Qty, Qty)>) {
-        let deadline = Instant::now() + self.cfg.prepare_budget;
+        let deadline = crate::bus::clock::mono() + self.cfg.prepare_budget;
         let rules = match tokio::time::timeout_at(deadline, self.rules(symbol)).await {
             Ok(Ok(r)) => Some(r),
             Ok(Err(e)) => {
@@ -738,13 +777,16 @@ impl Binance {
             }
         };
         let Some(r) = rules else { return (None, None) };
-        let left = deadline.saturating_duration_since(Instant::now());
-        let balance = match tokio::time::timeout(
-            left,
-            self.account_within(left.max(Duration::from_millis(1))),
-        )
-        .await
-        {
+        let left = deadline.saturating_duration_since(crate::bus::clock::mono());
+        // A balance read in the background within the bound: no request on the close path.
+        let cached = self.fresh_account(self.cfg.balance_max_age);
+        let read = async {
+            match cached {
+                Some(a) => Ok(a),
+                None => self.account_within(left.max(Duration::from_millis(1))).await,
+            }
+        };
+        let balance = match tokio::time::timeout(left, read).await {
             Ok(Ok(acct)) => match acct.balance(&r.base_asset) {
                 Some(b) => Some(b),
                 None => {
@@ -788,8 +830,9 @@ pub struct Account {
 
 impl Account {
     /// Parses `GET /api/v3/account`.
-    pub fn parse(body: &[u8]) -> Result<Account, String> {
-        let v: Value = serde_json::from_slice(body).map_err(|e| format!("account is not JSON: {e}"))?;
+    pub fn parse(body: &[u8]) -> Result<Account, BrokerError> {
+        let v: Value = serde_json::from_slice(body)
+            .map_err(|e| BrokerError::Unreadable { what: "account".into(), why: format!("not JSON: {e}") })?;
         let mut out = Account::default();
         for b in v.get("balances").and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[]) {
             let Some(asset) = b.get("asset").and_then(Value::as_str) else { continue };
@@ -814,12 +857,14 @@ impl Account {
     }
 }
 
-impl Broker for Binance {
-    async fn place(&self, order: &CloseOrder) -> Outcome {
+impl Binance {
+    /// The close itself ([`Broker::place_stamped`]); `sent` gets the time each order request
+    /// is handed to its connection (the last one when a -1021 re-send repeats it).
+    async fn close(&self, order: &CloseOrder, sent: &mut Option<Instant>) -> Outcome {
         // The order's `timestamp` is the moment this call began (just after the executor's
         // send time and journal write), so the venue stops accepting it `recvWindow` later
         // whatever the preparation below costs: `absent_after` stays true.
-        let entry = Instant::now();
+        let entry = crate::bus::clock::mono();
         let (id, cid, sym) = (&order.pos_id, order.client_id.as_str(), order.symbol.as_str());
         if let Err(why) = check_side(order.side) {
             log::error!(
@@ -900,6 +945,9 @@ impl Broker for Binance {
                 enc(cid),
                 self.cfg.recv_window.as_millis()
             );
+            // The attempt's one send time, taken as the request is handed to its pooled
+            // connection (the handshakes and the intent's fsync are behind it).
+            *sent = Some(self.clock.instant(self.clock.now()));
             let answer =
                 self.signed("POST", "/api/v3/order", &params, self.cfg.order_timeout, ORDER_BODY_MAX).await;
             let a = match answer {
@@ -952,13 +1000,31 @@ impl Broker for Binance {
         }
         outcome
     }
+}
+
+impl Broker for Binance {
+    async fn place(&self, order: &CloseOrder) -> Outcome {
+        self.place_stamped(order).await.outcome
+    }
+
+    async fn place_stamped(&self, order: &CloseOrder) -> Placed {
+        let mut sent = None;
+        let outcome = self.close(order, &mut sent).await;
+        if sent.is_some() && outcome != Outcome::Rejected {
+            // Something may have executed: the cached balance is stale. It is dropped (the
+            // next close reads it again within the budget unless the background refresh,
+            // woken now, has it first).
+            self.account_changed();
+        }
+        Placed { outcome, sent }
+    }
 
     async fn lookup(&self, symbol: &str, client_id: &str) -> Lookup {
         if let Some(wait) = self.held_off() {
             return Lookup::Failed(format!("held off after a rate limit for {} ms", wait.as_millis()));
         }
         self.sync_if_needed().await;
-        let ts = self.timestamp_at(Instant::now());
+        let ts = self.timestamp_at(crate::bus::clock::mono());
         let params = format!(
             "symbol={}&origClientOrderId={}&recvWindow={}&timestamp={ts}",
             enc(symbol),
@@ -982,9 +1048,9 @@ impl Broker for Binance {
     /// a configured symbol cannot be loaded.
     async fn holdings(&self) -> Result<Vec<(Symbol, Qty)>, String> {
         for s in &self.cfg.symbols {
-            self.rules(s).await?;
+            self.rules(s).await.map_err(|e| e.to_string())?;
         }
-        let acct = self.account().await?;
+        let acct = self.account().await.map_err(|e| e.to_string())?;
         let rules: Vec<(String, String)> =
             self.lock().rules.iter().map(|(s, r)| (s.clone(), r.base_asset.clone())).collect();
         let mut out = Vec::with_capacity(rules.len());

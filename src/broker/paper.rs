@@ -8,10 +8,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::{Broker, CloseOrder, Lookup};
+use crate::bus::board::PriceBoard;
 use crate::core::engine::Outcome;
 use crate::core::price::Qty;
 use crate::core::types::{ClientId, Symbol};
-use crate::runtime::board::PriceBoard;
 
 /// Paper broker settings and shared switches.
 pub struct Paper {

@@ -23,15 +23,15 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde_json::{Value, json};
 
-use super::{Broker, CloseOrder, Lookup, Secret};
-use crate::config::{Config, ConfigError, read_secret};
+use super::{Broker, BrokerError, CloseOrder, Lookup, Secret};
+use crate::bus::clock::Clock;
 use crate::core::backoff::{BreakerState, CircuitBreaker};
 use crate::core::engine::Outcome;
 use crate::core::price::{Price, Qty, SCALE};
 use crate::core::types::{Side, Symbol};
 use crate::feed::upstox::InstrumentMap;
-use crate::net::http::{self, Answer, Connector, Endpoint, HttpError, Req};
-use crate::runtime::clock::Clock;
+use crate::limits::{BROKER_KEEP_WARM, BROKER_POOL_IDLE_PER_HOST, BROKER_POOL_IDLE_TIMEOUT};
+use crate::net::http::{Answer, Connector, Endpoint, HttpError, Pool, Req};
 
 /// Default of `broker.order_url`.
 pub const DEFAULT_ORDER_URL: &str = "https://api-hft.upstox.com";
@@ -80,7 +80,7 @@ pub fn session_day(unix_ms: i64) -> i64 {
 }
 
 fn wall_ms() -> i64 {
-    crate::runtime::clock::wall_unix_ms()
+    crate::bus::clock::wall_unix_ms()
 }
 
 /// Settings of the Upstox broker.
@@ -110,6 +110,17 @@ pub struct UpstoxConfig {
     pub hold_off_429: Duration,
     /// Pause before the look-up that follows a placed order (its fill state).
     pub confirm_delay: Duration,
+    /// Reads a secret file (the token, again after a 401): the configuration's own reader
+    /// (mode checks, trimming) when wired by `runtime::wiring::broker`, else a plain read.
+    pub read_secret: fn(&std::path::Path) -> Result<String, String>,
+}
+
+/// A plain read of a secret file, trimmed (the default [`UpstoxConfig::read_secret`]).
+pub fn read_secret_plain(path: &std::path::Path) -> Result<String, String> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read it: {e}", path.display()))?;
+    let t = text.trim();
+    if t.is_empty() { Err(format!("{}: empty", path.display())) } else { Ok(t.to_string()) }
 }
 
 impl UpstoxConfig {
@@ -127,48 +138,15 @@ impl UpstoxConfig {
             absent_margin: Duration::from_secs(5),
             hold_off_429: Duration::from_secs(10),
             confirm_delay: Duration::from_millis(150),
+            read_secret: read_secret_plain,
         }
     }
 
-    /// From `broker.order_url`, `broker.rest_url`, `broker.token_file` (else
-    /// `feed.token_file`) and the positions' `product`; `instrument_keys` is the shared
-    /// venue-instrument map ([`InstrumentMap::from_config`]).
-    pub fn from_config(
-        cfg: &Config,
-        instrument_keys: Arc<InstrumentMap>,
-    ) -> Result<UpstoxConfig, ConfigError> {
-        let ep = |key: &str, url: &str| {
-            Endpoint::parse(url).map_err(|e| ConfigError::Invalid {
-                key: key.into(),
-                value: url.into(),
-                problem: e,
-                fix: "write an https:// URL".into(),
-            })
-        };
-        let mut c = UpstoxConfig::new(
-            ep("broker.order_url", &cfg.broker.order_url)?,
-            ep("broker.rest_url", &cfg.broker.rest_url)?,
-        );
-        c.token_file = cfg.broker.token_file.clone().or_else(|| cfg.feed.token_file.clone());
-        if c.token_file.is_none() {
-            return Err(ConfigError::Missing {
-                key: "broker.token_file".into(),
-                fix: "broker.kind = \"upstox\" needs an access token: set broker.token_file (or feed.token_file)".into(),
-            });
-        }
-        c.instrument_keys = instrument_keys;
-        c.products = cfg.position_products.iter().map(|(id, p)| (id.to_string(), *p)).collect();
-        Ok(c)
-    }
-
-    /// Reads the token file.
-    pub fn read_token(&self) -> Result<Secret, ConfigError> {
+    /// Reads the token file again (after a 401) with [`UpstoxConfig::read_secret`].
+    pub fn load_token(&self) -> Result<Secret, String> {
         match &self.token_file {
-            Some(p) => read_secret(p).map(Secret::new),
-            None => Err(ConfigError::Missing {
-                key: "broker.token_file".into(),
-                fix: "set broker.token_file (or feed.token_file)".into(),
-            }),
+            Some(p) => (self.read_secret)(p).map(Secret::new),
+            None => Err("no broker.token_file (or feed.token_file) to read the token from".into()),
         }
     }
 }
@@ -258,7 +236,7 @@ struct State {
 /// The Upstox broker. Share it behind an `Arc`.
 pub struct Upstox {
     cfg: UpstoxConfig,
-    conn: Connector,
+    pool: Pool,
     clock: Clock,
     wall: fn() -> i64,
     state: Mutex<State>,
@@ -280,7 +258,7 @@ impl Upstox {
         let products = cfg.products.clone();
         Upstox {
             cfg,
-            conn,
+            pool: Pool::new(conn, BROKER_POOL_IDLE_PER_HOST, BROKER_POOL_IDLE_TIMEOUT),
             clock: Clock::new(),
             wall: wall_ms,
             state: Mutex::new(State {
@@ -300,6 +278,42 @@ impl Upstox {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Connections (TCP + TLS handshakes) opened so far by this broker's pool.
+    pub fn connections_opened(&self) -> u64 {
+        self.pool.connections_opened()
+    }
+
+    /// Keeps the pooled connections to both hosts (`broker.order_url`, `broker.rest_url`)
+    /// open until `stop`: every [`BROKER_KEEP_WARM`] (15 s, under the front ends' idle
+    /// timeouts) a `GET /v2/user/profile` on each (read-only; whatever it answers, the
+    /// connection stays warm). Nothing is sent while a 429 hold-off lasts.
+    pub async fn run_keep_warm(self: std::sync::Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        loop {
+            // First wait: the start-up requests (holdings, reconciliation) open the connections.
+            tokio::select! {
+                r = stop.changed() => if r.is_err() || *stop.borrow() { return },
+                _ = tokio::time::sleep(BROKER_KEEP_WARM) => {}
+            }
+            if self.held_off().is_none() {
+                let eps = if self.cfg.order == self.cfg.rest {
+                    vec![&self.cfg.order]
+                } else {
+                    vec![&self.cfg.order, &self.cfg.rest]
+                };
+                for ep in eps {
+                    if let Err(e) =
+                        self.send(ep, "GET", "/v2/user/profile", None, self.cfg.query_timeout).await
+                    {
+                        log::debug!(
+                            "[CLOSE] event=keep_warm_failed venue=upstox host={} cause=\"{e}\"",
+                            ep.host
+                        );
+                    }
+                }
+            }
+        }
     }
 
     /// Sets the product of a position registered at run time.
@@ -325,11 +339,11 @@ impl Upstox {
         }
     }
 
-    fn token(&self) -> Result<Secret, String> {
+    fn token(&self) -> Result<Secret, BrokerError> {
         if let Some(t) = self.lock().token.clone() {
             return Ok(t);
         }
-        let t = self.cfg.read_token().map_err(|e| e.to_string())?;
+        let t = self.cfg.load_token().map_err(BrokerError::NoCredential)?;
         self.lock().token = Some(t.clone());
         Ok(t)
     }
@@ -368,7 +382,7 @@ impl Upstox {
             timeout,
             max_body: BODY_MAX,
         };
-        let a = http::request(&self.conn, ep, req).await?;
+        let a = self.pool.request(ep, req).await?;
         self.observe(&a, method, path);
         Ok(a)
     }
@@ -445,18 +459,17 @@ impl Upstox {
         }
     }
 
-    async fn portfolio(&self, path: &str) -> Result<Vec<(String, i64)>, String> {
-        let a = self
-            .send(&self.cfg.rest, "GET", path, None, self.cfg.query_timeout)
-            .await
-            .map_err(|e| e.to_string())?;
+    async fn portfolio(&self, path: &str) -> Result<Vec<(String, i64)>, BrokerError> {
+        let a = self.send(&self.cfg.rest, "GET", path, None, self.cfg.query_timeout).await?;
         if a.status != 200 {
-            return Err(match error_code(&a.body) {
-                Some((c, m)) => format!("{path}: HTTP {} {c}: {m}", a.status),
-                None => format!("{path}: HTTP {}", a.status),
+            return Err(BrokerError::Venue {
+                what: path.to_string(),
+                status: a.status,
+                code: error_code(&a.body),
             });
         }
-        let v: Value = serde_json::from_slice(&a.body).map_err(|e| format!("{path}: not JSON: {e}"))?;
+        let v: Value = serde_json::from_slice(&a.body)
+            .map_err(|e| BrokerError::Unreadable { what: path.to_string(), why: format!("not JSON: {e}") })?;
         portfolio_rows(path, &v)
     }
 }
@@ -465,12 +478,13 @@ impl Upstox {
 /// quantities signed (a short day position is negative). All or nothing: a row whose
 /// instrument or quantity cannot be read fails the whole answer — a number that cannot be
 /// read is unknown, never zero, and a list missing a row could be read as "holds none".
-pub fn portfolio_rows(path: &str, v: &Value) -> Result<Vec<(String, i64)>, String> {
-    let rows = v.get("data").and_then(Value::as_array).ok_or_else(|| format!("{path}: no data"))?;
+pub fn portfolio_rows(path: &str, v: &Value) -> Result<Vec<(String, i64)>, BrokerError> {
+    let bad = |why: String| BrokerError::Unreadable { what: path.to_string(), why };
+    let rows = v.get("data").and_then(Value::as_array).ok_or_else(|| bad("no data".into()))?;
     let mut out = Vec::with_capacity(rows.len());
     for (i, r) in rows.iter().enumerate() {
         let Some(key) = r.get("instrument_token").and_then(Value::as_str) else {
-            return Err(format!("{path}: row {i} has no readable instrument_token (answer partial)"));
+            return Err(bad(format!("row {i} has no readable instrument_token (answer partial)")));
         };
         let q = r.get("quantity");
         // Whole units; an integral float (`10.0`) is accepted, nothing else.
@@ -479,7 +493,7 @@ pub fn portfolio_rows(path: &str, v: &Value) -> Result<Vec<(String, i64)>, Strin
             (f.fract() == 0.0 && f.abs() < 1e15).then_some(f as i64)
         });
         let Some(qty) = qty else {
-            return Err(format!("{path}: row {i} ({key}) has no readable quantity (answer partial)"));
+            return Err(bad(format!("row {i} ({key}) has no readable quantity (answer partial)")));
         };
         out.push((key.to_string(), qty));
     }
@@ -500,8 +514,10 @@ fn enc(s: &str) -> String {
     out
 }
 
-impl Broker for Upstox {
-    async fn place(&self, order: &CloseOrder) -> Outcome {
+impl Upstox {
+    /// The close itself ([`Broker::place_stamped`]); `sent` gets the time the order request
+    /// is handed to its connection.
+    async fn close(&self, order: &CloseOrder, sent: &mut Option<tokio::time::Instant>) -> Outcome {
         let (id, tag, sym) = (&order.pos_id, order.client_id.as_str(), order.symbol.as_str());
         if let Some(wait) = self.held_off() {
             log::warn!(
@@ -548,6 +564,7 @@ impl Broker for Upstox {
         // Dated before sending: a look-up after a lost answer must know the send session.
         let day = session_day((self.wall)());
         self.lock().attempts.insert(tag.to_string(), Attempt { day, order_ids: Vec::new() });
+        *sent = Some(self.clock.instant(self.clock.now()));
         let answer =
             self.send(&self.cfg.order, "POST", "/v3/order/place", Some(body), self.cfg.order_timeout).await;
         let a = match answer {
@@ -609,6 +626,18 @@ impl Broker for Upstox {
             }
         }
     }
+}
+
+impl Broker for Upstox {
+    async fn place(&self, order: &CloseOrder) -> Outcome {
+        self.place_stamped(order).await.outcome
+    }
+
+    async fn place_stamped(&self, order: &CloseOrder) -> super::Placed {
+        let mut sent = None;
+        let outcome = self.close(order, &mut sent).await;
+        super::Placed { outcome, sent }
+    }
 
     async fn lookup(&self, _symbol: &str, client_id: &str) -> Lookup {
         self.history(client_id).await
@@ -626,7 +655,7 @@ impl Broker for Upstox {
         }
         let mut by_key: HashMap<String, i64> = HashMap::new();
         for path in ["/v2/portfolio/long-term-holdings", "/v2/portfolio/short-term-positions"] {
-            for (k, q) in self.portfolio(path).await? {
+            for (k, q) in self.portfolio(path).await.map_err(|e| e.to_string())? {
                 let e = by_key.entry(k).or_insert(0);
                 *e = e.checked_add(q).ok_or_else(|| format!("{path}: quantity overflow"))?;
             }
@@ -678,8 +707,8 @@ mod tests {
             {"instrument_token":"NSE_EQ|B","quantity":-4},
             {"instrument_token":"NSE_EQ|C","quantity":3.0}]});
         assert_eq!(
-            portfolio_rows("/p", &ok),
-            Ok(vec![("NSE_EQ|A".into(), 10), ("NSE_EQ|B".into(), -4), ("NSE_EQ|C".into(), 3)])
+            portfolio_rows("/p", &ok).expect("rows"),
+            vec![("NSE_EQ|A".to_string(), 10), ("NSE_EQ|B".to_string(), -4), ("NSE_EQ|C".to_string(), 3)]
         );
         for bad in [
             json!({"data":[{"instrument_token":"NSE_EQ|A","quantity":"10"}]}),

@@ -331,6 +331,10 @@ pub struct BrokerReport {
     pub client_id: ClientId,
     /// What happened.
     pub outcome: Outcome,
+    /// When the broker handed the order request to its connection (a place that sent one):
+    /// the attempt's send time for the absent-after rule, replacing the decision time the
+    /// attempt was dated with. `None`: nothing sent, or a look-up.
+    pub sent_at: Option<Timestamp>,
 }
 
 /// A change in the price sources.
@@ -1021,6 +1025,14 @@ impl<const N: usize, const M: usize> Engine<N, M> {
             self.late_report(idx, now, report, out);
             self.flush_dropped(out);
             return;
+        }
+        if let Some(t) = report.sent_at {
+            // The one send time, taken by the broker where the request left: later than the
+            // decision (the intent's fsync and any connecting came first). Only ever moved
+            // later, so the absent-after window never shrinks.
+            if t > c.sent_at {
+                c.sent_at = t;
+            }
         }
         match report.outcome {
             Outcome::Working { executed, price } => {

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts};
@@ -32,6 +32,26 @@ pub struct DnsConfig {
     pub timeout: Duration,
     /// Bound of one whole resolution (all resolvers).
     pub cap: Duration,
+}
+
+impl Default for DnsConfig {
+    /// The documented defaults of `[dns]` (`docs/configuration.md`): the system resolver
+    /// first, then four public fallback servers, 5 s per try, a whole resolution at most 10 s.
+    fn default() -> Self {
+        let timeout = Duration::from_secs(5);
+        DnsConfig {
+            use_system: true,
+            resolv_conf: PathBuf::from("/etc/resolv.conf"),
+            nameservers: vec![
+                SocketAddr::from(([8, 8, 8, 8], 53)),
+                SocketAddr::from(([1, 1, 1, 1], 53)),
+                SocketAddr::from(([8, 8, 4, 4], 53)),
+                SocketAddr::from(([1, 0, 0, 1], 53)),
+            ],
+            timeout,
+            cap: (timeout * 2).min(Duration::from_secs(10)),
+        }
+    }
 }
 
 /// Which resolver gave an answer.
@@ -83,20 +103,8 @@ pub struct DnsError {
     pub tried: usize,
 }
 
-/// Counters for metrics.
-#[derive(Debug, Default)]
-pub struct DnsStats {
-    /// Tries against the system resolver.
-    pub system_tries: AtomicU64,
-    /// System tries that failed.
-    pub system_failures: AtomicU64,
-    /// Tries against fallback nameservers.
-    pub fallback_tries: AtomicU64,
-    /// Answers that came from a fallback nameserver.
-    pub fallback_answers: AtomicU64,
-    /// Times the last-good address was used because nothing answered.
-    pub last_good_uses: AtomicU64,
-}
+/// Counters for metrics (defined in the bus, which the status views read them through).
+pub use crate::bus::status::DnsStats;
 
 struct Entry {
     addrs: Vec<IpAddr>,
@@ -136,7 +144,10 @@ impl Resolver {
 
     fn remember(&self, host: &str, addrs: &[IpAddr]) {
         if let Ok(mut m) = self.last_good.lock() {
-            m.insert(host.to_ascii_lowercase(), Entry { addrs: addrs.to_vec(), at: Instant::now() });
+            m.insert(
+                host.to_ascii_lowercase(),
+                Entry { addrs: addrs.to_vec(), at: crate::bus::clock::mono() },
+            );
         }
     }
 
@@ -191,7 +202,7 @@ impl Resolver {
         if let Ok(ip) = host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
             return Ok(Resolved { addrs: vec![ip], via: Via::Literal });
         }
-        let deadline = Instant::now() + self.cfg.cap;
+        let deadline = crate::bus::clock::mono() + self.cfg.cap;
         let mut tried = 0usize;
         let mut chain: Vec<(bool, SocketAddr)> = Vec::new();
         if self.cfg.use_system {
@@ -205,7 +216,7 @@ impl Resolver {
         }
         chain.extend(self.cfg.nameservers.iter().map(|s| (false, *s)));
         for (system, server) in chain {
-            let left = deadline.saturating_duration_since(Instant::now());
+            let left = deadline.saturating_duration_since(crate::bus::clock::mono());
             if left.is_zero() {
                 log::warn!("[DNS] host={host} result=cap_reached cap_ms={}", self.cfg.cap.as_millis());
                 break;
@@ -217,7 +228,7 @@ impl Resolver {
             } else {
                 self.stats.fallback_tries.fetch_add(1, Ordering::Relaxed);
             }
-            let t0 = Instant::now();
+            let t0 = crate::bus::clock::mono();
             let r = match tokio::time::timeout(left, self.try_server(host, server)).await {
                 Ok(r) => r,
                 Err(_) => Err("cap reached".to_string()),
@@ -289,6 +300,12 @@ impl Resolver {
                 _ = tokio::time::sleep(every) => {}
             }
         }
+    }
+}
+
+impl crate::bus::status::DnsProbe for Resolver {
+    fn dns_stats(&self) -> &DnsStats {
+        &self.stats
     }
 }
 

@@ -1,5 +1,8 @@
-//! HTTP/1.1 requests over the project's own DNS-fallback and TLS stack (hyper's connection-
-//! level client; one connection per request, bounded in time and size).
+//! HTTP/1.1 requests over the project's own DNS-fallback and TLS stack, bounded in time and
+//! size: [`request`] / [`request_streaming`] open one connection per request (hyper's
+//! connection-level client); [`Pool`] keeps connections open between requests (hyper-util's
+//! pooled client over the same [`Connector`]), for the brokers, whose closes must not pay a
+//! TCP and TLS handshake each.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -93,9 +96,26 @@ pub enum HttpError {
 }
 
 impl HttpError {
-    /// True when the request cannot have reached the server.
+    /// True when the request cannot have reached the server: only errors that happen before a
+    /// connection exists (resolution, TCP connect, TLS handshake). Every other error (a
+    /// timeout, a connection lost while writing or reading, an unreadable answer) may come
+    /// after the request's first byte was written, so the venue may have processed it.
     pub fn not_sent(&self) -> bool {
         matches!(self, HttpError::Resolve(_) | HttpError::Connect { .. } | HttpError::Tls(_))
+    }
+}
+
+impl crate::bus::error::EdgeError for HttpError {
+    /// A TLS set-up error (bad `tls.extra_ca`, a host that is no TLS name) cannot heal by
+    /// itself; everything else is the network's or the peer's state: recoverable.
+    fn severity(&self) -> crate::bus::error::Severity {
+        use crate::bus::error::Severity;
+        match self {
+            HttpError::Tls(super::tls::TlsError::ExtraCa { .. } | super::tls::TlsError::BadName(_)) => {
+                Severity::Fatal
+            }
+            _ => Severity::Recoverable,
+        }
     }
 }
 
@@ -313,6 +333,220 @@ where
         Ok(r) => r,
         Err(_) => Err(HttpError::Timeout { host, ms: timeout.as_millis() }),
     }
+}
+
+// ----- the pool ------------------------------------------------------------------------
+
+/// Where a pooled connection went (handed to each answer through hyper-util's `extra`).
+#[derive(Clone, Debug)]
+struct ConnInfo {
+    addr: SocketAddr,
+    via: super::dns::Via,
+}
+
+/// A connection opened by [`Connector`] for the pool: hyper's IO traits over the stream.
+pub struct PooledIo {
+    io: hyper_util::rt::TokioIo<Stream>,
+    info: ConnInfo,
+}
+
+impl hyper_util::client::legacy::connect::Connection for PooledIo {
+    fn connected(&self) -> hyper_util::client::legacy::connect::Connected {
+        hyper_util::client::legacy::connect::Connected::new().extra(self.info.clone())
+    }
+}
+
+impl hyper::rt::Read for PooledIo {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for PooledIo {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+/// [`Connector`] as the tower `Service<Uri>` hyper-util's pool connects through: the same
+/// DNS fallback (last-good aware), connect timeout per address, SNI and certificate name =
+/// the URI's host. Counts the connections it opened (TCP, and TLS handshakes included).
+#[derive(Clone)]
+pub struct PoolConnector {
+    conn: Connector,
+    opened: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl tower_service::Service<hyper::Uri> for PoolConnector {
+    type Response = PooledIo;
+    type Error = HttpError;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<PooledIo, HttpError>> + Send + 'static>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), HttpError>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: hyper::Uri) -> Self::Future {
+        let conn = self.conn.clone();
+        let opened = self.opened.clone();
+        Box::pin(async move {
+            let ep = Endpoint::parse(&uri.to_string()).map_err(|why| HttpError::Connect {
+                host: uri.host().unwrap_or("").to_string(),
+                port: uri.port_u16().unwrap_or(0),
+                why,
+            })?;
+            let (stream, addr, resolved) = conn.connect(&ep, false).await?;
+            opened.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Ok(PooledIo {
+                io: hyper_util::rt::TokioIo::new(stream),
+                info: ConnInfo { addr, via: resolved.via },
+            })
+        })
+    }
+}
+
+/// Kept-alive HTTP/1.1 connections to the hosts of one edge (hyper-util's pooled client over
+/// [`Connector`]): at most `max_idle_per_host` idle connections per host, each closed after
+/// `idle_timeout` unused. Cheap to clone (one pool).
+///
+/// **Never two sends of one request.** hyper-util re-sends a request only when hyper handed
+/// it back untouched: a pooled connection found closed *before the request's first byte was
+/// written* (`retry_canceled_requests`, on by default, and only on a reused connection).
+/// Once any byte may have been written, the error is returned, never retried. A request the
+/// pool reports failed is therefore sent at most once, and [`HttpError::not_sent`] stays
+/// honest: only a failure of the connector itself (no address, refused, TLS) is classified
+/// as not sent; a failure on a pooled connection (even one hyper-util would call
+/// "canceled") is [`HttpError::Exchange`], i.e. possibly sent.
+#[derive(Clone)]
+pub struct Pool {
+    client: hyper_util::client::legacy::Client<PoolConnector, Full<Bytes>>,
+    opened: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Pool {
+    /// A pool connecting through `conn`.
+    pub fn new(conn: Connector, max_idle_per_host: usize, idle_timeout: Duration) -> Pool {
+        let opened = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let connector = PoolConnector { conn, opened: opened.clone() };
+        let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .pool_timer(hyper_util::rt::TokioTimer::new())
+            .pool_idle_timeout(idle_timeout)
+            .pool_max_idle_per_host(max_idle_per_host)
+            .retry_canceled_requests(true)
+            .build(connector);
+        Pool { client, opened }
+    }
+
+    /// How many connections (TCP + TLS handshakes) the pool has opened so far.
+    pub fn connections_opened(&self) -> u64 {
+        self.opened.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Sends one request on a pooled connection (opening one if none is idle) and reads the
+    /// answer; the connection goes back to the pool once the body is read. Bounded by
+    /// `req.timeout` as a whole (connecting included) and `req.max_body` bytes.
+    pub async fn request(&self, ep: &Endpoint, req: Req<'_>) -> Result<Answer, HttpError> {
+        let Req { method, path, headers, body, timeout, max_body } = req;
+        let host = ep.host.clone();
+        let exchange = |why: String| HttpError::Exchange { host: host.clone(), why };
+        let scheme = if ep.tls { "https" } else { "http" };
+        let uri = format!("{scheme}://{}{path}", ep.host_header());
+        let mut r = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("host", ep.host_header())
+            .header("user-agent", concat!("tickguard/", env!("CARGO_PKG_VERSION")));
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        let r = r.body(Full::new(body.unwrap_or_default())).map_err(|e| exchange(e.to_string()))?;
+        let work = async {
+            let resp = self.client.request(r).await.map_err(|e| classify(&host, e))?;
+            let info = resp.extensions().get::<ConnInfo>().cloned();
+            let status = resp.status().as_u16();
+            let retry_after = resp
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse().ok());
+            let body = Limited::new(resp.into_body(), max_body)
+                .collect()
+                .await
+                .map_err(|e| exchange(e.to_string()))?
+                .to_bytes();
+            let (addr, dns) = match info {
+                Some(i) => (i.addr, i.via),
+                None => (SocketAddr::from(([0, 0, 0, 0], ep.port)), super::dns::Via::Literal),
+            };
+            Ok(Answer { status, body, retry_after, addr, dns })
+        };
+        match tokio::time::timeout(timeout, work).await {
+            Ok(r) => r,
+            Err(_) => Err(HttpError::Timeout { host, ms: timeout.as_millis() }),
+        }
+    }
+}
+
+/// A pooled client's error as an [`HttpError`]. A connector failure carries the connector's
+/// own error (resolve / connect / TLS: nothing was written). Anything else happened on a
+/// connection, where the request may have been written in part or whole: an exchange error
+/// (possibly sent). hyper-util's "canceled" (hyper gave the request back unwritten) is not
+/// told apart publicly, so it is counted possibly sent too: safe, an order is looked up.
+fn classify(host: &str, e: hyper_util::client::legacy::Error) -> HttpError {
+    if e.is_connect() {
+        let inner = std::error::Error::source(&e).and_then(|s| s.downcast_ref::<HttpError>());
+        return match inner {
+            Some(HttpError::Resolve(d)) => {
+                HttpError::Connect { host: host.to_string(), port: 0, why: d.to_string() }
+            }
+            Some(HttpError::Connect { host, port, why }) => {
+                HttpError::Connect { host: host.clone(), port: *port, why: why.clone() }
+            }
+            Some(HttpError::Tls(t)) => {
+                HttpError::Connect { host: host.to_string(), port: 0, why: t.to_string() }
+            }
+            _ => HttpError::Connect { host: host.to_string(), port: 0, why: chain(&e) },
+        };
+    }
+    HttpError::Exchange { host: host.to_string(), why: chain(&e) }
+}
+
+/// An error and its sources, `a: b: c`.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    let mut n = 0;
+    while let Some(c) = cur {
+        if n >= 8 {
+            break;
+        }
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+        n += 1;
+    }
+    s
 }
 
 /// True when `host` is an IP literal.

@@ -14,8 +14,11 @@
 //! the answer is written, so it executes even when the client's connection dies.
 //!
 //! Faults are queued per route ([`FakeBinance::push_fault`]) and each is used by one request.
-//! Hand-written HTTP/1.1: one request per connection (`Connection: close`), head up to 16 KiB,
-//! body by `Content-Length` up to 64 KiB.
+//! Hand-written HTTP/1.1 with keep-alive: requests follow each other on one connection until
+//! the client asks `Connection: close`, a fault ends it, or it stays idle longer than
+//! [`FakeBinance::set_idle_close`] (default 60 s); head up to 16 KiB, body by `Content-Length`
+//! up to 64 KiB. It counts the TCP connections it accepts and the TLS handshakes it completes
+//! ([`FakeBinance::connections`]) and stamps each order's arrival ([`FakeBinance::arrivals`]).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -161,6 +164,12 @@ struct State {
     next_id: u64,
     signature_errors: usize,
     timestamp_errors: usize,
+    tcp_accepted: usize,
+    tls_handshakes: usize,
+    open_now: usize,
+    idle_close: Duration,
+    keep_alive: bool,
+    arrivals: Vec<(String, String, std::time::Instant)>,
 }
 
 struct Shared {
@@ -207,6 +216,12 @@ impl FakeBinance {
                 next_id: 1000,
                 signature_errors: 0,
                 timestamp_errors: 0,
+                tcp_accepted: 0,
+                tls_handshakes: 0,
+                open_now: 0,
+                idle_close: Duration::from_secs(60),
+                keep_alive: true,
+                arrivals: Vec::new(),
             }),
         });
         let acceptor = TlsAcceptor::from(tls);
@@ -215,6 +230,30 @@ impl FakeBinance {
             serve(s.clone(), acceptor.clone(), tcp)
         }));
         FakeBinance { port, shared, _task: AbortOnDrop(task), _refuse: refuse_tx }
+    }
+
+    /// (TCP connections accepted, TLS handshakes completed, connections open now).
+    pub fn connections(&self) -> (usize, usize, usize) {
+        let st = self.shared.lock();
+        (st.tcp_accepted, st.tls_handshakes, st.open_now)
+    }
+
+    /// Closes a connection that waits longer than `d` for its next request (as a venue's
+    /// front end does with idle keep-alive connections).
+    pub fn set_idle_close(&self, d: Duration) {
+        self.shared.lock().idle_close = d;
+    }
+
+    /// `false`: answer every request with `Connection: close` and close (one request per
+    /// connection, as the fake used to).
+    pub fn set_keep_alive(&self, on: bool) {
+        self.shared.lock().keep_alive = on;
+    }
+
+    /// Every `POST /api/v3/order` as it arrived: (symbol, client order id, the instant its
+    /// request was read whole).
+    pub fn arrivals(&self) -> Vec<(String, String, std::time::Instant)> {
+        self.shared.lock().arrivals.clone()
     }
 
     /// `https://127.0.0.1:<port>` (the TLS config must cover `127.0.0.1`).
@@ -534,6 +573,16 @@ pub fn reason(code: u16) -> &'static str {
     }
 }
 
+/// A whole HTTP/1.1 answer with `Content-Length` that keeps the connection open.
+pub fn response_keep(code: u16, body: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 {code} {}\r\nContent-Type: application/json;charset=UTF-8\r\nContent-Length: {}\r\nConnection: keep-alive\r\n\r\n{body}",
+        reason(code),
+        body.len()
+    )
+    .into_bytes()
+}
+
 /// A whole HTTP/1.1 answer with `Content-Length` and `Connection: close`.
 pub fn response(code: u16, body: &str, retry_after: Option<u64>) -> Vec<u8> {
     let retry = retry_after.map(|s| format!("Retry-After: {s}\r\n")).unwrap_or_default();
@@ -584,9 +633,47 @@ fn err_body(code: i64, msg: &str) -> String {
 
 // ----- the exchange ----------------------------------------------------------------------
 
+/// Counts a connection open while it lives.
+struct OpenGuard(Arc<Shared>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        let mut st = self.0.lock();
+        st.open_now = st.open_now.saturating_sub(1);
+    }
+}
+
 async fn serve(shared: Arc<Shared>, acceptor: TlsAcceptor, tcp: TcpStream) {
+    {
+        let mut st = shared.lock();
+        st.tcp_accepted += 1;
+        st.open_now += 1;
+    }
+    let _open = OpenGuard(shared.clone());
     let Ok(Ok(mut tls)) = tokio::time::timeout(IO_TIMEOUT, acceptor.accept(tcp)).await else { return };
-    let Ok(Some(req)) = tokio::time::timeout(IO_TIMEOUT, read_request(&mut tls)).await else { return };
+    shared.lock().tls_handshakes += 1;
+    // Bounded: at most this many requests per connection (far more than any test sends).
+    for _ in 0..100_000 {
+        let idle = shared.lock().idle_close;
+        let Ok(Some(req)) = tokio::time::timeout(idle, read_request(&mut tls)).await else {
+            // Idle too long, or the client hung up: close (TLS close_notify, FIN).
+            let _ = tokio::time::timeout(Duration::from_secs(1), tls.shutdown()).await;
+            return;
+        };
+        if !serve_one(&shared, &mut tls, req).await {
+            return;
+        }
+    }
+}
+
+/// Serves one request; `true` when the connection stays open for the next.
+async fn serve_one<S: AsyncRead + AsyncWrite + Unpin>(
+    shared: &Arc<Shared>,
+    tls: &mut S,
+    req: HttpRequest,
+) -> bool {
+    let keep = shared.lock().keep_alive
+        && !req.header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
     let route = match (req.method.as_str(), req.path.as_str()) {
         ("POST", "/api/v3/order") => Some(Route::Order),
         ("GET", "/api/v3/order") => Some(Route::Query),
@@ -598,6 +685,14 @@ async fn serve(shared: Arc<Shared>, acceptor: TlsAcceptor, tcp: TcpStream) {
     };
     let fault = {
         let mut st = shared.lock();
+        if route == Some(Route::Order) {
+            let arrived = std::time::Instant::now();
+            st.arrivals.push((
+                req.param("symbol").unwrap_or_default(),
+                req.param("newClientOrderId").unwrap_or_default(),
+                arrived,
+            ));
+        }
         st.requests.push(format!("{} {}", req.method, req.path));
         if !req.path.starts_with("/api/v3/order") && req.path != "/api/v3/account" {
             let q = percent_decode(&req.query);
@@ -615,17 +710,20 @@ async fn serve(shared: Arc<Shared>, acceptor: TlsAcceptor, tcp: TcpStream) {
                 ),
                 _ => err_body(-1000, "An unknown error occurred while processing the request."),
             };
-            return answer(&mut tls, &response(*code, &body, None)).await;
+            answer(tls, &response(*code, &body, None)).await;
+            return false;
         }
         Some(Fault::RateLimit { status, retry_after }) => {
             let body = err_body(
                 -1003,
                 "Too many requests; current limit of IP is 6000 request weight per 1 MINUTE.",
             );
-            return answer(&mut tls, &response(*status, &body, Some(*retry_after))).await;
+            answer(tls, &response(*status, &body, Some(*retry_after))).await;
+            return false;
         }
         Some(Fault::Reject(code, msg)) => {
-            return answer(&mut tls, &response(400, &err_body(*code, msg), None)).await;
+            answer(tls, &response(400, &err_body(*code, msg), None)).await;
+            return false;
         }
         _ => {}
     }
@@ -633,32 +731,38 @@ async fn serve(shared: Arc<Shared>, acceptor: TlsAcceptor, tcp: TcpStream) {
     let (status, body) = match route {
         None => (404, err_body(-1000, "Not found.")),
         Some(Route::Time) => (200, format!(r#"{{"serverTime":{}}}"#, now_ms() + shared.lock().skew_ms)),
-        Some(Route::ExchangeInfo) => exchange_info(&shared, &req),
-        Some(Route::Ticker) => ticker(&shared, &req),
-        Some(r) => match check_signed(&shared, &req) {
+        Some(Route::ExchangeInfo) => exchange_info(shared, &req),
+        Some(Route::Ticker) => ticker(shared, &req),
+        Some(r) => match check_signed(shared, &req) {
             Err(e) => e,
             Ok(()) => match r {
-                Route::Order => place(&shared, &req, fault.as_ref()),
-                Route::Query => query(&shared, &req),
-                _ => account(&shared, &req),
+                Route::Order => place(shared, &req, fault.as_ref()),
+                Route::Query => query(shared, &req),
+                _ => account(shared, &req),
             },
         },
     };
     match fault {
-        Some(Fault::TimeoutAfterFill(d)) => hold(&mut tls, d).await,
+        Some(Fault::TimeoutAfterFill(d)) => hold(tls, d).await,
         Some(Fault::LostAfterFill) => {
             let _ = tokio::time::timeout(Duration::from_secs(1), tls.shutdown()).await;
         }
         Some(Fault::Slow(d)) => {
             tokio::time::sleep(d).await;
-            answer(&mut tls, &response(status, &body, None)).await;
+            answer(tls, &response(status, &body, None)).await;
         }
         Some(Fault::ServerErrorAfterFill(code)) => {
             let body = err_body(-1000, "An unknown error occurred while processing the request.");
-            answer(&mut tls, &response(code, &body, None)).await;
+            answer(tls, &response(code, &body, None)).await;
         }
-        _ => answer(&mut tls, &response(status, &body, None)).await,
+        _ if keep => {
+            let bytes = response_keep(status, &body);
+            return matches!(tokio::time::timeout(IO_TIMEOUT, tls.write_all(&bytes)).await, Ok(Ok(())))
+                && matches!(tokio::time::timeout(IO_TIMEOUT, tls.flush()).await, Ok(Ok(())));
+        }
+        _ => answer(tls, &response(status, &body, None)).await,
     }
+    false
 }
 
 /// Removes the `signature` parameter from a parameter string; returns (rest, signature).
