@@ -85,3 +85,28 @@ pub const API_PEERS: usize = 1024;
 /// Threads of the engine runtime's blocking pool (journal writes on the close path); more
 /// writes at once queue.
 pub const ENGINE_BLOCKING_THREADS: usize = 4;
+
+/// Idle kept-alive connections the brokers' pool keeps per host (`net::http::Pool`): enough
+/// for a few closes at once; more at once open more, and the extra ones close when idle.
+pub const BROKER_POOL_IDLE_PER_HOST: usize = 4;
+/// An idle pooled broker connection is closed after this long unused. Longer than
+/// [`BROKER_KEEP_WARM`], so the connection the keep-warm request uses never expires here.
+pub const BROKER_POOL_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(55);
+/// Period of the brokers' keep-warm request (Binance `GET /api/v3/time`, Upstox
+/// `GET /v2/user/profile`): well under the idle timeouts of the venues' front ends (60 s
+/// and more for AWS and Cloudflare load balancers), so the pooled connection a close uses
+/// is already open and its TLS session set up.
+pub const BROKER_KEEP_WARM: std::time::Duration = std::time::Duration::from_secs(15);
+/// Period of the background refresh of the Binance account balances (also refreshed after
+/// every fill).
+pub const BROKER_BALANCE_REFRESH: std::time::Duration = std::time::Duration::from_secs(10);
+/// A close is sized from the cached balance when it is younger than this (no request on the
+/// close path); an older one is read again within the prepare budget (1.5 s), as before.
+pub const BROKER_BALANCE_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(30);
+/// Batches the journal's writer thread holds queued (engine notices and commands, executor
+/// intents and outcomes). The worst burst is a gap that decides every position at once: one
+/// batch from the engine, then an intent and an outcome per position (2 × `MAX_POSITIONS`),
+/// plus the commands and broker reports in flight (`COMMAND_QUEUE` each). Twice that, so a
+/// burst never makes a submitter (the engine above all) wait for the disk; a batch is a few
+/// hundred bytes, so a full queue is ~1 MiB at most.
+pub const JOURNAL_QUEUE: usize = 2 * (2 * MAX_POSITIONS + 2 * COMMAND_QUEUE);

@@ -34,7 +34,9 @@ enum Cmd {
         /// Configuration file (TOML).
         #[arg(long)]
         config: PathBuf,
-        /// Inject a fault for tests: `engine-hang@10s` stalls the engine loop 10 s after start.
+        /// Inject a fault for tests: `engine-hang@10s` stalls the engine loop 10 s after start;
+        /// `fsync-delay@100ms` delays every journal fsync; `crash@intent-synced` / `crash@sent`
+        /// abort the process at that point of a close.
         #[arg(long, value_parser = parse_fault)]
         fault: Option<runtime::Faults>,
     },
@@ -49,7 +51,9 @@ enum Cmd {
         /// Configuration file for settings other than the scripted thresholds.
         #[arg(long)]
         config: Option<PathBuf>,
-        /// Inject a fault for tests: `engine-hang@10s` stalls the engine loop 10 s after start.
+        /// Inject a fault for tests: `engine-hang@10s` stalls the engine loop 10 s after start;
+        /// `fsync-delay@100ms` delays every journal fsync; `crash@intent-synced` / `crash@sent`
+        /// abort the process at that point of a close.
         #[arg(long, value_parser = parse_fault)]
         fault: Option<runtime::Faults>,
     },
@@ -78,11 +82,24 @@ enum JournalCmd {
     },
 }
 
-/// Parses `engine-hang@DURATION` (the only fault so far).
+/// Parses `engine-hang@DURATION`, `fsync-delay@DURATION`, `crash@intent-synced` or `crash@sent`.
 fn parse_fault(s: &str) -> Result<runtime::Faults, String> {
     match s.trim().split_once('@') {
-        Some(("engine-hang", d)) => Ok(runtime::Faults { engine_hang: Some(parse_duration(d)?) }),
-        _ => Err(format!("unknown fault '{s}' (known: engine-hang@DURATION, e.g. engine-hang@10s)")),
+        Some(("engine-hang", d)) => {
+            Ok(runtime::Faults { engine_hang: Some(parse_duration(d)?), ..Default::default() })
+        }
+        Some(("fsync-delay", d)) => {
+            Ok(runtime::Faults { fsync_delay: Some(parse_duration(d)?), ..Default::default() })
+        }
+        Some(("crash", "intent-synced")) => {
+            Ok(runtime::Faults { crash_at: Some(runtime::CrashPoint::IntentSynced), ..Default::default() })
+        }
+        Some(("crash", "sent")) => {
+            Ok(runtime::Faults { crash_at: Some(runtime::CrashPoint::Sent), ..Default::default() })
+        }
+        _ => Err(format!(
+            "unknown fault '{s}' (known: engine-hang@DURATION, fsync-delay@DURATION, crash@intent-synced, crash@sent; e.g. engine-hang@10s)"
+        )),
     }
 }
 
@@ -247,5 +264,15 @@ mod tests {
         assert!(parse_fault("engine-hang").is_err());
         assert!(parse_fault("feed-drop@1s").is_err());
         assert!(parse_fault("engine-hang@soon").is_err());
+        assert_eq!(
+            parse_fault("fsync-delay@100ms").map(|f| f.fsync_delay),
+            Ok(Some(Duration::from_millis(100)))
+        );
+        assert_eq!(parse_fault("crash@sent").map(|f| f.crash_at), Ok(Some(runtime::CrashPoint::Sent)));
+        assert_eq!(
+            parse_fault("crash@intent-synced").map(|f| f.crash_at),
+            Ok(Some(runtime::CrashPoint::IntentSynced))
+        );
+        assert!(parse_fault("crash@later").is_err());
     }
 }

@@ -10,6 +10,11 @@
 //! Recovery reads snapshot + journal, drops a torn or corrupt tail with a `[STORE]` warning
 //! naming the offset (and truncates it away), and never panics on any bytes.
 //!
+//! One writer thread (`tg-journal`) does every write and fsync: callers hand batches over
+//! through a bounded queue ([`JOURNAL_QUEUE`]) with an optional completion, and the writer
+//! commits everything queued with one write and one fsync, in hand-over order (ordered group
+//! commit; see [`Journal`]). The engine hands records over and never waits on the disk.
+//!
 //! A failed append (a write that failed midway, a failed fsync) is cut back to the last whole
 //! record before the error reaches the caller, so a record answered with an error never comes
 //! back and later records never sit behind a partial one; if the cut fails, every append is
@@ -18,7 +23,7 @@
 //! A closed position's id outlives the position: the state keeps a bounded tombstone per
 //! closed id ([`State::closed`], [`Journal::closed`]).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -29,7 +34,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::core::engine::Outcome;
 use crate::core::time::Timestamp;
-use crate::limits::{CLOSED_REMEMBERED, CLOSED_TOMBSTONES, MAX_RECORD};
+use crate::limits::{CLOSED_REMEMBERED, CLOSED_TOMBSTONES, JOURNAL_QUEUE, MAX_RECORD};
 
 /// One journal record. Prices and quantities are raw fixed-point units (10⁻⁸).
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -552,6 +557,10 @@ pub enum StoreError {
         /// Why it broke.
         reason: String,
     },
+    /// An intent refused because its position's registration is not in the journal (it failed
+    /// and was taken back) or is another registration of the id: the order is not sent.
+    #[error("store: {0}; the order is not sent")]
+    Orphan(String),
 }
 
 fn io<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
@@ -578,6 +587,7 @@ pub struct FaultPlan {
     fail_write_keep: AtomicU64,
     fail_fsyncs: AtomicU32,
     fail_truncates: AtomicU32,
+    fsync_delay_ns: AtomicU64,
 }
 
 impl FaultPlan {
@@ -602,6 +612,17 @@ impl FaultPlan {
     /// with `EIO`.
     pub fn fail_truncates(&self, n: u32) {
         self.fail_truncates.store(n, Ordering::SeqCst);
+    }
+
+    /// Every fsync of the journal (commit, sync, compaction, rollback) sleeps `delay` first: a
+    /// slow SD card (`--fault fsync-delay@DURATION`). Zero: none.
+    pub fn delay_fsyncs(&self, delay: std::time::Duration) {
+        self.fsync_delay_ns.store(u64::try_from(delay.as_nanos()).unwrap_or(u64::MAX), Ordering::SeqCst);
+    }
+
+    fn fsync_delay(&self) -> Option<std::time::Duration> {
+        let ns = self.fsync_delay_ns.load(Ordering::SeqCst);
+        (ns > 0).then(|| std::time::Duration::from_nanos(ns))
     }
 
     fn on_write(&self) -> Option<u64> {
@@ -669,81 +690,154 @@ impl Recovered {
 
 const JOURNAL: &str = "journal.tg";
 const SNAPSHOT: &str = "snapshot.tg";
-/// Rollbacks remembered for writers still waiting on their fsync (see `Inner::lost`).
-const LOST_RANGES: usize = 64;
 
-struct Inner {
-    file: File,
-    /// Length of the journal's whole records (the file's length, but while `broken`).
-    bytes: u64,
+/// What readers on other threads see of the journal (the engine's `closed`, the control plane's
+/// `state`, `bytes`, `product`): updated by the writer thread after each write, and held only
+/// for a look or an in-memory update, never across a write, an fsync or a compaction's IO.
+struct View {
     state: State,
-    /// Records written so far (the group-commit sequence; never reused).
-    written: u64,
-    /// The last record and journal length known durable (fsynced, or in a fsynced snapshot).
-    durable_seq: u64,
+    /// Length of the journal's whole records.
+    bytes: u64,
+    /// Why the journal refuses appends, while it does.
+    broken: Option<String>,
+}
+
+/// Counters of the writer thread (for metrics and tests).
+#[derive(Debug, Default)]
+pub struct JournalStats {
+    queue_waits: AtomicU64,
+    fsyncs: AtomicU64,
+    groups: AtomicU64,
+    batches: AtomicU64,
+}
+
+impl JournalStats {
+    /// Times a submitter found the writer's queue full ([`JOURNAL_QUEUE`]) and had to wait for
+    /// room (exported as `tickguard_journal_queue_waits_total`).
+    pub fn queue_waits(&self) -> u64 {
+        self.queue_waits.load(Ordering::Relaxed)
+    }
+    /// Commit fsyncs of the journal (one per group of batches).
+    pub fn fsyncs(&self) -> u64 {
+        self.fsyncs.load(Ordering::Relaxed)
+    }
+    /// Groups committed (one write and at most one fsync each).
+    pub fn groups(&self) -> u64 {
+        self.groups.load(Ordering::Relaxed)
+    }
+    /// Batches handed over.
+    pub fn batches(&self) -> u64 {
+        self.batches.load(Ordering::Relaxed)
+    }
+}
+
+/// State shared by the [`Journal`] handle and its writer thread.
+struct Shared {
+    dir: PathBuf,
+    fsync: Fsync,
+    max_bytes: u64,
+    view: Mutex<View>,
+    faults: Mutex<Option<Arc<FaultPlan>>>,
+    stats: JournalStats,
+}
+
+impl Shared {
+    fn view(&self) -> std::sync::MutexGuard<'_, View> {
+        self.view.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+    fn faults(&self) -> Option<Arc<FaultPlan>> {
+        self.faults.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+    fn path(&self) -> PathBuf {
+        self.dir.join(JOURNAL)
+    }
+}
+
+/// Where the answer of a batch goes once it is durable (or failed).
+pub enum Done {
+    /// Nobody waits: a failure is logged by the writer.
+    Nothing,
+    /// An async waiter (the engine's command tasks).
+    Async(tokio::sync::oneshot::Sender<Result<(), StoreError>>),
+    /// An async waiter that wants the error as text (the executor through [`OrderJournal`]).
+    AsyncText(tokio::sync::oneshot::Sender<Result<(), String>>),
+    /// A thread blocked in [`Journal::append_batch`] or [`Journal::sync`].
+    Blocking(std::sync::mpsc::SyncSender<Result<(), StoreError>>),
+}
+
+impl Done {
+    fn fire(self, r: Result<(), StoreError>, records: usize) {
+        match self {
+            Done::Nothing => {
+                if let Err(e) = r {
+                    log::error!("[STORE] event=write_failed records={records} error=\"{e}\"");
+                }
+            }
+            Done::Async(tx) => {
+                let _ = tx.send(r);
+            }
+            Done::AsyncText(tx) => {
+                let _ = tx.send(r.map_err(|e| e.to_string()));
+            }
+            Done::Blocking(tx) => {
+                let _ = tx.try_send(r);
+            }
+        }
+    }
+}
+
+/// One hand-over to the writer thread: records to append in order (all or none), or an explicit
+/// sync (`records` empty, `sync` set).
+struct Job {
+    records: Vec<Record>,
+    sync: bool,
+    /// A sync that is only a barrier: with [`Fsync::Always`] everything committed before it is
+    /// already fsynced, so it needs no fsync of its own (see [`Journal::barrier`]).
+    barrier: bool,
+    /// An order's intent (from [`OrderJournal`]): refused unless its position's registration is
+    /// in the journal (see [`Journal`]). Raw appends of records are not checked.
+    guarded: bool,
+    done: Done,
+}
+
+/// The writer thread's side: the only code that writes, truncates or fsyncs the journal.
+struct Writer {
+    shared: Arc<Shared>,
+    file: File,
+    /// Length of the journal's whole records.
+    bytes: u64,
+    /// Journal length known durable (fsynced, or in a fsynced snapshot).
     durable_bytes: u64,
-    /// Changes whenever the journal's layout changes under a writer waiting for its fsync
-    /// (a rollback to `durable_bytes` or a compaction), so that it never trusts a stale length.
-    epoch: u64,
-    /// Record sequences `(after, upto]` rolled back after a failed fsync: a writer whose record
-    /// is in one gets an error, never a false "durable".
-    lost: VecDeque<(u64, u64)>,
-    /// Highest sequence of the ranges forgotten from `lost` (older writers get an error).
-    lost_forgotten: u64,
     /// Set when a failed append could not be rolled back: every append is refused until a
     /// truncation back to `durable_bytes` succeeds.
     broken: Option<String>,
-    faults: Option<Arc<FaultPlan>>,
 }
 
-impl Inner {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<()> {
-        if let Some(keep) = self.faults.as_ref().and_then(|f| f.on_write()) {
-            let keep = usize::try_from(keep).unwrap_or(usize::MAX).min(buf.len());
-            self.file.write_all(&buf[..keep])?;
-            return Err(std::io::Error::from_raw_os_error(ENOSPC));
-        }
-        self.file.write_all(buf)
-    }
-
-    /// Cuts the journal back to `len` and fsyncs the cut.
-    fn truncate_and_sync(&mut self, len: u64) -> std::io::Result<()> {
-        if self.faults.as_ref().is_some_and(|f| FaultPlan::take(&f.fail_truncates)) {
-            return Err(std::io::Error::from_raw_os_error(EIO));
-        }
-        self.file.set_len(len)?;
-        self.file.sync_all()
-    }
-
-    fn is_lost(&self, seq: u64) -> bool {
-        seq <= self.lost_forgotten || self.lost.iter().any(|&(after, upto)| after < seq && seq <= upto)
-    }
-
-    /// Marks every record written since the last durable point as lost.
-    fn lose_undurable(&mut self) {
-        if self.written > self.durable_seq {
-            if self.lost.len() == LOST_RANGES
-                && let Some((_, upto)) = self.lost.pop_front()
-            {
-                self.lost_forgotten = self.lost_forgotten.max(upto);
-            }
-            self.lost.push_back((self.durable_seq, self.written));
-        }
-        self.epoch += 1;
+fn io_again(e: &std::io::Error) -> std::io::Error {
+    match e.raw_os_error() {
+        Some(code) => std::io::Error::from_raw_os_error(code),
+        None => std::io::Error::new(e.kind(), e.to_string()),
     }
 }
 
 /// The journal of one state directory.
+///
+/// **One writer thread** (`tg-journal`) owns every write, truncation and fsync. Callers hand
+/// batches of records over through a bounded queue ([`JOURNAL_QUEUE`]) with an optional
+/// completion; the writer takes everything queued, writes it in order with **one write and one
+/// fsync** (ordered group commit), then answers every batch. Records reach the file in the order
+/// they were handed over, so a decision handed over before its order's intent precedes it in the
+/// file, and an intent handed over after a registration is durable only if the registration is.
+///
+/// A failed write or fsync fails every batch of its group (none of them is in the journal
+/// afterwards; the file is cut back to its last durable length and the state folded again). An
+/// intent whose position's registration is not in the journal (a registration that failed and
+/// was taken back), or is of another registration (client id of another generation), is
+/// refused: the executor then sends nothing.
 pub struct Journal {
-    dir: PathBuf,
-    fsync: Fsync,
-    max_bytes: u64,
-    inner: Mutex<Inner>,
-    /// Group commit: writers append under `inner`, then take turns here to fsync outside it; one
-    /// fsync covers every record written before it, so concurrent writers (the executor's order
-    /// tasks) share fsyncs.
-    synced: Mutex<()>,
-    sync_file: File,
+    shared: Arc<Shared>,
+    queue: Mutex<Option<std::sync::mpsc::SyncSender<Job>>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {
@@ -771,17 +865,50 @@ fn fold(snap_path: &Path, snapshot: Option<&[u8]>, journal: &[u8]) -> (State, us
 }
 
 /// A `Closed` record as it is written: [`Record::ClosedAt`], stamped with `now`.
-fn stamped(r: &Record, now: u64) -> std::borrow::Cow<'_, Record> {
+fn stamped(r: Record, now: u64) -> Record {
     match r {
-        Record::Closed { id, how } => {
-            std::borrow::Cow::Owned(Record::ClosedAt { id: id.clone(), how: *how, at_unix_ms: now })
-        }
-        _ => std::borrow::Cow::Borrowed(r),
+        Record::Closed { id, how } => Record::ClosedAt { id, how, at_unix_ms: now },
+        r => r,
     }
 }
 
+/// Awaits an answer of the writer thread (a [`Journal::handover`] or an
+/// [`OrderJournal`](crate::bus::orders::OrderJournal) hand-over) without blocking the runtime:
+/// on a blocking-pool thread, not as a plain `rx.await`. Why: a wait for the disk that the
+/// runtime cannot see looks like idleness, and tokio's paused clock (the world simulator runs
+/// the whole wiring under it) would jump past the fsync and fire every timer meanwhile; a
+/// blocking task counts as work, as the inline fsync of the engine did before the writer
+/// thread. The cost is one thread hand-off (tens of µs) per wait; the waiters of one group
+/// are woken together.
+pub async fn settled<T: Send + 'static>(rx: tokio::sync::oneshot::Receiver<T>) -> Option<T> {
+    tokio::task::spawn_blocking(move || rx.blocking_recv().ok()).await.ok().flatten()
+}
+
+/// How long records nobody waits for (a decision, a re-open, a close notice) may stay written
+/// but not fsynced, waiting for an awaited batch to share their fsync: the engine hands a
+/// decision over just before the executor hands over its order's intent (microseconds later),
+/// so a close costs one fsync, not two. Bounded so that they are durable soon anyway.
+const DEFERRED_FSYNC: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// Process-wide fault plan installed into every journal opened from now on (the command line's
+/// `--fault fsync-delay@...`; in-process tests of the whole wiring).
+static ARMED: Mutex<Option<Arc<FaultPlan>>> = Mutex::new(None);
+
+/// Installs `plan` into every journal opened from now on (`None`: none).
+pub fn arm_fault_plan(plan: Option<Arc<FaultPlan>>) {
+    *ARMED.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = plan;
+}
+
+/// `--fault fsync-delay@DURATION`: every fsync of every journal opened from now on sleeps
+/// `delay` first (a slow SD card, reproducibly).
+pub fn arm_fsync_delay(delay: std::time::Duration) {
+    let plan = FaultPlan::new();
+    plan.delay_fsyncs(delay);
+    arm_fault_plan(Some(plan));
+}
+
 impl Journal {
-    /// Opens (creating) the store in `dir` and recovers its state.
+    /// Opens (creating) the store in `dir`, recovers its state and starts its writer thread.
     pub fn open(dir: &Path, fsync: Fsync, max_bytes: u64) -> Result<(Journal, Recovered), StoreError> {
         std::fs::create_dir_all(dir).map_err(io(dir, "create directory"))?;
         let mut rec = Recovered::default();
@@ -811,46 +938,107 @@ impl Journal {
             rec.dropped = Some((good as u64, dropped));
         }
         drop(bytes);
-        let sync_file = file.try_clone().map_err(io(&jpath, "duplicate handle"))?;
-        let journal = Journal {
+        let armed = ARMED.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),
             fsync,
             max_bytes: max_bytes.max(4096),
-            inner: Mutex::new(Inner {
-                file,
-                bytes: good as u64,
-                state: rec.state.clone(),
-                written: 0,
-                durable_seq: 0,
-                durable_bytes: good as u64,
-                epoch: 0,
-                lost: VecDeque::new(),
-                lost_forgotten: 0,
-                broken: None,
-                faults: None,
-            }),
-            synced: Mutex::new(()),
-            sync_file,
+            view: Mutex::new(View { state: rec.state.clone(), bytes: good as u64, broken: None }),
+            faults: Mutex::new(armed),
+            stats: JournalStats::default(),
+        });
+        let writer = Writer {
+            shared: shared.clone(),
+            file,
+            bytes: good as u64,
+            durable_bytes: good as u64,
+            broken: None,
         };
+        let (tx, rx) = std::sync::mpsc::sync_channel(JOURNAL_QUEUE);
+        let thread = std::thread::Builder::new()
+            .name("tg-journal".into())
+            .spawn(move || writer.run(rx))
+            .map_err(io(dir, "start the journal writer thread"))?;
+        let journal = Journal { shared, queue: Mutex::new(Some(tx)), thread: Mutex::new(Some(thread)) };
         Ok((journal, rec))
     }
 
     /// Installs a [`FaultPlan`] (failure tests).
     pub fn set_faults(&self, plan: Arc<FaultPlan>) {
-        self.lock().faults = Some(plan);
+        *self.shared.faults.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(plan);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    /// The writer thread's counters.
+    pub fn stats(&self) -> &JournalStats {
+        &self.shared.stats
     }
 
     fn path(&self) -> PathBuf {
-        self.dir.join(JOURNAL)
+        self.shared.path()
+    }
+
+    fn enqueue(&self, job: Job) {
+        use std::sync::mpsc::TrySendError;
+        let tx = self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let Some(tx) = tx else {
+            return job.done.fire(Err(self.stopped()), job.records.len());
+        };
+        self.shared.stats.batches.fetch_add(1, Ordering::Relaxed);
+        let job = match tx.try_send(job) {
+            Ok(()) => return,
+            Err(TrySendError::Full(job)) => job,
+            Err(TrySendError::Disconnected(job)) => {
+                return job.done.fire(Err(self.stopped()), job.records.len());
+            }
+        };
+        // The queue is full: wait for room (back-pressure, never a dropped record). Counted: a
+        // wait here is a stall of the submitter (the engine, an order task) on the disk.
+        self.shared.stats.queue_waits.fetch_add(1, Ordering::Relaxed);
+        log::warn!(
+            "[STORE] event=journal_queue_full capacity={JOURNAL_QUEUE} (the submitter waits for the disk)"
+        );
+        if let Err(std::sync::mpsc::SendError(job)) = tx.send(job) {
+            job.done.fire(Err(self.stopped()), job.records.len());
+        }
+    }
+
+    fn stopped(&self) -> StoreError {
+        StoreError::Io {
+            path: self.path().display().to_string(),
+            op: "hand over",
+            source: std::io::Error::other("the journal writer thread stopped"),
+        }
+    }
+
+    /// Hands `records` over to the writer thread without waiting: they are appended in order, all
+    /// or none, after everything handed over before them; `done` is answered once they are
+    /// durable (per [`Fsync`]) or failed. Waits only while the queue is full (counted in
+    /// [`JournalStats::queue_waits`]).
+    pub fn submit(&self, records: Vec<Record>, done: Done) {
+        if records.is_empty() {
+            return done.fire(Ok(()), 0);
+        }
+        self.enqueue(Job { records, sync: false, barrier: false, guarded: false, done });
+    }
+
+    /// [`Journal::submit`] with a completion to await.
+    pub fn handover(&self, records: Vec<Record>) -> tokio::sync::oneshot::Receiver<Result<(), StoreError>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.submit(records, Done::Async(tx));
+        rx
+    }
+
+    fn wait(&self, records: Vec<Record>, sync: bool, barrier: bool) -> Result<(), StoreError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.enqueue(Job { records, sync, barrier, guarded: false, done: Done::Blocking(tx) });
+        rx.recv().unwrap_or_else(|_| Err(self.stopped()))
     }
 
     /// Appends a record (durable on return with `Fsync::Always`), compacting when the journal
     /// has grown past its limit. A `Closed` record is written as [`Record::ClosedAt`] stamped
-    /// with the wall clock.
+    /// with the wall clock. Blocks the calling thread until the writer thread has answered:
+    /// for threads that may wait on the disk (tests, the control plane's own threads), never
+    /// the engine.
     ///
     /// On an error nothing of the record is left in the journal: a write that failed midway is
     /// cut back to the last whole record (so later records never sit behind a partial one), and
@@ -867,282 +1055,443 @@ impl Journal {
         if records.is_empty() {
             return Ok(());
         }
-        let now = unix_ms();
-        let records: Vec<std::borrow::Cow<'_, Record>> = records.iter().map(|r| stamped(r, now)).collect();
-        let mut framed = Vec::new();
-        for r in &records {
-            let payload = postcard::to_stdvec(r.as_ref()).map_err(|e| StoreError::Encode(e.to_string()))?;
-            framed.extend_from_slice(&frame(&payload));
+        self.wait(records.to_vec(), false, false)
+    }
+
+    /// Journal size in bytes (for metrics).
+    pub fn bytes(&self) -> u64 {
+        self.shared.view().bytes
+    }
+
+    /// A copy of the folded state (every record written, including those whose fsync is still
+    /// under way).
+    pub fn state(&self) -> State {
+        self.shared.view().state.clone()
+    }
+
+    /// How and when `id` closed, if a position with this id ever closed (and the close is among
+    /// the last [`CLOSED_TOMBSTONES`]). Current while running: every written `Closed` /
+    /// `ClosedAt` record updates it, a new registration of the id clears it.
+    pub fn closed(&self, id: &str) -> Option<ClosedInfo> {
+        self.shared.view().state.closed(id)
+    }
+
+    /// The broker product journaled for `id` ([`Record::Product`]).
+    pub fn product(&self, id: &str) -> Option<String> {
+        self.shared.view().state.positions.get(id).and_then(|p| p.product.clone())
+    }
+
+    /// Why the journal refuses appends, while it does (see [`StoreError::Broken`]).
+    pub fn broken(&self) -> Option<String> {
+        self.shared.view().broken.clone()
+    }
+
+    /// Flushes everything to disk through the writer thread (graceful stop; the control plane's
+    /// store probe). A broken journal is repaired first, or this fails. Blocks the caller.
+    pub fn sync(&self) -> Result<(), StoreError> {
+        self.wait(Vec::new(), true, false)
+    }
+
+    /// Returns once everything handed over before it is durable: with [`Fsync::Always`] that
+    /// needs no fsync of its own (every batch is answered after its group's fsync, and batches
+    /// are committed in order), with [`Fsync::Never`] it fsyncs. A broken journal is repaired
+    /// first, or this fails. Blocks the caller (the API's barrier after a command).
+    pub fn barrier(&self) -> Result<(), StoreError> {
+        self.wait(Vec::new(), true, true)
+    }
+}
+
+impl Drop for Journal {
+    /// Closes the queue and waits for the writer thread to finish what was handed over.
+    fn drop(&mut self) {
+        drop(self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take());
+        if let Some(t) = self.thread.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
+            let _ = t.join();
         }
-        let jpath = self.path();
-        let seq = {
-            let mut g = self.lock();
-            if g.broken.is_some() {
-                self.repair(&mut g)?;
-            }
-            let start = g.bytes;
-            if let Err(e) = g.write(&framed) {
-                // The write may have put part of the batch in the file: cut it back to the last
-                // whole record, or recovery would stop at the partial one and drop every record
-                // written after it. The state is untouched: nothing of the batch was applied.
-                let why = e.to_string();
-                match g.truncate_and_sync(start) {
-                    Ok(()) => log::error!(
-                        "[STORE] event=append_rolled_back file={} offset={start} records={} error=\"{why}\" (nothing of it is in the journal; the caller is told it failed)",
-                        jpath.display(),
-                        records.len()
-                    ),
-                    Err(e2) => self.break_journal(
-                        &mut g,
-                        format!("append failed ({why}) and cutting it back failed ({e2})"),
-                    ),
+    }
+}
+
+/// A refused intent (see [`Journal`]): the position's registration is not in the journal.
+fn orphan_intent(state: &State, pending: &BTreeMap<String, u32>, r: &Record) -> Option<String> {
+    let Record::Intent { id, client_id, attempt, .. } = r else { return None };
+    let generation =
+        pending.get(id).copied().or_else(|| match state.positions.get(id).map(|p| &p.registered) {
+            Some(Record::Registered { generation, .. }) => Some(*generation),
+            _ => None,
+        });
+    match generation {
+        None => {
+            Some(format!("intent {client_id} for position {id}, whose registration is not in the journal"))
+        }
+        Some(g) if crate::core::engine::client_id(g, id, *attempt).as_str() != client_id => Some(format!(
+            "intent {client_id} is not of position {id}'s registration in the journal (generation {g})"
+        )),
+        Some(_) => None,
+    }
+}
+
+impl Writer {
+    fn run(mut self, rx: std::sync::mpsc::Receiver<Job>) {
+        use std::sync::mpsc::RecvTimeoutError;
+        let mut group: Vec<Job> = Vec::with_capacity(JOURNAL_QUEUE);
+        loop {
+            let first = if self.durable_bytes != self.bytes {
+                // Records nobody waits for (a decision) are written but not fsynced yet: the
+                // batch that usually follows at once (the order's intent, awaited) shares their
+                // fsync. If none comes within `DEFERRED_FSYNC`, they are fsynced alone.
+                match rx.recv_timeout(DEFERRED_FSYNC) {
+                    Ok(job) => job,
+                    Err(RecvTimeoutError::Timeout) => {
+                        self.flush();
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => {
+                        self.flush();
+                        break;
+                    }
                 }
-                return Err(StoreError::Io { path: jpath.display().to_string(), op: "append", source: e });
+            } else {
+                match rx.recv() {
+                    Ok(job) => job,
+                    Err(_) => break,
+                }
+            };
+            group.push(first);
+            // Everything queued meanwhile joins this group (ordered group commit).
+            while group.len() < JOURNAL_QUEUE {
+                match rx.try_recv() {
+                    Ok(job) => group.push(job),
+                    Err(_) => break,
+                }
             }
-            g.bytes += framed.len() as u64;
-            for r in &records {
-                g.state.apply(r);
+            self.commit(&mut group);
+        }
+    }
+
+    /// Fsyncs records written without a waiter (see [`DEFERRED_FSYNC`]); on a failure they are
+    /// cut away like any record not yet durable.
+    fn flush(&mut self) {
+        if self.durable_bytes == self.bytes || self.shared.fsync == Fsync::Never {
+            return;
+        }
+        self.shared.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
+        match self.commit_fsync() {
+            Ok(()) => self.durable_bytes = self.bytes,
+            Err(e) => self.roll_back_to_durable(&format!("fsync failed ({e})"), 0),
+        }
+    }
+
+    /// The commit fsync (with the injected failure and delay, if any).
+    fn commit_fsync(&self) -> std::io::Result<()> {
+        let faults = self.shared.faults();
+        if faults.as_ref().is_some_and(|f| FaultPlan::take(&f.fail_fsyncs)) {
+            Self::delay(&faults);
+            return Err(std::io::Error::from_raw_os_error(EIO));
+        }
+        self.sync_journal(false)
+    }
+
+    fn err(&self, op: &'static str, e: &std::io::Error) -> StoreError {
+        StoreError::Io { path: self.shared.path().display().to_string(), op, source: io_again(e) }
+    }
+
+    fn broken_err(&self) -> StoreError {
+        StoreError::Broken {
+            path: self.shared.path().display().to_string(),
+            reason: self.broken.clone().unwrap_or_default(),
+        }
+    }
+
+    /// Fails every job of `jobs` with an error made by `err`.
+    fn fail(jobs: Vec<(Job, usize)>, err: impl Fn() -> StoreError) {
+        for (job, n) in jobs {
+            job.done.fire(Err(err()), n);
+        }
+    }
+
+    /// One group: one write, one fsync, then every batch answered.
+    fn commit(&mut self, group: &mut Vec<Job>) {
+        self.shared.stats.groups.fetch_add(1, Ordering::Relaxed);
+        let always = self.shared.fsync == Fsync::Always;
+        let wants_sync = group.iter().any(|j| j.sync && !(j.barrier && always));
+        if self.broken.is_some() {
+            if let Err(e) = self.repair() {
+                let jobs: Vec<(Job, usize)> = group.drain(..).map(|j| (j, 0)).collect();
+                let reason = e.to_string();
+                return Self::fail(jobs, || StoreError::Broken {
+                    path: self.shared.path().display().to_string(),
+                    reason: reason.clone(),
+                });
             }
-            g.written += records.len() as u64;
-            if self.fsync == Fsync::Never {
+        }
+        // Encode every batch; refuse the intents of positions the journal does not hold.
+        let now = unix_ms();
+        let mut framed = Vec::new();
+        let mut accepted: Vec<(Job, usize)> = Vec::with_capacity(group.len());
+        let mut applied: Vec<Record> = Vec::new();
+        {
+            let view = self.shared.view();
+            let mut pending: BTreeMap<String, u32> = BTreeMap::new();
+            for mut job in group.drain(..) {
+                let records: Vec<Record> =
+                    std::mem::take(&mut job.records).into_iter().map(|r| stamped(r, now)).collect();
+                let n = records.len();
+                let mut bytes = Vec::new();
+                let mut refused = None;
+                for r in &records {
+                    if let Some(why) = job.guarded.then(|| orphan_intent(&view.state, &pending, r)).flatten()
+                    {
+                        refused = Some(StoreError::Orphan(why));
+                        break;
+                    }
+                    match postcard::to_stdvec(r) {
+                        Ok(p) => bytes.extend_from_slice(&frame(&p)),
+                        Err(e) => {
+                            refused = Some(StoreError::Encode(e.to_string()));
+                            break;
+                        }
+                    }
+                }
+                if let Some(e) = refused {
+                    log::error!("[STORE] event=batch_refused records={n} error=\"{e}\"");
+                    job.done.fire(Err(e), n);
+                    continue;
+                }
+                for r in &records {
+                    if let Record::Registered { id, generation, .. } = r {
+                        pending.insert(id.clone(), *generation);
+                    }
+                }
+                framed.extend_from_slice(&bytes);
+                applied.extend(records);
+                accepted.push((job, n));
+            }
+        }
+        let jpath = self.shared.path();
+        if !framed.is_empty() {
+            let start = self.bytes;
+            if let Err(e) = self.write(&framed) {
+                // The write may have put part of the group in the file: cut it back to the last
+                // whole record, or recovery would stop at the partial one and drop every record
+                // written after it. The state is untouched: nothing of the group was applied.
+                let why = e.to_string();
+                match self.truncate_and_sync(start) {
+                    Ok(()) => log::error!(
+                        "[STORE] event=append_rolled_back file={} offset={start} records={} error=\"{why}\" (nothing of it is in the journal; the callers are told it failed)",
+                        jpath.display(),
+                        applied.len()
+                    ),
+                    Err(e2) => {
+                        self.break_journal(format!("append failed ({why}) and cutting it back failed ({e2})"))
+                    }
+                }
+                return Self::fail(accepted, || self.err("append", &e));
+            }
+            self.bytes += framed.len() as u64;
+            {
+                let mut view = self.shared.view();
+                for r in &applied {
+                    view.state.apply(r);
+                }
+                view.bytes = self.bytes;
+            }
+            if self.shared.fsync == Fsync::Never {
                 // Nothing more is promised without fsync: written is as durable as it gets.
-                g.durable_seq = g.written;
-                g.durable_bytes = g.bytes;
+                self.durable_bytes = self.bytes;
             }
-            if g.bytes > self.max_bytes {
+            if self.bytes > self.shared.max_bytes {
                 // The snapshot is fsynced before the journal is truncated: everything written
                 // so far is durable after this. A compaction that fails leaves the journal whole
-                // (the records are still in it, and this append goes on to its fsync): it is only
-                // retried on the next append, never an error for this one.
-                if let Err(e) = self.compact(&mut g) {
+                // (the records are still in it, and this group goes on to its fsync): it is only
+                // retried on the next group, never an error for this one.
+                if let Err(e) = self.compact() {
                     log::error!(
                         "[STORE] event=compaction_failed error=\"{e}\" (the journal keeps every record; retried on the next append)"
                     );
                 }
             }
-            g.written
-        };
-        if self.fsync == Fsync::Always {
-            self.sync_upto(seq)?;
         }
-        Ok(())
-    }
-
-    /// Makes every record up to `seq` durable, sharing one fsync among concurrent writers.
-    ///
-    /// A failed fsync rolls the journal back to its last durable length and fails every writer
-    /// whose record was not yet durable. Why not keep the records and only report the error: on
-    /// Linux a failed fsync may have dropped the dirty pages while a later fsync succeeds, so the
-    /// records are neither known durable nor known absent. The caller was told "not durable"
-    /// (503, the engine rolled back, the order not sent); a record kept in the file could still
-    /// reach the disk and come back at the next start — a registration the bot was told failed
-    /// (and re-sent under a new id: two positions, two sells), or a close the engine undid.
-    /// Cutting them away makes the journal say exactly what was acknowledged.
-    fn sync_upto(&self, seq: u64) -> Result<(), StoreError> {
-        let _turn = self.synced.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        // One round settles it (see `fate`); the bound is only a guard.
-        for _ in 0..3 {
-            if let Some(r) = self.sync_round(seq) {
-                return r;
-            }
-        }
-        Err(StoreError::Io {
-            path: self.path().display().to_string(),
-            op: "fsync",
-            source: std::io::Error::other("the record is not known durable"),
-        })
-    }
-
-    /// One fsync for record `seq` (under the `synced` turn): its fate if settled.
-    fn sync_round(&self, seq: u64) -> Option<Result<(), StoreError>> {
-        let jpath = self.path();
-        let (epoch, target, target_bytes, faults) = {
-            let g = self.lock();
-            if let Some(r) = self.fate(&g, seq) {
-                return Some(r);
-            }
-            (g.epoch, g.written, g.bytes, g.faults.clone())
-        };
-        let res = if faults.is_some_and(|f| FaultPlan::take(&f.fail_fsyncs)) {
-            Err(std::io::Error::from_raw_os_error(EIO))
-        } else {
-            self.sync_file.sync_data()
-        };
-        let mut g = self.lock();
-        match res {
-            Ok(()) => {
-                if g.epoch == epoch && g.broken.is_none() {
-                    g.durable_seq = g.durable_seq.max(target);
-                    g.durable_bytes = target_bytes;
+        let mut sync_result: Result<(), StoreError> = Ok(());
+        // Someone waits for this group (a reply, an intent, an outcome, a sync): fsync now.
+        // Otherwise (only notices) the fsync is deferred to the next group or `DEFERRED_FSYNC`.
+        let awaited = accepted.iter().any(|(j, _)| j.sync || !matches!(j.done, Done::Nothing));
+        if self.durable_bytes != self.bytes && awaited {
+            // One fsync for the whole group (and any deferred records before it).
+            self.shared.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
+            match self.commit_fsync() {
+                Ok(()) => self.durable_bytes = self.bytes,
+                Err(e) => {
+                    // Why not keep the records and only report the error: on Linux a failed
+                    // fsync may have dropped the dirty pages while a later fsync succeeds, so
+                    // the records are neither known durable nor known absent. Their callers are
+                    // told "not durable" (503, the engine takes the change back, the order is not
+                    // sent); a record kept in the file could still reach the disk and come back
+                    // at the next start. Cutting them away makes the journal say exactly what
+                    // was acknowledged.
+                    let why = format!("fsync failed ({e})");
+                    self.roll_back_to_durable(&why, applied.len());
+                    return Self::fail(accepted, || self.err("fsync", &e));
                 }
             }
-            Err(e) => {
-                let why = format!("fsync failed ({e})");
-                self.roll_back_to_durable(&mut g, &why);
-                if g.is_lost(seq) {
-                    return Some(Err(StoreError::Io {
-                        path: jpath.display().to_string(),
-                        op: "fsync",
-                        source: e,
-                    }));
-                }
-            }
+        } else if wants_sync && self.durable_bytes == self.bytes {
+            // An explicit sync (graceful stop, the store probe) with nothing new to commit.
+            sync_result = self.sync_journal(true).map_err(|e| self.err("fsync", &e));
         }
-        self.fate(&g, seq)
+        for (job, n) in accepted {
+            let r = if job.sync {
+                match &sync_result {
+                    Ok(()) => Ok(()),
+                    Err(e) => Err(match e {
+                        StoreError::Io { source, .. } => self.err("fsync", source),
+                        _ => self.broken_err(),
+                    }),
+                }
+            } else {
+                Ok(())
+            };
+            job.done.fire(r, n);
+        }
     }
 
-    /// What became of record `seq`, if that is settled: durable, rolled back, or the journal is
-    /// broken.
-    fn fate(&self, g: &Inner, seq: u64) -> Option<Result<(), StoreError>> {
-        if g.is_lost(seq) {
-            return Some(Err(StoreError::Io {
-                path: self.path().display().to_string(),
-                op: "fsync",
-                source: std::io::Error::other("rolled back after a failed fsync"),
-            }));
+    fn delay(faults: &Option<Arc<FaultPlan>>) {
+        if let Some(d) = faults.as_ref().and_then(|f| f.fsync_delay()) {
+            std::thread::sleep(d);
         }
-        if g.durable_seq >= seq {
-            return Some(Ok(()));
+    }
+
+    /// Fsyncs the journal (after the injected delay, if any).
+    fn sync_journal(&self, all: bool) -> std::io::Result<()> {
+        Self::delay(&self.shared.faults());
+        if all { self.file.sync_all() } else { self.file.sync_data() }
+    }
+
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        if let Some(keep) = self.shared.faults().and_then(|f| f.on_write()) {
+            let keep = usize::try_from(keep).unwrap_or(usize::MAX).min(buf.len());
+            self.file.write_all(&buf[..keep])?;
+            return Err(std::io::Error::from_raw_os_error(ENOSPC));
         }
-        g.broken.as_ref().map(|reason| {
-            Err(StoreError::Broken { path: self.path().display().to_string(), reason: reason.clone() })
-        })
+        self.file.write_all(buf)
+    }
+
+    /// Cuts the journal back to `len` and fsyncs the cut.
+    fn truncate_and_sync(&mut self, len: u64) -> std::io::Result<()> {
+        let faults = self.shared.faults();
+        if faults.as_ref().is_some_and(|f| FaultPlan::take(&f.fail_truncates)) {
+            return Err(std::io::Error::from_raw_os_error(EIO));
+        }
+        self.file.set_len(len)?;
+        Self::delay(&faults);
+        self.file.sync_all()
     }
 
     /// After a failed fsync: every record not yet durable is lost; cut the journal back to the
     /// durable length and fold the state again from disk.
-    fn roll_back_to_durable(&self, g: &mut Inner, why: &str) {
-        let lost = g.written - g.durable_seq;
-        g.lose_undurable();
-        let to = g.durable_bytes;
-        match g.truncate_and_sync(to).map_err(|e| e.to_string()).and_then(|()| self.refold(g, to)) {
+    fn roll_back_to_durable(&mut self, why: &str, lost: usize) {
+        let to = self.durable_bytes;
+        match self.truncate_and_sync(to).map_err(|e| e.to_string()).and_then(|()| self.refold(to)) {
             Ok(()) => log::error!(
                 "[STORE] event=append_rolled_back file={} offset={to} records={lost} error=\"{why}\" (records not yet durable are cut away; their callers are told they failed)",
-                self.path().display()
+                self.shared.path().display()
             ),
-            Err(e) => self.break_journal(g, format!("{why} and cutting the journal back failed ({e})")),
+            Err(e) => self.break_journal(format!("{why} and cutting the journal back failed ({e})")),
         }
     }
 
     /// The journal may end in a partial record: refuse every append until it is repaired.
-    fn break_journal(&self, g: &mut Inner, reason: String) {
-        g.lose_undurable();
-        g.bytes = g.durable_bytes;
+    fn break_journal(&mut self, reason: String) {
+        self.bytes = self.durable_bytes;
         log::error!(
             "[STORE] event=journal_broken file={} offset={} error=\"{reason}\" (every append is refused until the journal is cut back to offset; retried on each append)",
-            self.path().display(),
-            g.durable_bytes
+            self.shared.path().display(),
+            self.durable_bytes
         );
-        g.broken = Some(reason);
+        let mut view = self.shared.view();
+        view.bytes = self.bytes;
+        view.broken = Some(reason.clone());
+        drop(view);
+        self.broken = Some(reason);
     }
 
     /// Cuts the journal back to its last durable length and folds the state again from disk.
-    fn repair(&self, g: &mut Inner) -> Result<(), StoreError> {
-        let to = g.durable_bytes;
-        let res = g.truncate_and_sync(to).map_err(|e| e.to_string()).and_then(|()| self.refold(g, to));
+    fn repair(&mut self) -> Result<(), StoreError> {
+        let to = self.durable_bytes;
+        let res = self.truncate_and_sync(to).map_err(|e| e.to_string()).and_then(|()| self.refold(to));
         match res {
             Ok(()) => {
                 log::warn!(
                     "[STORE] event=journal_repaired file={} offset={} (appends are accepted again)",
-                    self.path().display(),
-                    g.bytes
+                    self.shared.path().display(),
+                    self.bytes
                 );
-                g.broken = None;
+                self.broken = None;
+                self.shared.view().broken = None;
                 Ok(())
             }
             Err(e) => Err(StoreError::Broken {
-                path: self.path().display().to_string(),
-                reason: format!("{}; repair failed: {e}", g.broken.clone().unwrap_or_default()),
+                path: self.shared.path().display().to_string(),
+                reason: format!("{}; repair failed: {e}", self.broken.clone().unwrap_or_default()),
             }),
         }
     }
 
     /// Folds the snapshot and the first `len` bytes of the journal into the state, as recovery
     /// would: the in-memory state never keeps a record the journal lost.
-    fn refold(&self, g: &mut Inner, len: u64) -> Result<(), String> {
-        let snap = self.dir.join(SNAPSHOT);
+    fn refold(&mut self, len: u64) -> Result<(), String> {
+        let snap = self.shared.dir.join(SNAPSHOT);
         let snapshot = match std::fs::read(&snap) {
             Ok(b) => Some(b),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(format!("read snapshot: {e}")),
         };
         let mut bytes = Vec::new();
-        File::open(self.path())
+        File::open(self.shared.path())
             .and_then(|f| f.take(len).read_to_end(&mut bytes))
             .map_err(|e| format!("read journal: {e}"))?;
         let (state, _, good) = fold(&snap, snapshot.as_deref(), &bytes);
         if good as u64 != len {
             return Err(format!("journal holds {good} bytes of whole records, expected {len}"));
         }
-        g.state = state;
-        g.bytes = len;
-        g.durable_bytes = len;
+        self.bytes = len;
+        self.durable_bytes = len;
+        let mut view = self.shared.view();
+        view.state = state;
+        view.bytes = len;
         Ok(())
     }
 
-    /// Journal size in bytes (for metrics).
-    pub fn bytes(&self) -> u64 {
-        self.inner.lock().map(|g| g.bytes).unwrap_or(0)
-    }
-
-    /// A copy of the folded state.
-    pub fn state(&self) -> State {
-        self.inner.lock().map(|g| g.state.clone()).unwrap_or_default()
-    }
-
-    /// How and when `id` closed, if a position with this id ever closed (and the close is among
-    /// the last [`CLOSED_TOMBSTONES`]). Current while running: every appended `Closed` /
-    /// `ClosedAt` record updates it, a new registration of the id clears it.
-    pub fn closed(&self, id: &str) -> Option<ClosedInfo> {
-        self.lock().state.closed(id)
-    }
-
-    /// The broker product journaled for `id` ([`Record::Product`]).
-    pub fn product(&self, id: &str) -> Option<String> {
-        self.lock().state.positions.get(id).and_then(|p| p.product.clone())
-    }
-
-    /// Why the journal refuses appends, while it does (see [`StoreError::Broken`]).
-    pub fn broken(&self) -> Option<String> {
-        self.lock().broken.clone()
-    }
-
-    /// Flushes everything to disk (graceful stop; the control plane's store probe). A broken
-    /// journal is repaired first, or this fails.
-    pub fn sync(&self) -> Result<(), StoreError> {
-        let mut g = self.lock();
-        if g.broken.is_some() {
-            self.repair(&mut g)?;
-        }
-        g.file.sync_all().map_err(io(&self.path(), "fsync"))
-    }
-
-    fn compact(&self, g: &mut Inner) -> Result<(), StoreError> {
-        g.state.prune();
-        let payload = postcard::to_stdvec(&g.state).map_err(|e| StoreError::Encode(e.to_string()))?;
-        let tmp = self.dir.join("snapshot.tmp");
-        let snap = self.dir.join(SNAPSHOT);
+    /// Writes the folded state as a snapshot and empties the journal. The view is locked only
+    /// to prune and encode the state, never across the snapshot's IO.
+    fn compact(&mut self) -> Result<(), StoreError> {
+        let (payload, positions, closed_ids) = {
+            let mut view = self.shared.view();
+            view.state.prune();
+            let payload = postcard::to_stdvec(&view.state).map_err(|e| StoreError::Encode(e.to_string()))?;
+            (payload, view.state.positions.len(), view.state.tombstones.len())
+        };
+        let dir = self.shared.dir.clone();
+        let tmp = dir.join("snapshot.tmp");
+        let snap = dir.join(SNAPSHOT);
         {
             let mut f = File::create(&tmp).map_err(io(&tmp, "create snapshot"))?;
             f.write_all(&frame_snapshot(&payload)).map_err(io(&tmp, "write snapshot"))?;
+            Self::delay(&self.shared.faults());
             f.sync_all().map_err(io(&tmp, "fsync snapshot"))?;
         }
         std::fs::rename(&tmp, &snap).map_err(io(&snap, "rename snapshot"))?;
-        sync_dir(&self.dir)?;
+        sync_dir(&dir)?;
         // Everything written so far is in the fsynced snapshot: durable, whatever happens to
         // the journal's truncation below (a journal left whole replays over it harmlessly).
-        g.durable_seq = g.written;
-        let jpath = self.path();
-        g.file.set_len(0).map_err(io(&jpath, "truncate journal"))?;
-        g.bytes = 0;
-        g.durable_bytes = 0;
-        g.epoch += 1;
-        g.file.sync_all().map_err(io(&jpath, "fsync journal"))?;
+        self.durable_bytes = self.bytes;
+        let jpath = self.shared.path();
+        self.file.set_len(0).map_err(io(&jpath, "truncate journal"))?;
+        self.bytes = 0;
+        self.durable_bytes = 0;
+        self.shared.view().bytes = 0;
+        self.sync_journal(true).map_err(io(&jpath, "fsync journal"))?;
         log::info!(
-            "[STORE] event=compacted snapshot_bytes={} positions={} closed_ids={}",
-            payload.len(),
-            g.state.positions.len(),
-            g.state.tombstones.len()
+            "[STORE] event=compacted snapshot_bytes={} positions={positions} closed_ids={closed_ids}",
+            payload.len()
         );
         Ok(())
     }
@@ -1247,7 +1596,7 @@ mod legacy {
 /// Wall-clock milliseconds since the Unix epoch (journal timestamps only; decisions never use
 /// the wall clock).
 pub fn unix_ms() -> u64 {
-    crate::runtime::clock::wall_now()
+    crate::bus::clock::wall_now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
@@ -1463,22 +1812,63 @@ pub fn restored(p: &PositionState) -> Option<Restored> {
     Some(Restored { spec, generation: *generation, filled, exit_notional, attempts, decision, phase })
 }
 
-impl crate::broker::OrderJournal for Journal {
-    fn intent(&self, order: &crate::broker::CloseOrder, _sent_at: Timestamp) -> Result<(), String> {
-        self.append(&Record::Intent {
-            id: order.pos_id.to_string(),
-            client_id: order.client_id.to_string(),
-            attempt: order.attempt,
-            qty: order.qty.units(),
-            sent_unix_ms: unix_ms(),
-        })
-        .map_err(|e| e.to_string())
+fn intent_record(order: &crate::bus::orders::CloseOrder) -> Record {
+    Record::Intent {
+        id: order.pos_id.to_string(),
+        client_id: order.client_id.to_string(),
+        attempt: order.attempt,
+        qty: order.qty.units(),
+        sent_unix_ms: unix_ms(),
+    }
+}
+
+impl crate::bus::orders::OrderJournal for Journal {
+    fn intent(&self, order: &crate::bus::orders::CloseOrder, _sent_at: Timestamp) -> Result<(), String> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.enqueue(Job {
+            records: vec![intent_record(order)],
+            sync: false,
+            barrier: false,
+            guarded: true,
+            done: Done::Blocking(tx),
+        });
+        rx.recv().unwrap_or_else(|_| Err(self.stopped())).map_err(|e| e.to_string())
     }
     fn outcome(&self, pos_id: &str, client_id: &str, outcome: &Outcome) -> Result<(), String> {
         match Record::outcome(pos_id, client_id, outcome) {
             Some(r) => self.append(&r).map_err(|e| e.to_string()),
             None => Ok(()),
         }
+    }
+    fn intent_handover(
+        &self,
+        order: &crate::bus::orders::CloseOrder,
+        _sent_at: Timestamp,
+    ) -> tokio::sync::oneshot::Receiver<Result<(), String>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.enqueue(Job {
+            records: vec![intent_record(order)],
+            sync: false,
+            barrier: false,
+            guarded: true,
+            done: Done::AsyncText(tx),
+        });
+        rx
+    }
+    fn outcome_handover(
+        &self,
+        pos_id: &str,
+        client_id: &str,
+        outcome: &Outcome,
+    ) -> tokio::sync::oneshot::Receiver<Result<(), String>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        match Record::outcome(pos_id, client_id, outcome) {
+            Some(r) => self.submit(vec![r], Done::AsyncText(tx)),
+            None => {
+                let _ = tx.send(Ok(()));
+            }
+        }
+        rx
     }
 }
 

@@ -48,6 +48,18 @@ impl Clock {
     }
 }
 
+/// The monotonic clock as tokio sees it: deadlines and ages of tasks on a runtime (paused and
+/// advanced by tests that start the runtime paused).
+pub fn mono() -> Instant {
+    Instant::now()
+}
+
+/// The operating system's monotonic clock, for threads outside any runtime (the API server's
+/// connection deadlines, the notification threads, the journal writer).
+pub fn mono_std() -> std::time::Instant {
+    std::time::Instant::now()
+}
+
 /// Test step of the wall clock, ms (see [`step_wall`]).
 static WALL_OFFSET_MS: AtomicI64 = AtomicI64::new(0);
 

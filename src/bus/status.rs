@@ -1,13 +1,11 @@
 //! Shared, lock-free status of the edges for the control plane, metrics and the indicator.
 //! The engine's own state is read through [`super::EngineHandle::inspect`]; this holds what
-//! lives outside the engine.
+//! lives outside the engine. The feed and the resolver are seen through [`FeedProbe`] and
+//! [`DnsProbe`]: the bus knows neither edge, the edges implement the probes.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
-
-use crate::feed::session::FeedShared;
-use crate::net::dns::Resolver;
 
 /// Upper bounds (µs) of the tick-to-action latency histogram buckets.
 pub const LATENCY_BUCKETS_US: [u64; 12] =
@@ -59,9 +57,9 @@ impl Histogram {
 #[derive(Default)]
 pub struct Status {
     /// The live feed's state, when the venue is a real one.
-    pub feed: OnceLock<Arc<FeedShared>>,
+    pub feed: OnceLock<Arc<dyn FeedProbe>>,
     /// The resolver, when the venue is a real one.
-    pub resolver: OnceLock<Arc<Resolver>>,
+    pub resolver: OnceLock<Arc<dyn DnsProbe>>,
     /// Frame received → close order emitted.
     pub tick_to_action: Histogram,
     /// Turns of the engine loop (the watchdog and the LED heartbeat follow it).
@@ -81,4 +79,60 @@ pub struct RestStats {
     pub errors: AtomicU64,
     /// True while the poller's circuit breaker holds requests back.
     pub breaker_open: AtomicBool,
+}
+
+/// A snapshot of the live feed's counters (see `feed::session::FeedShared`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FeedStats {
+    /// True while a session is up and subscribed.
+    pub live: bool,
+    /// Reconnect attempts since start.
+    pub reconnects: u64,
+    /// Current run of failed attempts.
+    pub attempts: u64,
+    /// Connection and protocol errors since start.
+    pub network_errors: u64,
+    /// Frames received.
+    pub frames: u64,
+    /// Price updates handed to the engine.
+    pub ticks: u64,
+    /// Frames that could not be decoded.
+    pub malformed: u64,
+    /// Quotes for symbols not subscribed.
+    pub unknown_symbols: u64,
+    /// Connection rotations.
+    pub rotations: u64,
+    /// Instruments subscribed on the live connection.
+    pub subscribed: u64,
+    /// Authorization failures since start.
+    pub auth_failures: u64,
+    /// True while the feed waits for a new token.
+    pub auth_blocked: bool,
+}
+
+/// The live feed, as the status views see it.
+pub trait FeedProbe: Send + Sync + 'static {
+    /// Its counters now.
+    fn stats(&self) -> FeedStats;
+}
+
+/// Counters of the DNS-fallback resolver (`net::dns`), for metrics and the status page.
+#[derive(Debug, Default)]
+pub struct DnsStats {
+    /// Tries against the system resolver.
+    pub system_tries: AtomicU64,
+    /// System tries that failed.
+    pub system_failures: AtomicU64,
+    /// Tries against fallback nameservers.
+    pub fallback_tries: AtomicU64,
+    /// Answers that came from a fallback nameserver.
+    pub fallback_answers: AtomicU64,
+    /// Times the last-good address was used because nothing answered.
+    pub last_good_uses: AtomicU64,
+}
+
+/// The resolver, as the status views see it.
+pub trait DnsProbe: Send + Sync + 'static {
+    /// Its counters.
+    fn dns_stats(&self) -> &DnsStats;
 }

@@ -13,36 +13,52 @@
 //! feed events and broker outcomes are never lost.
 
 pub mod app;
-pub mod board;
-pub mod clock;
 pub mod demo;
 pub mod edge;
+pub mod executor;
 pub mod notify;
-pub mod queue;
 pub mod reconcile;
 pub mod report;
 pub mod signals;
 pub mod sim;
-pub mod status;
+pub mod wiring;
+
+// The bus (engine handle, requests, clock, tick queue, status, price board) lives in
+// `crate::bus`, below the edges; these re-exports keep the runtime's old paths.
+pub use crate::bus::{AppEngine, BrokerRequest, EngineHandle, Inspect, Request, board, clock, queue, status};
 
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::core::CoreError;
-use crate::core::engine::{Actions, BrokerReport, Command, Engine, FeedEvent, Notice, OrderAction, Reply};
+use crate::core::engine::{Actions, Command, Notice, OrderAction, Reply};
 use crate::core::time::Timestamp;
-use crate::core::types::{ClientId, InstrumentId, PosIdx, Symbol, Tick};
+use crate::core::types::{InstrumentId, PosIdx, Symbol, Tick};
 use crate::limits::{COMMAND_QUEUE, MAX_INSTRUMENTS, MAX_POSITIONS};
 use clock::Clock;
 use queue::TickQueue;
 
 /// Faults injected on purpose, for tests of the watchdog and the indicator
-/// (`--fault engine-hang@DURATION`).
+/// (`--fault engine-hang@DURATION`), of a slow disk (`--fault fsync-delay@DURATION`) and of a
+/// crash at a named point of a close (`--fault crash@intent-synced`, `--fault crash@sent`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Faults {
     /// Stall the engine loop for ever this long after its start.
     pub engine_hang: Option<std::time::Duration>,
+    /// Every fsync of the journal sleeps this long first (a slow SD card).
+    pub fsync_delay: Option<std::time::Duration>,
+    /// The process aborts (as a kill -9 would stop it) the first time a close reaches this point.
+    pub crash_at: Option<CrashPoint>,
+}
+
+/// A point of a close where `--fault crash@POINT` aborts the process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CrashPoint {
+    /// The order's intent is fsynced; the order is not sent yet (`intent-synced`).
+    IntentSynced,
+    /// The order was sent and answered; its outcome is not journaled yet (`sent`).
+    Sent,
 }
 
 static FAULTS: std::sync::OnceLock<Faults> = std::sync::OnceLock::new();
@@ -50,95 +66,26 @@ static FAULTS: std::sync::OnceLock<Faults> = std::sync::OnceLock::new();
 /// Arms `faults` for every engine task this process builds from now on (the command line's
 /// `--fault`). The first call wins; returns whether this one did.
 pub fn arm_faults(faults: Faults) -> bool {
-    FAULTS.set(faults).is_ok()
-}
-
-/// The engine at the appliance's capacities.
-pub type AppEngine = Engine<MAX_INSTRUMENTS, MAX_POSITIONS>;
-
-/// A look at the engine's state, run on the engine task between two events.
-pub type Inspect = Box<dyn FnOnce(&AppEngine, Timestamp) + Send>;
-
-/// A message to the engine task other than a tick.
-pub enum Request {
-    /// A command, with an optional channel for the reply.
-    Command {
-        /// The command.
-        cmd: Command,
-        /// Where the reply goes.
-        reply: Option<oneshot::Sender<Result<Reply, CoreError>>>,
-    },
-    /// A feed or REST source change.
-    Feed(FeedEvent),
-    /// A broker outcome.
-    Broker(BrokerReport),
-    /// A read-only look at the state (status page, demo summary).
-    Inspect(Inspect),
-}
-
-/// An order for the broker executor, with names resolved.
-#[derive(Clone, Debug)]
-pub enum BrokerRequest {
-    /// Journal, then send a closing market order.
-    Place {
-        /// Position slot (echoed in the report).
-        pos: PosIdx,
-        /// The order.
-        order: crate::broker::CloseOrder,
-        /// The close was held for the market's open: what the account holds is checked right
-        /// before sending (the trader may have sold by hand meanwhile).
-        check_holdings: bool,
-    },
-    /// Look an attempt up.
-    Lookup {
-        /// Position slot.
-        pos: PosIdx,
-        /// Position id (for the journal).
-        pos_id: crate::core::types::PositionId,
-        /// Client id.
-        client_id: ClientId,
-        /// Venue symbol.
-        symbol: Symbol,
-        /// When it was sent.
-        sent_at: Timestamp,
-    },
-}
-
-/// The sending ends the edges use to reach the engine task.
-#[derive(Clone)]
-pub struct EngineHandle {
-    /// Ticks (coalescing; never blocks).
-    pub ticks: Arc<TickQueue>,
-    /// Everything else (bounded; senders wait when full).
-    pub requests: mpsc::Sender<Request>,
-    /// Status of the edges (feed, DNS, latency, engine heartbeat).
-    pub status: Arc<status::Status>,
-}
-
-impl EngineHandle {
-    /// Sends a command and waits for the engine's reply.
-    pub async fn command(&self, cmd: Command) -> Result<Reply, CoreError> {
-        let (tx, rx) = oneshot::channel();
-        if self.requests.send(Request::Command { cmd, reply: Some(tx) }).await.is_err() {
-            return Err(CoreError::EngineStopped);
-        }
-        rx.await.unwrap_or(Err(CoreError::EngineStopped))
+    let first = FAULTS.set(faults).is_ok();
+    if let (true, Some(d)) = (first, faults.fsync_delay) {
+        crate::store::arm_fsync_delay(d);
     }
-    /// Reports a feed event.
-    pub async fn feed(&self, ev: FeedEvent) {
-        let _ = self.requests.send(Request::Feed(ev)).await;
+    first
+}
+
+/// `--fault crash@POINT`: aborts the process at `point` (no destructor, no flush, no further
+/// record: what a kill -9 leaves).
+pub(crate) fn crash_point(point: CrashPoint) {
+    if FAULTS.get().and_then(|f| f.crash_at) == Some(point) {
+        log::error!("[FAULT] event=crash point={point:?} (--fault crash: the process aborts here)");
+        std::process::abort();
     }
-    /// Runs `f` on the engine task and returns its result.
-    pub async fn inspect<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&AppEngine, Timestamp) -> T + Send + 'static,
-    ) -> Option<T> {
-        let (tx, rx) = oneshot::channel();
-        let job: Inspect = Box::new(move |e, now| {
-            let _ = tx.send(f(e, now));
-        });
-        self.requests.send(Request::Inspect(job)).await.ok()?;
-        rx.await.ok()
+}
+
+/// Answers a command (if anyone waits for the answer).
+fn answer(reply: Option<oneshot::Sender<Result<Reply, CoreError>>>, r: Result<Reply, CoreError>) {
+    if let Some(tx) = reply {
+        let _ = tx.send(r);
     }
 }
 
@@ -163,6 +110,9 @@ pub struct EngineTask {
     hang_at: Option<Timestamp>,
     /// Positions whose close was held for the market's open (their next order checks holdings).
     held: std::collections::HashSet<PosIdx>,
+    /// The engine's own request channel (weak: it never keeps the engine alive), for the
+    /// take-back of a command the journal could not make durable ([`Request::Undo`]).
+    own: mpsc::WeakSender<Request>,
 }
 
 /// Builds the engine task and the handle the edges use. Orders come out of `broker_rx`.
@@ -192,6 +142,7 @@ pub fn engine_task(
         journal: None,
         status: status.clone(),
         held: std::collections::HashSet::new(),
+        own: req_tx.downgrade(),
     };
     (task, EngineHandle { ticks, requests: req_tx, status }, broker_rx)
 }
@@ -269,10 +220,11 @@ impl EngineTask {
         let now = self.clock.now();
         match req {
             Request::Command { cmd, reply } => {
-                let r = self.command(now, cmd).await;
-                if let Some(tx) = reply {
-                    let _ = tx.send(r);
-                }
+                self.command(now, cmd, reply).await;
+                return;
+            }
+            Request::Undo(u) => {
+                self.undo(u);
                 return;
             }
             Request::Feed(ev) => self.engine.on_feed(now, ev, &mut self.out),
@@ -285,12 +237,41 @@ impl EngineTask {
         self.dispatch(now).await;
     }
 
-    /// Runs a command. Everything it changes is on disk before the reply: its own record and
-    /// the records of its notices go in one write; when that write fails, a change that would
-    /// take protection away (registration, withdrawal, resolve, settlement, closed
-    /// externally) is taken back and the answer is `NotDurable` (503: retry). A close it
-    /// decided goes ahead all the same: the safe side of a journal failure is to close.
-    async fn command(&mut self, now: Timestamp, cmd: Command) -> Result<Reply, CoreError> {
+    /// Runs a command. Everything it changes is on disk before the reply, without the engine
+    /// waiting for the disk: its own record and the records of its notices are handed to the
+    /// journal's writer thread as one batch, and a task of its own awaits that batch's fsync,
+    /// then answers (and hands the command's own orders to the executor). When the batch fails,
+    /// a change that would take protection away (registration, withdrawal, resolve, settlement,
+    /// closed externally) is taken back on the engine task ([`Request::Undo`]: `forget` a new
+    /// registration, `put_back` the saved position), its orders are dropped, and the answer is
+    /// `NotDurable` (503: retry). A modification or a manual close is not taken back (a close it
+    /// decided goes ahead: the safe side of a journal failure is to close); it is answered
+    /// `NotDurable` all the same.
+    ///
+    /// Why answering later stays safe while the engine goes on judging ticks:
+    /// - The reply is the only promise, and it still comes after the fsync.
+    /// - A registration in flight can be judged and closed by a tick before its record is
+    ///   durable. Its decision and its order's intent are handed to the writer *after* the
+    ///   registration (the engine hands the batch over before it dispatches anything, and the
+    ///   executor hands the intent over after it receives the order), so they land in the same
+    ///   group or a later one. If the registration's fsync fails, its group is rolled back and
+    ///   the writer refuses every later intent whose position's registration is not in the
+    ///   journal (or is another generation of the id): no order leaves for a registration that
+    ///   was taken back, and a stale intent can never ride on a re-registration of the id.
+    /// - The command's own orders (a settlement's next attempt, a manual close, a registration
+    ///   already crossed) are held by the waiting task and sent only once the batch is durable
+    ///   (or, for a change that is not taken back, once it failed): an order never leaves for a
+    ///   state the engine then takes back.
+    /// - The take-back runs on the engine task, and only if the slot still holds the same
+    ///   registration (id and generation); in the meantime the position was terminal
+    ///   (withdraw, resolve, closed externally, filled) or waiting for its held order, so no
+    ///   other order can have been decided for it.
+    async fn command(
+        &mut self,
+        now: Timestamp,
+        cmd: Command,
+        reply: Option<oneshot::Sender<Result<Reply, CoreError>>>,
+    ) {
         let target = match &cmd {
             Command::Withdraw { id }
             | Command::Resolve { id }
@@ -302,7 +283,7 @@ impl EngineTask {
         if let (Command::Register(spec), Some(j)) = (&cmd, &self.journal) {
             if self.engine.book().find(&spec.id).is_none() && j.closed(&spec.id).is_some() {
                 // Closed before and pruned from the book since: still closed.
-                return Err(CoreError::Closed);
+                return answer(reply, Err(CoreError::Closed));
             }
         }
         let saved = target.and_then(|i| self.engine.book().get(i).cloned());
@@ -324,13 +305,22 @@ impl EngineTask {
             _ => None,
         };
         let modify = matches!(cmd, Command::Modify { .. });
-        let mut r = self.engine.on_command(now, cmd, &mut self.out);
+        let r = self.engine.on_command(now, cmd, &mut self.out);
         let Some(j) = self.journal.clone() else {
             self.note_new_instrument(&r);
             self.dispatch(now).await;
-            return r;
+            return answer(reply, r);
         };
         let mut recs: Vec<crate::store::Record> = Vec::new();
+        if let (Ok(_), Some((pos_id, client_id, mut outcome))) = (&r, settle) {
+            // The settlement is the attempt's outcome, as if the venue had said it.
+            if let crate::core::engine::Outcome::Filled { price, .. }
+            | crate::core::engine::Outcome::PartiallyFilled { price, .. } = &mut outcome
+            {
+                *price = settle_price;
+            }
+            recs.extend(crate::store::Record::outcome(&pos_id, &client_id, &outcome));
+        }
         match &r {
             Ok(Reply::Registered { pos, existed: false, .. }) => {
                 if let Some(p) = self.engine.book().get(*pos) {
@@ -348,50 +338,103 @@ impl EngineTask {
             }
             _ => {}
         }
-        let mut written = true;
-        if let (Ok(_), Some((pos_id, client_id, mut outcome))) = (&r, settle) {
-            // The settlement is the attempt's outcome, as if the venue had said it.
-            if let crate::core::engine::Outcome::Filled { price, .. }
-            | crate::core::engine::Outcome::PartiallyFilled { price, .. } = &mut outcome
-            {
-                *price = settle_price;
-            }
-            let j2 = j.clone();
-            let write = tokio::task::spawn_blocking(move || {
-                crate::broker::OrderJournal::outcome(j2.as_ref(), &pos_id, &client_id, &outcome)
-            })
-            .await
-            .unwrap_or_else(|e| Err(e.to_string()));
-            if let Err(e) = write {
-                log::error!("[STORE] event=write_failed what=settlement error=\"{e}\"");
-                written = false;
-            }
-        }
         recs.extend(self.notice_records());
-        if written {
-            if let Err(e) = j.append_batch(&recs) {
-                log::error!("[STORE] event=write_failed records={} error=\"{e}\"", recs.len());
-                written = false;
-            }
-        }
-        if !written && r.is_ok() {
-            match (&r, saved) {
-                (Ok(Reply::Registered { pos, existed: false, .. }), _) => {
-                    // Not on disk: not registered. The retry registers (and writes) it anew.
-                    self.engine.forget(*pos);
-                    self.out.orders.clear();
-                }
-                (Ok(Reply::Done { pos }), Some(saved)) if !modify => {
-                    self.engine.put_back(*pos, saved);
-                    self.out.orders.clear();
-                }
-                _ => {}
-            }
-            r = Err(CoreError::NotDurable);
-        }
         self.note_new_instrument(&r);
-        self.dispatch_with(now, false).await;
-        r
+        if recs.is_empty() || r.is_err() {
+            // Nothing promised: hand any records over without waiting.
+            j.submit(recs, crate::store::Done::Nothing);
+            self.dispatch_with(now, false, false).await;
+            return answer(reply, r);
+        }
+        let undo = match (&r, saved) {
+            (Ok(Reply::Registered { pos, existed: false, .. }), _) => {
+                self.engine.book().get(*pos).map(|p| crate::bus::Undo {
+                    pos: *pos,
+                    id: p.id.clone(),
+                    generation: p.generation,
+                    saved: None,
+                    reply: None,
+                })
+            }
+            (Ok(Reply::Done { pos }), Some(saved)) if !modify => Some(crate::bus::Undo {
+                pos: *pos,
+                id: saved.id.clone(),
+                generation: saved.generation,
+                saved: Some(Box::new(saved)),
+                reply: None,
+            }),
+            _ => None,
+        };
+        let n = recs.len();
+        // Handed over before anything is dispatched: every later record (a tick's decision on
+        // this position, its order's intent) lands after these in the journal.
+        let durable = j.handover(recs);
+        let held = self.dispatch_with(now, false, true).await;
+        let broker = self.broker.clone();
+        let engine = self.own.clone();
+        tokio::spawn(async move {
+            let written = match crate::store::settled(durable).await {
+                Some(r) => r.map_err(|e| e.to_string()),
+                None => Err("the journal writer stopped before answering".to_string()),
+            };
+            let e = match written {
+                Ok(()) => {
+                    for req in held {
+                        if broker.send(req).await.is_err() {
+                            log::error!(
+                                "[CLOSE] event=broker_gone (broker task stopped; orders cannot be sent)"
+                            );
+                        }
+                    }
+                    return answer(reply, r);
+                }
+                Err(e) => e,
+            };
+            log::error!("[STORE] event=write_failed what=command records={n} error=\"{e}\"");
+            match undo {
+                Some(mut u) => {
+                    // Not on disk: taken back on the engine task, which answers NotDurable.
+                    // The command's own orders are dropped with it.
+                    u.reply = reply;
+                    if let Some(tx) = engine.upgrade() {
+                        let _ = tx.send(Request::Undo(u)).await;
+                    }
+                }
+                None => {
+                    // Nothing to take back (a modification): its close goes ahead.
+                    for req in held {
+                        let _ = broker.send(req).await;
+                    }
+                    answer(reply, Err(CoreError::NotDurable));
+                }
+            }
+        });
+    }
+
+    /// Takes back a command whose records failed to become durable, if the slot still holds
+    /// the same registration, and answers `NotDurable`.
+    fn undo(&mut self, u: crate::bus::Undo) {
+        let same =
+            self.engine.book().get(u.pos).is_some_and(|p| p.id == u.id && p.generation == u.generation);
+        if same {
+            match u.saved {
+                // Not on disk: not registered. The retry registers (and writes) it anew.
+                None => self.engine.forget(u.pos),
+                Some(saved) => self.engine.put_back(u.pos, *saved),
+            }
+            log::warn!(
+                "[STORE] event=command_taken_back id={} (its records are not durable; answered 503)",
+                u.id
+            );
+        } else {
+            log::warn!(
+                "[STORE] event=command_not_taken_back id={} (the slot changed meanwhile; answered 503)",
+                u.id
+            );
+        }
+        if let Some(tx) = u.reply {
+            let _ = tx.send(Err(CoreError::NotDurable));
+        }
     }
 
     /// The engine record of a position as a spec (for the journal).
@@ -442,10 +485,14 @@ impl EngineTask {
 
     /// Carries out the actions of the last engine call: log, then hand orders to the broker.
     async fn dispatch(&mut self, now: Timestamp) {
-        self.dispatch_with(now, true).await;
+        self.dispatch_with(now, true, false).await;
     }
 
-    async fn dispatch_with(&mut self, now: Timestamp, journal: bool) {
+    /// Logs the notices, hands their records to the journal (when `journal`; never waiting for
+    /// the disk), then hands the orders to the executor, or returns them when `hold` (a command
+    /// whose records are not durable yet sends them once they are).
+    async fn dispatch_with(&mut self, now: Timestamp, journal: bool, hold: bool) -> Vec<BrokerRequest> {
+        let mut held = Vec::new();
         for n in self.out.notices.iter() {
             report::log_notice(&self.engine, now, n);
             match n {
@@ -462,9 +509,11 @@ impl EngineTask {
             // Decisions before their orders: the executor journals each order's intent next.
             // One write and one fsync for the whole call (a gap through every position is one
             // fsync, not one per position).
+            // Handed over without waiting: the writer logs a failure (the close goes ahead all
+            // the same: the safe side of a journal failure is to close).
             let recs = self.notice_records();
-            if let Err(e) = j.append_batch(&recs) {
-                log::error!("[STORE] event=write_failed records={} error=\"{e}\"", recs.len());
+            if !recs.is_empty() {
+                j.submit(recs, crate::store::Done::Nothing);
             }
         }
         for i in 0..self.out.orders.len() {
@@ -501,9 +550,12 @@ impl EngineTask {
             // Back-pressure, never a drop: an order that cannot be handed over would leave a
             // crossed stop open.
             self.status.orders_sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if self.broker.send(req).await.is_err() {
+            if hold {
+                held.push(req);
+            } else if self.broker.send(req).await.is_err() {
                 log::error!("[CLOSE] event=broker_gone (broker task stopped; orders cannot be sent)");
             }
         }
+        held
     }
 }
