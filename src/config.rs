@@ -20,11 +20,11 @@ use std::time::Duration;
 use toml::Spanned;
 use toml::de::{DeInteger, DeTable, DeValue};
 
-use crate::core::book::{PositionSpec, check_levels};
+use crate::core::book::PositionSpec;
 use crate::core::engine::EngineConfig;
-use crate::core::price::{DecimalError, Price, Qty, SCALE};
-use crate::core::types::{BlindPolicy, PositionId, Side, Symbol};
-use crate::limits::{MAX_INSTRUMENTS, MAX_POSITIONS, POSITION_ID_MAX, SYMBOL_MAX};
+use crate::core::spec::{Field, SpecRules};
+use crate::core::types::PositionId;
+use crate::limits::{MAX_INSTRUMENTS, MAX_POSITIONS};
 
 /// Prefix of every environment override.
 pub const ENV_PREFIX: &str = "TICKGUARD_";
@@ -727,67 +727,9 @@ pub static KEYS: &[KeySpec] = &[
     ),
 ];
 
-/// One key of a `[[positions]]` table.
-#[derive(Clone, Copy, Debug)]
-pub struct PositionKey {
-    /// Key name.
-    pub name: &'static str,
-    /// Type as the documentation writes it.
-    pub type_name: &'static str,
-    /// Whether it must be present.
-    pub required: bool,
-    /// Default when absent (`(none)` for no level), or empty when required.
-    pub default: &'static str,
-    /// What it is.
-    pub meaning: &'static str,
-    /// A TOML value, used in error messages' fixes.
-    pub example: &'static str,
-}
-
-const fn pkey(
-    name: &'static str,
-    type_name: &'static str,
-    required: bool,
-    default: &'static str,
-    meaning: &'static str,
-    example: &'static str,
-) -> PositionKey {
-    PositionKey { name, type_name, required, default, meaning, example }
-}
-
-/// The keys of a `[[positions]]` table.
-pub static POSITION_KEYS: &[PositionKey] = &[
-    pkey("id", "string", true, "", "Unique id: 1 to 20 characters of `A-Z a-z 0-9 _ -`.", "\"btc-1\""),
-    pkey("symbol", "string", true, "", "Instrument as the venue writes it, at most 32 bytes.", "\"BTCUSDT\""),
-    pkey(
-        "side",
-        "long / short",
-        true,
-        "",
-        "Long (closed by selling) or short (closed by buying).",
-        "\"long\"",
-    ),
-    pkey("qty", "decimal", true, "", "Quantity held; above zero.", "0.5"),
-    pkey("entry", "decimal", true, "", "Entry price; above zero.", "60000"),
-    pkey("stop_loss", "decimal", false, "(none)", "Stop-loss level; above zero.", "58000"),
-    pkey("take_profit", "decimal", false, "(none)", "Take-profit level; above zero.", "65000"),
-    pkey(
-        "blind_policy",
-        "alert / flatten",
-        false,
-        "alert",
-        "What the position does once blind past `cache.blind_grace_s`: keep alerting, or close at market.",
-        "\"flatten\"",
-    ),
-    pkey(
-        "product",
-        "D / I / MTF",
-        false,
-        "D",
-        "Upstox product the position was opened with: delivery, intraday or margin trading facility (closing orders use it; other brokers ignore it).",
-        "\"I\"",
-    ),
-];
+// The keys of a `[[positions]]` table are the keys of every position spec (the API's too):
+// one table, in the one spec parser (`core::spec`).
+pub use crate::core::spec::{SPEC_KEYS as POSITION_KEYS, SpecKey as PositionKey};
 
 /// The market-data source.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -1017,17 +959,14 @@ pub struct DnsConfig {
 }
 
 impl Default for DnsConfig {
+    /// The resolver's own defaults (`net::dns::DnsConfig`).
     fn default() -> Self {
+        let d = crate::net::dns::DnsConfig::default();
         DnsConfig {
-            use_system: true,
-            resolv_conf: PathBuf::from("/etc/resolv.conf"),
-            nameservers: vec![
-                SocketAddr::from(([8, 8, 8, 8], 53)),
-                SocketAddr::from(([1, 1, 1, 1], 53)),
-                SocketAddr::from(([8, 8, 4, 4], 53)),
-                SocketAddr::from(([1, 0, 0, 1], 53)),
-            ],
-            timeout: Duration::from_secs(5),
+            use_system: d.use_system,
+            resolv_conf: d.resolv_conf,
+            nameservers: d.nameservers,
+            timeout: d.timeout,
         }
     }
 }
@@ -1147,62 +1086,8 @@ impl Default for SimConfig {
     }
 }
 
-/// `[indicator]`: the status LED and buzzer (see docs/indicator.md and docs/board.md).
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
-pub struct IndicatorConfig {
-    /// `indicator.enabled`.
-    pub enabled: bool,
-    /// `indicator.board`: `auto`, `rpi4`, `rpi5`, `qemu-virt` or `custom`.
-    pub board: IndicatorBoard,
-    /// `indicator.chip_label`; `None`: the board's.
-    pub chip_label: Option<String>,
-    /// `indicator.led_line`; `None`: the board's.
-    pub led_line: Option<u16>,
-    /// `indicator.buzzer_line`; `None`: the board's.
-    pub buzzer_line: Option<u16>,
-    /// `indicator.active_low`; `None`: the board's.
-    pub active_low: Option<bool>,
-}
-
-/// `indicator.board`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-pub enum IndicatorBoard {
-    /// Read the device tree's `compatible` and pick the matching profile.
-    #[default]
-    Auto,
-    /// Raspberry Pi 4 / 400 / CM4.
-    Rpi4,
-    /// Raspberry Pi 5.
-    Rpi5,
-    /// QEMU's arm64 `virt` machine with a `gpio-sim` chip (the board test).
-    QemuVirt,
-    /// No profile: `indicator.chip_label` and `indicator.led_line` are required.
-    Custom,
-}
-
-impl IndicatorBoard {
-    /// Parses the word of `indicator.board`.
-    pub fn parse(s: &str) -> Option<IndicatorBoard> {
-        match s {
-            "auto" => Some(IndicatorBoard::Auto),
-            "rpi4" => Some(IndicatorBoard::Rpi4),
-            "rpi5" => Some(IndicatorBoard::Rpi5),
-            "qemu-virt" => Some(IndicatorBoard::QemuVirt),
-            "custom" => Some(IndicatorBoard::Custom),
-            _ => None,
-        }
-    }
-    /// The word of `indicator.board`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            IndicatorBoard::Auto => "auto",
-            IndicatorBoard::Rpi4 => "rpi4",
-            IndicatorBoard::Rpi5 => "rpi5",
-            IndicatorBoard::QemuVirt => "qemu-virt",
-            IndicatorBoard::Custom => "custom",
-        }
-    }
-}
+// `[indicator]`'s settings belong to the indicator edge; the configuration fills them.
+pub use crate::indicator::{IndicatorBoard, IndicatorConfig};
 
 /// The validated configuration.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
@@ -1897,19 +1782,11 @@ fn secs(x: f64, allow_zero: bool) -> Result<Val, Bad> {
 }
 
 fn check_symbol(s: &str) -> Result<String, Bad> {
-    if s.is_empty() {
-        return Err(bad("symbol is empty"));
+    // The one symbol rule, shared with positions and the API (`core::spec`).
+    match crate::core::spec::symbol_problem(s) {
+        Some(p) => Err(bad(p)),
+        None => Ok(s.to_string()),
     }
-    if s.len() > SYMBOL_MAX {
-        return Err(bad(format!(
-            "symbol is {} bytes, longer than {SYMBOL_MAX} (limits::SYMBOL_MAX)",
-            s.len()
-        )));
-    }
-    if !s.bytes().all(|b| b.is_ascii_graphic() && b != b',') {
-        return Err(bad("symbol must be printable ASCII without spaces or commas"));
-    }
-    Ok(s.to_string())
 }
 
 /// One `SYMBOL = "SEGMENT|KEY"` pair of `[feed.instrument_keys]`.
@@ -2117,8 +1994,7 @@ fn parse_products(
 }
 
 fn pos_key(name: &str) -> &'static PositionKey {
-    // Every name passed here is in POSITION_KEYS; fall back to the first to stay total.
-    POSITION_KEYS.iter().find(|k| k.name == name).unwrap_or(&POSITION_KEYS[0])
+    crate::core::spec::spec_key(name)
 }
 
 /// One `[[positions]]` table, with its index for error keys.
@@ -2167,46 +2043,6 @@ impl<'a, 'i> PosTable<'a, 'i> {
             )),
         }
     }
-
-    /// A price or quantity: a TOML integer (exact), float (rounded at 8 decimals) or a
-    /// decimal string (exact); always above zero.
-    fn units(&self, name: &str) -> Result<Option<i64>, ConfigError> {
-        let Some(v) = self.get(name)? else {
-            return Ok(None);
-        };
-        let fix = || {
-            format!(
-                "write a positive number like {name} = {} or a decimal string like {name} = \"{}\"",
-                pos_key(name).example,
-                pos_key(name).example
-            )
-        };
-        let units = match v {
-            DeValue::Integer(i) => i64::from_str_radix(i.as_str(), i.radix())
-                .ok()
-                .and_then(|n| n.checked_mul(SCALE))
-                .ok_or(DecimalError::Overflow),
-            DeValue::Float(f) => match f.as_str().parse::<f64>() {
-                Ok(x) => Price::from_f64(x, 8).map(Price::units),
-                Err(_) => Err(DecimalError::InvalidChar),
-            },
-            DeValue::String(s) => Price::parse(s).map(Price::units),
-            other => {
-                return Err(self.invalid(
-                    name,
-                    other,
-                    format!("expected a number or a decimal string, found {}", type_word(other)),
-                    fix(),
-                ));
-            }
-        };
-        let what = if name == "qty" { "quantity" } else { "price" };
-        let units = units.map_err(|e| self.invalid(name, v, format!("invalid {what}: {e}"), fix()))?;
-        if units <= 0 {
-            return Err(self.invalid(name, v, "must be above zero", fix()));
-        }
-        Ok(Some(units))
-    }
 }
 
 fn parse_position(i: usize, t: &DeTable<'_>) -> Result<PositionSpec, ConfigError> {
@@ -2226,84 +2062,33 @@ fn parse_position(i: usize, t: &DeTable<'_>) -> Result<PositionSpec, ConfigError
         }
     }
 
-    let (id_text, id_v) = p.string("id")?.ok_or_else(|| missing(&p, "id"))?;
-    let id_ok = !id_text.is_empty()
-        && id_text.len() <= POSITION_ID_MAX
-        && id_text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    let id = PositionId::try_from(id_text).ok().filter(|_| id_ok).ok_or_else(|| {
-        p.invalid(
-            "id",
-            id_v,
-            format!("must be 1 to {POSITION_ID_MAX} characters of A-Z a-z 0-9 _ -"),
-            "write it like id = \"btc-1\"",
-        )
-    })?;
-
-    let (sym_text, sym_v) = p.string("symbol")?.ok_or_else(|| missing(&p, "symbol"))?;
-    let symbol = check_symbol(sym_text)
-        .and_then(|s| {
-            Symbol::try_from(s.as_str()).map_err(|_| bad(format!("symbol longer than {SYMBOL_MAX} bytes")))
-        })
-        .map_err(|b| {
-            p.invalid("symbol", sym_v, b.problem, "use the venue's symbol, like symbol = \"BTCUSDT\"")
-        })?;
-
-    let (side_text, side_v) = p.string("side")?.ok_or_else(|| missing(&p, "side"))?;
-    let side = Side::parse(side_text).ok_or_else(|| {
-        p.invalid("side", side_v, "must be long or short", "write side = \"long\" or side = \"short\"")
-    })?;
-
-    let qty = Qty::from_units(p.units("qty")?.ok_or_else(|| missing(&p, "qty"))?);
-    let entry = Price::from_units(p.units("entry")?.ok_or_else(|| missing(&p, "entry"))?);
-    let stop_loss = p.units("stop_loss")?.map(Price::from_units);
-    let take_profit = p.units("take_profit")?.map(Price::from_units);
-
-    let blind_policy = match p.string("blind_policy")? {
-        None => BlindPolicy::default(),
-        Some((text, v)) => BlindPolicy::parse(text).ok_or_else(|| {
-            p.invalid(
-                "blind_policy",
-                v,
-                "must be alert or flatten",
-                "write blind_policy = \"alert\" or blind_policy = \"flatten\"",
-            )
-        })?,
+    // One parser for every door (the API's too): what is accepted and what the problem is
+    // called are decided in `core::spec`; here only the key and the value are named.
+    let get = |k: &str| match t.get(k).map(|v| v.get_ref()) {
+        None => Field::Absent,
+        Some(DeValue::String(s)) => Field::Text(s.as_ref()),
+        Some(DeValue::Integer(n)) => match i64::from_str_radix(n.as_str(), n.radix()) {
+            Ok(n) => Field::Whole(n),
+            Err(_) => Field::Other("an integer out of range"),
+        },
+        Some(DeValue::Float(f)) => match f.as_str().parse::<f64>() {
+            Ok(x) => Field::Fraction(x),
+            Err(_) => Field::Other("a float out of range"),
+        },
+        Some(DeValue::Boolean(b)) => Field::Bool(*b),
+        Some(v) => Field::Other(type_word(v)),
     };
-
-    if let (Some(sl), Some(tp), Err(_)) = (stop_loss, take_profit, check_levels(side, stop_loss, take_profit))
-    {
-        let (problem, fix) = match side {
-            Side::Long => (
-                format!(
-                    "a long's stop_loss must be below its take_profit ({tp}); position {id} has them inverted"
-                ),
-                "lower stop_loss or raise take_profit (a long stops out below the market and takes profit above)",
-            ),
-            Side::Short => (
-                format!(
-                    "a short's stop_loss must be above its take_profit ({tp}); position {id} has them inverted"
-                ),
-                "raise stop_loss or lower take_profit (a short stops out above the market and takes profit below)",
-            ),
-        };
-        return Err(ConfigError::Invalid {
-            key: p.key("stop_loss"),
-            value: sl.to_string(),
-            problem,
-            fix: fix.into(),
-        });
-    }
-
-    let spec = PositionSpec { id, symbol, side, qty, entry, stop_loss, take_profit, blind_policy };
-    // Everything validate() checks has been checked above with the key named; this is the
-    // core's own word on it, in case the two ever disagree.
-    spec.validate().map_err(|e| ConfigError::Invalid {
-        key: format!("positions[{i}]"),
-        value: format!("id {:?}", spec.id.as_str()),
-        problem: e.to_string(),
-        fix: "fix the position's fields".into(),
-    })?;
-    Ok(spec)
+    crate::core::spec::parse(get, &SpecRules::default()).map_err(|e| {
+        if e.missing {
+            return missing(&p, &e.field);
+        }
+        ConfigError::Invalid {
+            key: p.key(&e.field),
+            value: t.get(e.field.as_str()).map_or_else(String::new, |v| render(v.get_ref())),
+            problem: e.problem,
+            fix: e.fix,
+        }
+    })
 }
 
 fn missing(p: &PosTable<'_, '_>, name: &str) -> ConfigError {
@@ -2311,6 +2096,30 @@ fn missing(p: &PosTable<'_, '_>, name: &str) -> ConfigError {
         key: p.key(name),
         fix: format!("add {name} = {} to this [[positions]] table", pos_key(name).example),
     }
+}
+
+/// Refuses a position whose side the broker cannot close (a configuration error naming
+/// `positions[N].side`): with `broker.kind = "binance"` (spot) a short, by the broker's own
+/// rule (`broker::binance::check_side`), which the API applies to registrations too.
+pub fn refuse_unclosable_sides(cfg: &Config) -> Result<(), ConfigError> {
+    let Some(rule) = side_rule(cfg) else { return Ok(()) };
+    for (i, p) in cfg.positions.iter().enumerate() {
+        if let Err(why) = rule(p.side) {
+            return Err(ConfigError::Invalid {
+                key: format!("positions[{i}].side"),
+                value: format!("{:?}", p.side.as_str()),
+                problem: format!("position {}: {why}", p.id),
+                fix: "protect only long positions with the binance broker, or use broker.kind = \"paper\""
+                    .into(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The side rule of the configured broker, if it cannot close every side.
+pub fn side_rule(cfg: &Config) -> Option<crate::core::spec::SideRule> {
+    (cfg.broker.kind == BrokerKind::Binance).then_some(crate::broker::binance::check_side as fn(_) -> _)
 }
 
 // ---------------------------------------------------------------------------------------

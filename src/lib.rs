@@ -25,6 +25,7 @@
 #![warn(missing_docs)]
 
 pub mod broker;
+pub mod bus;
 pub mod config;
 pub mod control;
 pub mod core;

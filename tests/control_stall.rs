@@ -12,6 +12,7 @@ fn a_stalled_engine_is_reported_not_waited_for() {
     // This binary holds only this test: the fault is process-wide.
     tickguard::runtime::arm_faults(tickguard::runtime::Faults {
         engine_hang: Some(Duration::from_millis(800)),
+        ..Default::default()
     });
     let a = Appliance::start();
     assert_eq!(http(a.addr, "GET", "/health", &[], None).status, 200);

@@ -25,8 +25,9 @@ use crate::core::CoreError;
 use crate::core::book::{PosState, PositionSpec};
 use crate::core::engine::{CloseTarget, Command, Reply as EngineReply};
 use crate::core::price::{Price, Qty, SCALE};
-use crate::core::types::{BlindPolicy, CloseReason, PositionId, Side, Symbol};
-use crate::limits::{MAX_POSITIONS, POSITION_ID_MAX, SYMBOL_MAX};
+use crate::core::spec;
+use crate::core::types::{CloseReason, PositionId, Symbol};
+use crate::limits::{MAX_POSITIONS, SYMBOL_MAX};
 
 /// Largest request body accepted (`413` beyond).
 pub const MAX_BODY: usize = 16 * 1024;
@@ -286,6 +287,7 @@ pub struct Api {
     watch: Arc<WatchState>,
     product_sink: Option<super::ProductSink>,
     symbols: Option<super::SymbolGate>,
+    side_rule: Option<crate::core::spec::SideRule>,
     http: OnceLock<Arc<HttpStats>>,
     started: Instant,
     ids: AtomicU64,
@@ -323,6 +325,8 @@ pub struct ApiConfig {
     pub products: Option<super::ProductSink>,
     /// How registrations' symbols are checked at the door.
     pub symbols: Option<super::SymbolGate>,
+    /// A side the broker cannot close, refused at the door ([`super::ControlConfig::side_rule`]).
+    pub side_rule: Option<crate::core::spec::SideRule>,
 }
 
 impl Api {
@@ -340,8 +344,9 @@ impl Api {
             watch: cfg.watch,
             product_sink: cfg.products,
             symbols: cfg.symbols,
+            side_rule: cfg.side_rule,
             http: OnceLock::new(),
-            started: Instant::now(),
+            started: crate::bus::clock::mono_std(),
             ids: AtomicU64::new(0),
             csp: page_csp(PAGE),
             ready_cache: Mutex::new(None),
@@ -537,7 +542,7 @@ impl Api {
         let turns = self.bridge.engine.status.engine_turns.load(Ordering::Relaxed);
         json!({
             "status": status,
-            "timestamp": views::iso8601(SystemTime::now()),
+            "timestamp": views::iso8601(crate::bus::clock::wall_now()),
             "version": env!("CARGO_PKG_VERSION"),
             "uptime_seconds": self.started.elapsed().as_secs(),
             "engine": {"responding": alarm.is_some(), "turns": turns},
@@ -579,7 +584,7 @@ impl Api {
         }
         let a = self.ready_now();
         if let Ok(mut c) = self.ready_cache.lock() {
-            *c = Some((Instant::now(), a.clone()));
+            *c = Some((crate::bus::clock::mono_std(), a.clone()));
         }
         a
     }
@@ -700,6 +705,7 @@ impl Api {
             })
             .ok();
         let journal_bytes = self.journal.as_ref().and_then(|j| j.bytes());
+        let journal_counters = self.journal.as_ref().and_then(|j| j.counters());
         let text = metrics::render(&metrics::Inputs {
             snap: snap.as_ref(),
             status: &self.bridge.engine.status,
@@ -711,6 +717,7 @@ impl Api {
             config_alarm: self.alarm.is_some(),
             watch: &self.watch,
             journal_bytes,
+            journal_counters,
             venue: self.venue,
         });
         Answer {
@@ -733,10 +740,10 @@ impl Api {
             Err(a) => return a,
         };
         let status = &self.bridge.engine.status;
-        let feed = status.feed.get();
+        let feed = status.feed.get().map(|f| f.stats());
         let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         let subscribed = match feed {
-            Some(f) => load(&f.subscribed),
+            Some(f) => f.subscribed,
             None => s.instruments.iter().filter(|i| i.live).count() as u64,
         };
         let mut entries = BTreeMap::new();
@@ -750,7 +757,7 @@ impl Api {
             .map(|i| i.symbol.to_string())
             .collect();
         let dns = status.resolver.get().map(|r| {
-            let st = &r.stats;
+            let st = r.dns_stats();
             json!({
                 "system_tries": load(&st.system_tries),
                 "system_failures": load(&st.system_failures),
@@ -765,9 +772,9 @@ impl Api {
             "websocket": {
                 "connected": s.feed_connected,
                 "subscribed_symbols": subscribed,
-                "reconnect_attempts": feed.map_or(0, |f| load(&f.attempts)),
-                "network_errors": feed.map_or(0, |f| load(&f.network_errors)),
-                "reconnects_total": feed.map_or(0, |f| load(&f.reconnects)),
+                "reconnect_attempts": feed.map_or(0, |f| f.attempts),
+                "network_errors": feed.map_or(0, |f| f.network_errors),
+                "reconnects_total": feed.map_or(0, |f| f.reconnects),
                 "venue": self.venue,
             },
             "price_cache": {
@@ -922,7 +929,7 @@ impl Api {
     /// Waits (bounded by [`CLOSE_WAIT`]) for every target to close, then answers 200 with the
     /// fills, or 202 `closing` with `exit_price: null`.
     fn await_closes(&self, symbol: &str, reason: CloseReason, targets: &[(PositionId, u32)]) -> Answer {
-        let deadline = Instant::now() + CLOSE_WAIT;
+        let deadline = crate::bus::clock::mono_std() + CLOSE_WAIT;
         loop {
             let t = targets.to_vec();
             let snap = self.bridge.inspect(move |e, now| {
@@ -951,7 +958,7 @@ impl Api {
                 Err(e) => return Answer::engine(e),
             };
             let done = found.iter().all(|p| p.as_ref().is_none_or(|p| p.pos.state.is_terminal()));
-            if done || Instant::now() >= deadline {
+            if done || crate::bus::clock::mono_std() >= deadline {
                 return close_answer(&s, symbol, reason, targets, &found, done);
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -1160,104 +1167,41 @@ impl Api {
     }
 
     fn parse_spec(&self, m: &Map<String, Value>) -> Result<(PositionSpec, Option<String>), Answer> {
-        const KNOWN: [&str; 9] =
-            ["id", "symbol", "side", "qty", "entry", "stop_loss", "take_profit", "blind_policy", "product"];
-        if let Some(k) = m.keys().find(|k| !KNOWN.contains(&k.as_str())) {
-            return Err(Answer::field(k, format!("unknown field (fields: {})", KNOWN.join(", "))));
+        // One parser for every door (the configuration's too): `core::spec`.
+        if let Some((k, near)) = spec::unknown_key(m.keys().map(String::as_str)) {
+            let names: Vec<&str> = spec::SPEC_KEYS.iter().map(|k| k.name).collect();
+            let hint = near.map(|n| format!("did you mean {n}? ")).unwrap_or_default();
+            return Err(Answer::field(k, format!("unknown field ({hint}fields: {})", names.join(", "))));
         }
-        let id = match m.get("id") {
-            None | Some(Value::Null) => {
-                let n = self.ids.fetch_add(1, Ordering::Relaxed);
-                let r = auth::random_hex(4).unwrap_or_default();
-                format!("api-{r}-{n}")
-            }
-            Some(Value::String(s)) => s.clone(),
-            Some(_) => return Err(Answer::field("id", "must be a string")),
+        let default_id = {
+            let n = self.ids.fetch_add(1, Ordering::Relaxed);
+            let r = auth::random_hex(4).unwrap_or_default();
+            format!("api-{r}-{n}")
         };
-        if id.is_empty()
-            || id.len() > POSITION_ID_MAX
-            || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-        {
-            return Err(Answer::field(
-                "id",
-                format!("must be 1 to {POSITION_ID_MAX} characters of A-Z a-z 0-9 _ -"),
-            ));
-        }
-        let mut symbol = match m.get("symbol") {
-            Some(Value::String(s)) => s.clone(),
-            Some(_) => return Err(Answer::field("symbol", "must be a string")),
-            None => return Err(Answer::field("symbol", "is required")),
+        let rules = spec::SpecRules {
+            uppercase_symbols: self.symbols.as_ref().is_some_and(|g| g.uppercase),
+            default_id: Some(default_id),
+            side_rule: self.side_rule,
         };
-        if let Some(g) = &self.symbols {
-            if g.uppercase {
-                // The venue's symbols are case-free: `btcusdt` is BTCUSDT, the name its frames carry.
-                symbol.make_ascii_uppercase();
-            }
-        }
-        if symbol.is_empty()
-            || symbol.len() > SYMBOL_MAX
-            || !symbol.bytes().all(|b| b.is_ascii_graphic() && b != b',')
-        {
-            return Err(Answer::field(
-                "symbol",
-                format!("must be 1 to {SYMBOL_MAX} bytes of printable ASCII without spaces or commas"),
-            ));
-        }
-        let side = match m.get("side") {
-            Some(Value::String(s)) => match s.to_ascii_lowercase().as_str() {
-                "long" | "buy" => Side::Long,
-                "short" | "sell" => Side::Short,
-                _ => return Err(Answer::field("side", "must be long or short (buy and sell are accepted)")),
+        let get = |k: &str| match m.get(k) {
+            None => spec::Field::Absent,
+            Some(Value::Null) => spec::Field::Null,
+            Some(Value::String(s)) => spec::Field::Text(s),
+            Some(Value::Bool(b)) => spec::Field::Bool(*b),
+            Some(Value::Number(n)) => match (n.as_i64(), n.as_f64()) {
+                (Some(i), _) => spec::Field::Whole(i),
+                (None, Some(x)) => spec::Field::Fraction(x),
+                (None, None) => spec::Field::Other("a number out of range"),
             },
-            Some(_) => return Err(Answer::field("side", "must be a string")),
-            None => return Err(Answer::field("side", "is required")),
+            Some(Value::Array(_)) => spec::Field::Other("a list"),
+            Some(Value::Object(_)) => spec::Field::Other("an object"),
         };
-        let qty = match decimal(m.get("qty")) {
-            Ok(Some(u)) if u > 0 => Qty::from_units(u),
-            Ok(Some(_)) => return Err(Answer::field("qty", "must be above zero")),
-            Ok(None) => return Err(Answer::field("qty", "is required")),
-            Err(e) => return Err(Answer::field("qty", e)),
-        };
-        let entry = match decimal(m.get("entry")) {
-            Ok(Some(u)) if u > 0 => Price::from_units(u),
-            Ok(Some(_)) => return Err(Answer::field("entry", "must be above zero")),
-            Ok(None) => return Err(Answer::field("entry", "is required")),
-            Err(e) => return Err(Answer::field("entry", e)),
-        };
-        let level = |k: &str| -> Result<Option<Price>, Answer> {
-            match decimal(m.get(k)) {
-                Ok(Some(u)) if u > 0 => Ok(Some(Price::from_units(u))),
-                Ok(Some(_)) => Err(Answer::field(k, "must be above zero")),
-                Ok(None) => Ok(None),
-                Err(e) => Err(Answer::field(k, e)),
-            }
-        };
-        let stop_loss = level("stop_loss")?;
-        let take_profit = level("take_profit")?;
-        let blind_policy = match m.get("blind_policy") {
-            None | Some(Value::Null) => BlindPolicy::Alert,
-            Some(Value::String(s)) => BlindPolicy::parse(s)
-                .ok_or_else(|| Answer::field("blind_policy", "must be alert or flatten"))?,
-            Some(_) => return Err(Answer::field("blind_policy", "must be a string")),
-        };
+        let spec = spec::parse(get, &rules).map_err(|e| Answer::field(&e.field, e.problem))?;
         let product = match m.get("product") {
             None | Some(Value::Null) => None,
             Some(Value::String(s)) if ["D", "I", "MTF"].contains(&s.as_str()) => Some(s.clone()),
             Some(_) => return Err(Answer::field("product", "must be D, I or MTF (Upstox)")),
         };
-        let spec = PositionSpec {
-            id: PositionId::try_from(id.as_str()).map_err(|_| Answer::field("id", "too long"))?,
-            symbol: Symbol::try_from(symbol.as_str()).map_err(|_| Answer::field("symbol", "too long"))?,
-            side,
-            qty,
-            entry,
-            stop_loss,
-            take_profit,
-            blind_policy,
-        };
-        if let Err(e) = spec.validate() {
-            return Err(core_field_error(e));
-        }
         if let Some(g) = &self.symbols {
             match (g.check)(&spec.symbol) {
                 super::SymbolVerdict::Traded => {}

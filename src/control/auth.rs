@@ -101,7 +101,7 @@ impl Auth {
         }
         let id = random_hex(32)?;
         let csrf = random_hex(32)?;
-        let now = Instant::now();
+        let now = crate::bus::clock::mono_std();
         let mut s = self.sessions.lock().ok()?;
         s.retain(|x| x.expires > now);
         if s.len() >= MAX_SESSIONS {
@@ -120,7 +120,7 @@ impl Auth {
 
     /// The CSRF token of a live session.
     pub fn session_csrf(&self, id: &str) -> Option<String> {
-        let now = Instant::now();
+        let now = crate::bus::clock::mono_std();
         let s = self.sessions.lock().ok()?;
         s.iter().find(|x| x.expires > now && secret_eq(&x.id, id)).map(|x| x.csrf.clone())
     }

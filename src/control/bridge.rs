@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc::error::TrySendError, oneshot};
 
+use crate::bus::{AppEngine, EngineHandle, Request};
 use crate::core::CoreError;
 use crate::core::engine::{Command, Reply};
 use crate::core::time::Timestamp;
-use crate::runtime::{AppEngine, EngineHandle, Request};
 
 /// Why the engine did not answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,7 +58,7 @@ impl Bridge {
                 Ok(()) => return Ok(()),
                 Err(TrySendError::Closed(_)) => return Err(BridgeError::Gone),
                 Err(TrySendError::Full(r)) => {
-                    if Instant::now() >= deadline {
+                    if crate::bus::clock::mono_std() >= deadline {
                         return Err(BridgeError::Timeout);
                     }
                     req = r;
@@ -74,13 +74,13 @@ impl Bridge {
         &self,
         f: impl FnOnce(&AppEngine, Timestamp) -> T + Send + 'static,
     ) -> Result<T, BridgeError> {
-        let deadline = Instant::now() + self.timeout;
+        let deadline = crate::bus::clock::mono_std() + self.timeout;
         let (tx, rx) = std_mpsc::sync_channel(1);
-        let job: crate::runtime::Inspect = Box::new(move |e, now| {
+        let job: crate::bus::Inspect = Box::new(move |e, now| {
             let _ = tx.send(f(e, now));
         });
         self.send(Request::Inspect(job), deadline)?;
-        let left = deadline.saturating_duration_since(Instant::now());
+        let left = deadline.saturating_duration_since(crate::bus::clock::mono_std());
         match rx.recv_timeout(left) {
             Ok(v) => Ok(v),
             Err(std_mpsc::RecvTimeoutError::Timeout) => Err(BridgeError::Timeout),
@@ -91,19 +91,32 @@ impl Bridge {
     /// Sends a command and returns the engine's reply.
     ///
     /// The reply travels over the engine's one-shot channel; an inspection queued right behind
-    /// the command is the bounded wait for it (the engine handles its queue in order and
-    /// answers a command before it takes the next message).
+    /// the command bounds the wait for the engine to have taken it (the engine handles its
+    /// queue in order), then the reply itself is awaited within the same bound (a durable
+    /// command is answered after its journal sync, off the engine's loop).
     pub fn command(&self, cmd: Command) -> Result<Result<Reply, CoreError>, BridgeError> {
-        let deadline = Instant::now() + self.timeout;
+        let deadline = crate::bus::clock::mono_std() + self.timeout;
         let (tx, mut rx) = oneshot::channel();
         self.send(Request::Command { cmd, reply: Some(tx) }, deadline)?;
-        let left = deadline.saturating_duration_since(Instant::now());
+        let left = deadline.saturating_duration_since(crate::bus::clock::mono_std());
         let barrier = Bridge { engine: self.engine.clone(), timeout: left };
         barrier.inspect(|_, _| ())?;
-        match rx.try_recv() {
-            Ok(r) => Ok(r),
-            Err(oneshot::error::TryRecvError::Closed) => Err(BridgeError::Gone),
-            Err(oneshot::error::TryRecvError::Empty) => Err(BridgeError::Timeout),
+        // A command whose change must be on disk first is answered once its journal record is
+        // synced (the journal writer thread's group commit), after the engine has moved on:
+        // wait for that reply too, within the same bound.
+        let mut pause = Duration::from_micros(50);
+        loop {
+            match rx.try_recv() {
+                Ok(r) => return Ok(r),
+                Err(oneshot::error::TryRecvError::Closed) => return Err(BridgeError::Gone),
+                Err(oneshot::error::TryRecvError::Empty) => {
+                    if crate::bus::clock::mono_std() >= deadline {
+                        return Err(BridgeError::Timeout);
+                    }
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(2));
+                }
+            }
         }
     }
 }

@@ -100,7 +100,7 @@ impl HostCheck {
 
     fn refresh(&self, set: &mut (Option<Instant>, HashSet<String>)) {
         set.1 = own_names().iter().filter_map(|h| normalise(h, self.port)).collect();
-        set.0 = Some(Instant::now());
+        set.0 = Some(crate::bus::clock::mono_std());
     }
 
     /// Whether a request with this `Host` is served.

@@ -8,9 +8,9 @@ use super::notify::KINDS;
 use super::server::HttpStats;
 use super::views::Snap;
 use super::watch::{REASONS, RESULTS, WatchState};
+use crate::bus::queue::QueueStats;
+use crate::bus::status::{LATENCY_BUCKETS_US, Status};
 use crate::core::engine::Alarm;
-use crate::runtime::queue::QueueStats;
-use crate::runtime::status::{LATENCY_BUCKETS_US, Status};
 
 /// What one scrape reads.
 pub struct Inputs<'a> {
@@ -30,6 +30,8 @@ pub struct Inputs<'a> {
     pub watch: &'a WatchState,
     /// Journal size, when a journal is attached.
     pub journal_bytes: Option<u64>,
+    /// Journal fsyncs and writer-queue waits, when a journal is attached.
+    pub journal_counters: Option<(u64, u64)>,
     /// `feed.venue`.
     pub venue: &'a str,
     /// A configuration alarm of the API (loopback-only fallback).
@@ -92,38 +94,38 @@ pub fn render(i: &Inputs<'_>) -> String {
         engine_metrics(&mut o, s);
     }
     // Feed, DNS, REST.
-    let feed = i.status.feed.get();
+    let feed = i.status.feed.get().map(|f| f.stats());
     o.one(
         "tickguard_feed_reconnects_total",
         "counter",
         "Reconnect attempts of the live feed session (0 on the simulator).",
-        feed.map_or(0, |f| load(&f.reconnects)),
+        feed.map_or(0, |f| f.reconnects),
     );
     o.one(
         "tickguard_feed_reconnect_attempts",
         "gauge",
         "Failed connection attempts in the current run (0 while connected).",
-        feed.map_or(0, |f| load(&f.attempts)),
+        feed.map_or(0, |f| f.attempts),
     );
     o.one(
         "tickguard_feed_network_errors_total",
         "counter",
         "Connection and protocol errors of the live feed.",
-        feed.map_or(0, |f| load(&f.network_errors)),
+        feed.map_or(0, |f| f.network_errors),
     );
     o.one(
         "tickguard_feed_frames_total",
         "counter",
         "Frames received from the live feed.",
-        feed.map_or(0, |f| load(&f.frames)),
+        feed.map_or(0, |f| f.frames),
     );
     o.one(
         "tickguard_feed_malformed_total",
         "counter",
         "Feed frames that could not be decoded.",
-        feed.map_or(0, |f| load(&f.malformed)),
+        feed.map_or(0, |f| f.malformed),
     );
-    let dns = i.status.resolver.get().map(|r| &r.stats);
+    let dns = i.status.resolver.get().map(|r| r.dns_stats());
     o.family(
         "tickguard_dns_queries_total",
         "counter",
@@ -247,6 +249,20 @@ pub fn render(i: &Inputs<'_>) -> String {
     o.sample("tickguard_tick_to_action_seconds_count", &[], acc);
     if let Some(b) = i.journal_bytes {
         o.one("tickguard_journal_bytes", "gauge", "Size of the journal on disk.", b);
+    }
+    if let Some((fsyncs, waits)) = i.journal_counters {
+        o.one(
+            "tickguard_journal_fsyncs_total",
+            "counter",
+            "Fsyncs of the journal by its writer thread (one per group of records committed together).",
+            fsyncs,
+        );
+        o.one(
+            "tickguard_journal_queue_waits_total",
+            "counter",
+            "Times a writer had to wait for room in the journal writer's queue (the disk far behind).",
+            waits,
+        );
     }
     // Notifications.
     o.family("tickguard_notify_events_total", "counter", "Events noticed for notification, by kind.");

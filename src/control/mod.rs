@@ -28,7 +28,6 @@ pub mod hosts;
 pub mod metrics;
 pub mod notify;
 pub mod server;
-mod settings;
 mod store;
 pub mod views;
 pub mod watch;
@@ -40,9 +39,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::config::Config;
+use crate::bus::EngineHandle;
 use crate::net::dns::DnsConfig;
-use crate::runtime::EngineHandle;
 
 /// Durability of what the API changes, provided by the store.
 ///
@@ -57,6 +55,11 @@ pub trait Journal: Send + Sync {
     fn writable(&self) -> Result<(), String>;
     /// Size of the journal in bytes (`tickguard_journal_bytes`).
     fn bytes(&self) -> Option<u64>;
+    /// Fsyncs of the journal and times a writer waited for room in the writer thread's queue
+    /// (`tickguard_journal_fsyncs_total`, `tickguard_journal_queue_waits_total`).
+    fn counters(&self) -> Option<(u64, u64)> {
+        None
+    }
     /// How and when (Unix ms) the position with this id closed, if it ever did: remembered
     /// after the position itself is pruned, so a closed id is never registered again.
     fn closed(&self, _id: &str) -> Option<(&'static str, u64)> {
@@ -166,6 +169,10 @@ pub struct ControlConfig {
     pub products: Option<ProductSink>,
     /// How registrations' symbols are checked (Binance: the venue's list), if at all.
     pub symbols: Option<SymbolGate>,
+    /// A side the broker cannot close (Binance spot: a short), refused at registration with
+    /// the broker's own reason: the one short-refusal rule (`broker::binance::check_side`)
+    /// that the configuration's positions and the broker's `place` apply too.
+    pub side_rule: Option<crate::core::spec::SideRule>,
     /// `api.allowed_hosts`: the `Host` values served. `None`: the default set (localhost,
     /// 127.0.0.1, [::1], every address of the box's interfaces and its host names, each with
     /// and without the port), recomputed as interfaces change.
@@ -185,7 +192,6 @@ pub struct ControlConfig {
 impl ControlConfig {
     /// A plain-HTTP control plane on `listen` with these credentials and no notifications.
     pub fn new(listen: SocketAddr, token: Option<String>) -> ControlConfig {
-        let d = crate::config::DnsConfig::default();
         ControlConfig {
             listen,
             token,
@@ -194,17 +200,12 @@ impl ControlConfig {
             store: StoreProbe::None,
             venue: "sim",
             notify: Vec::new(),
-            dns: DnsConfig {
-                use_system: d.use_system,
-                resolv_conf: d.resolv_conf,
-                nameservers: d.nameservers,
-                timeout: d.timeout,
-                cap: (d.timeout * 2).min(Duration::from_secs(10)),
-            },
+            dns: DnsConfig::default(),
             extra_ca: None,
             limits: server::Limits::default(),
             products: None,
             symbols: None,
+            side_rule: None,
             allowed_hosts: None,
             protect_metrics: false,
             hsts: false,
@@ -290,6 +291,7 @@ pub fn spawn(
         watch: watch_state.clone(),
         products: cfg.products.clone(),
         symbols: cfg.symbols.clone(),
+        side_rule: cfg.side_rule,
     }));
     let watcher = watch::Watcher::start(bridge, watch_state.clone()).map_err(|e| e.to_string())?;
     let server: Arc<Mutex<Option<server::Server>>> = Arc::new(Mutex::new(None));
@@ -350,16 +352,6 @@ pub fn spawn(
         }
     }
     Ok(Control { server, binder, stop, watcher, watch: watch_state, remove_on_drop: None })
-}
-
-/// The control plane of `tickguard run`: [`ControlConfig::from_config`] then [`spawn`].
-pub fn spawn_from_config(
-    cfg: &Config,
-    engine: EngineHandle,
-    journal: Option<Arc<dyn Journal>>,
-) -> Result<Control, String> {
-    let c = ControlConfig::from_config(cfg).map_err(|e| e.to_string())?;
-    spawn(c, engine, journal)
 }
 
 /// The control plane of `tickguard demo`: a random token written to a file only this user can

@@ -233,10 +233,10 @@ impl Drop for Channel {
 
 /// Sleeps `d` unless `stop` is set; returns false when stopped.
 fn pause(queue: &Queue, stop: &AtomicBool, d: Duration) -> bool {
-    let deadline = std::time::Instant::now() + d;
+    let deadline = crate::bus::clock::mono_std() + d;
     let Ok(mut g) = queue.events.lock() else { return false };
     while !stop.load(Ordering::SeqCst) {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let left = deadline.saturating_duration_since(crate::bus::clock::mono_std());
         if left.is_zero() {
             return true;
         }

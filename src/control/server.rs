@@ -365,7 +365,7 @@ impl Conns {
             id,
             Conn {
                 peer,
-                opened: Instant::now(),
+                opened: crate::bus::clock::mono_std(),
                 waiting,
                 authed: false,
                 busy: false,
@@ -519,7 +519,7 @@ impl Shared {
         });
     }
     fn writing(&self, body_len: usize, permit: Option<Budget>) {
-        let d = Instant::now() + self.limits.write_timeout;
+        let d = crate::bus::clock::mono_std() + self.limits.write_timeout;
         self.with(|s| {
             s.phase = Phase::Writing;
             s.deadline = Some(d);
@@ -542,7 +542,7 @@ impl<T> Guarded<T> {
     /// Starts in the idle phase: the first request has the idle time to begin (the waiting
     /// time for a waiting connection).
     fn new(inner: T, shared: Arc<Shared>) -> Guarded<T> {
-        let idle = Instant::now() + shared.limits.idle_timeout.min(shared.first_head);
+        let idle = crate::bus::clock::mono_std() + shared.limits.idle_timeout.min(shared.first_head);
         shared.with(|s| s.deadline = Some(idle));
         Guarded { inner, shared, sleep: Box::pin(tokio::time::sleep_until(idle.into())), armed: Some(idle) }
     }
@@ -551,7 +551,7 @@ impl<T> Guarded<T> {
     /// the deadline.
     fn overdue(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
         let Some(d) = self.shared.with(|s| s.deadline).flatten() else { return Ok(()) };
-        if Instant::now() >= d {
+        if crate::bus::clock::mono_std() >= d {
             self.shared.stats.timeouts.fetch_add(1, Ordering::Relaxed);
             return Err(io::ErrorKind::TimedOut.into());
         }
@@ -589,7 +589,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Guarded<T> {
                 if s.phase == Phase::Idle {
                     // The first byte of a request head: the head's deadline starts.
                     s.phase = Phase::Head;
-                    s.deadline = Some(Instant::now() + head_timeout);
+                    s.deadline = Some(crate::bus::clock::mono_std() + head_timeout);
                 }
             });
         }
@@ -637,7 +637,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Guarded<T> {
         }
         let r = Pin::new(&mut this.inner).poll_flush(cx);
         if matches!(r, Poll::Ready(Ok(()))) {
-            let idle = Instant::now() + this.shared.limits.idle_timeout;
+            let idle = crate::bus::clock::mono_std() + this.shared.limits.idle_timeout;
             this.shared.with(|s| {
                 if s.phase == Phase::Writing && s.written >= s.body_len {
                     // The answer is out: its bytes leave the budget, the idle time starts.
@@ -1107,8 +1107,10 @@ async fn answer(
     }
     // 3. Anonymous requests are rated per address.
     if !authed {
-        let ok =
-            ctx.peers.lock().is_ok_and(|mut p| p.allow(client(peer), ctx.limits.peer_rate, Instant::now()));
+        let ok = ctx
+            .peers
+            .lock()
+            .is_ok_and(|mut p| p.allow(client(peer), ctx.limits.peer_rate, crate::bus::clock::mono_std()));
         if !ok {
             ctx.stats.throttled.fetch_add(1, Ordering::Relaxed);
             return (
@@ -1193,7 +1195,10 @@ fn inline_probe(api: &Api, r: &Req) -> Option<Answer> {
 
 async fn failed(ctx: &Ctx, peer: SocketAddr, id: u64, a: Answer) -> Answer {
     ctx.stats.auth_failures.fetch_add(1, Ordering::Relaxed);
-    let delay = ctx.peers.lock().map_or(Duration::ZERO, |mut p| p.failure(client(peer), Instant::now()));
+    let delay = ctx
+        .peers
+        .lock()
+        .map_or(Duration::ZERO, |mut p| p.failure(client(peer), crate::bus::clock::mono_std()));
     if !delay.is_zero() {
         // A connection waiting out its delay is not in a request that matters: it is the first
         // to be closed when the right token needs room (a guesser on the operator's own address
@@ -1274,7 +1279,7 @@ mod tests {
     #[test]
     fn anonymous_rate_per_address() {
         let mut p = Peers::new();
-        let t0 = Instant::now();
+        let t0 = crate::bus::clock::mono_std();
         let a: IpAddr = [127, 0, 0, 2].into();
         let b: IpAddr = [127, 0, 0, 3].into();
         let allowed = (0..100).filter(|_| p.allow(a, 10, t0)).count();
@@ -1286,7 +1291,7 @@ mod tests {
     #[test]
     fn failures_are_summarised_not_logged_one_by_one() {
         let mut p = Peers::new();
-        let t0 = Instant::now();
+        let t0 = crate::bus::clock::mono_std();
         let a: IpAddr = [127, 0, 0, 2].into();
         for _ in 0..1000 {
             p.failure(a, t0);
@@ -1303,7 +1308,7 @@ mod tests {
     #[test]
     fn the_peer_table_is_bounded() {
         let mut p = Peers::new();
-        let t0 = Instant::now();
+        let t0 = crate::bus::clock::mono_std();
         for i in 0..(crate::limits::API_PEERS as u32 + 100) {
             let ip = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
             p.allow(ip, 10, t0 + Duration::from_micros(u64::from(i)));

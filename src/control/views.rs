@@ -13,12 +13,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
+use crate::bus::AppEngine;
 use crate::core::book::{ClosedHow, OrderPhase, PosState, Position};
 use crate::core::engine::{Alarm, CloseRecord, EngineConfig, Stats};
 use crate::core::price::{Price, Qty};
 use crate::core::time::Timestamp;
 use crate::core::types::{Band, InstrumentId, Quote, Rung, Side, Symbol};
-use crate::runtime::AppEngine;
 
 /// Which parts of the engine a snapshot copies.
 #[derive(Clone, Copy, Debug)]
@@ -137,7 +137,7 @@ fn rung_index(r: Rung) -> usize {
 
 /// Copies the engine's state (runs on the engine task).
 pub fn snapshot(e: &AppEngine, now: Timestamp, parts: Parts) -> Snap {
-    let wall = SystemTime::now();
+    let wall = crate::bus::clock::wall_now();
     let cache = e.cache();
     let mut open_on = vec![0u16; cache.len()];
     let mut counts = [0usize; 4];

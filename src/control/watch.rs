@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value, json};
 
@@ -205,7 +205,7 @@ fn fields(o: &Obs) -> Map<String, Value> {
 }
 
 fn event(kind: EventKind, text: String, fields: Map<String, Value>) -> Event {
-    Event { kind, text, fields, at: SystemTime::now() }
+    Event { kind, text, fields, at: crate::bus::clock::wall_now() }
 }
 
 fn run(bridge: &Bridge, state: &WatchState, stop: &AtomicBool) {
@@ -225,7 +225,7 @@ fn run(bridge: &Bridge, state: &WatchState, stop: &AtomicBool) {
             state.missed.fetch_add(1, Ordering::Relaxed);
             continue;
         };
-        state.set_beat(Beat { at: Instant::now(), alarm, open });
+        state.set_beat(Beat { at: crate::bus::clock::mono_std(), alarm, open });
         let n = &state.notifier;
         // The feed.
         if connected {
@@ -254,15 +254,21 @@ fn run(bridge: &Bridge, state: &WatchState, stop: &AtomicBool) {
         }
         // DNS fallbacks (only with a real venue).
         if let Some(r) = bridge.engine.status.resolver.get() {
-            let used = r.stats.fallback_answers.load(Ordering::Relaxed)
-                + r.stats.last_good_uses.load(Ordering::Relaxed);
+            let used = r.dns_stats().fallback_answers.load(Ordering::Relaxed)
+                + r.dns_stats().last_good_uses.load(Ordering::Relaxed);
             let before = *dns_seen.get_or_insert(used);
             if used > before && dns_last.is_none_or(|t| t.elapsed() >= DNS_EVERY) {
                 dns_seen = Some(used);
-                dns_last = Some(Instant::now());
+                dns_last = Some(crate::bus::clock::mono_std());
                 let mut f = Map::new();
-                f.insert("fallback_answers".into(), json!(r.stats.fallback_answers.load(Ordering::Relaxed)));
-                f.insert("last_good_uses".into(), json!(r.stats.last_good_uses.load(Ordering::Relaxed)));
+                f.insert(
+                    "fallback_answers".into(),
+                    json!(r.dns_stats().fallback_answers.load(Ordering::Relaxed)),
+                );
+                f.insert(
+                    "last_good_uses".into(),
+                    json!(r.dns_stats().last_good_uses.load(Ordering::Relaxed)),
+                );
                 n.notify(event(
                     EventKind::DnsFallback,
                     format!("system DNS failing: {} name(s) resolved through fallback servers or the last-good cache", used - before),

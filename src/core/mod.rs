@@ -11,6 +11,7 @@ pub mod book;
 pub mod cache;
 pub mod engine;
 pub mod price;
+pub mod spec;
 pub mod time;
 pub mod types;
 

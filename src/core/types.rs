@@ -32,12 +32,15 @@ pub enum Side {
 }
 
 impl Side {
-    /// Parses `long` / `short` (also `buy` / `sell`).
+    /// Parses `long` / `short` (also `buy` / `sell`), in any case: the one side rule of every
+    /// door (`core::spec`).
     pub fn parse(s: &str) -> Option<Side> {
-        match s {
-            "long" | "buy" | "LONG" | "BUY" => Some(Side::Long),
-            "short" | "sell" | "SHORT" | "SELL" => Some(Side::Short),
-            _ => None,
+        if ["long", "buy"].iter().any(|w| s.eq_ignore_ascii_case(w)) {
+            Some(Side::Long)
+        } else if ["short", "sell"].iter().any(|w| s.eq_ignore_ascii_case(w)) {
+            Some(Side::Short)
+        } else {
+            None
         }
     }
     /// `long` or `short`.

@@ -6,7 +6,9 @@
 //! set in the configuration override the profile one by one. `auto` picks the profile from the
 //! device tree's `compatible`.
 
-use crate::config::{IndicatorBoard, IndicatorConfig};
+use toml::de::{DeTable, DeValue};
+
+use super::{IndicatorBoard, IndicatorConfig};
 
 use super::IndicatorError;
 
@@ -59,9 +61,39 @@ pub fn profile(board: IndicatorBoard) -> Result<Option<IndicatorConfig>, Indicat
     let Some((_, file, text)) = PROFILES.iter().find(|(b, _, _)| *b == board) else {
         return Ok(None);
     };
-    crate::config::parse_str(text, file, std::iter::empty())
-        .map(|c| Some(c.indicator))
-        .map_err(|e| IndicatorError::Profile { file, problem: e.to_string() })
+    parse_profile(text).map(Some).map_err(|problem| IndicatorError::Profile { file, problem })
+}
+
+/// A profile's `[indicator]` table: `chip_label`, `led_line`, `buzzer_line`, `active_low`,
+/// nothing else (the profiles are compiled in; `every_profile_parses_and_is_complete` reads
+/// each of them).
+fn parse_profile(text: &str) -> Result<IndicatorConfig, String> {
+    let doc = DeTable::parse(text).map_err(|e| e.to_string())?;
+    let mut out = IndicatorConfig::default();
+    for (k, v) in doc.get_ref() {
+        let DeValue::Table(t) = v.get_ref() else {
+            return Err(format!("{}: a profile holds only the [indicator] table", k.get_ref()));
+        };
+        if k.get_ref() != "indicator" {
+            return Err(format!("[{}]: a profile holds only the [indicator] table", k.get_ref()));
+        }
+        for (k, v) in t {
+            let key = k.get_ref().as_ref();
+            let line = |v: &DeValue<'_>| match v {
+                DeValue::Integer(i) => u16::from_str_radix(i.as_str(), i.radix())
+                    .map_err(|_| format!("indicator.{key}: a line offset 0..=65535")),
+                _ => Err(format!("indicator.{key}: expected an integer")),
+            };
+            match (key, v.get_ref()) {
+                ("chip_label", DeValue::String(s)) => out.chip_label = Some(s.to_string()),
+                ("led_line", v) => out.led_line = Some(line(v)?),
+                ("buzzer_line", v) => out.buzzer_line = Some(line(v)?),
+                ("active_low", DeValue::Boolean(b)) => out.active_low = Some(*b),
+                _ => return Err(format!("indicator.{key}: not a profile key, or not of its type")),
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// The board a device tree `compatible` property (NUL-separated strings, most specific

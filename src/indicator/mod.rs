@@ -19,14 +19,16 @@
 pub mod board;
 pub mod gpio;
 pub mod pattern;
+mod settings;
+
+pub use settings::{IndicatorBoard, IndicatorConfig};
 
 use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::config::IndicatorConfig;
+use crate::bus::EngineHandle;
 use crate::core::engine::Alarm;
-use crate::runtime::EngineHandle;
 use board::Wiring;
 use pattern::{Generator, Levels};
 
@@ -168,7 +170,7 @@ impl Indicator {
             return Ok(None);
         }
         let compatible = match cfg.board {
-            crate::config::IndicatorBoard::Auto => board::read_compatible(),
+            IndicatorBoard::Auto => board::read_compatible(),
             _ => None,
         };
         let wiring = board::resolve(cfg, compatible.as_deref())?;
@@ -229,7 +231,7 @@ impl Indicator {
             if !due {
                 return;
             }
-            *failed_at = Some(tokio::time::Instant::now());
+            *failed_at = Some(crate::bus::clock::mono());
             match gpio::open(&self.wiring) {
                 Ok(l) => {
                     log::info!("[INDICATOR] event=line_restored path={}", l.path.display());
@@ -246,7 +248,7 @@ impl Indicator {
                     REOPEN_EVERY.as_secs()
                 );
                 self.lines = None;
-                *failed_at = Some(tokio::time::Instant::now());
+                *failed_at = Some(crate::bus::clock::mono());
             }
         }
     }
@@ -266,7 +268,6 @@ fn alarm_name(alarm: Alarm, silenced: bool) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::IndicatorBoard;
 
     const DOCS: &str = include_str!("../../docs/indicator.md");
 

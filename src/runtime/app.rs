@@ -192,7 +192,7 @@ pub async fn run_config_with(
     }
     if cfg.broker.kind == BrokerKind::Binance {
         // Spot cannot close a short: refuse it at start-up rather than fail at the stop.
-        if let Err(e) = crate::broker::binance::refuse_short_positions(&cfg.positions) {
+        if let Err(e) = crate::config::refuse_unclosable_sides(&cfg) {
             return config_error(e);
         }
     }
@@ -253,8 +253,12 @@ pub async fn run_config_with(
             let products =
                 Some(crate::control::ProductSink(Arc::new(move |id: &str, p| sink.set_product(id, p))));
             let feed_cfg = cfg.clone();
+            let warm = broker.clone();
             let spawn: EdgeSpawner = Box::new(move |w: EdgeWiring| {
-                edge.spawn(&feed_cfg, &w.instruments, w.engine, w.clock, w.added, w.stop)
+                // The order connections kept open: a close is one request on a warm connection.
+                let mut jobs = vec![tokio::spawn(warm.run_keep_warm(w.stop.clone()))];
+                jobs.extend(edge.spawn(&feed_cfg, &w.instruments, w.engine, w.clock, w.added, w.stop));
+                jobs
             });
             // Attempts journaled before a restart: absence can still be proven in the same
             // session (never across one).
@@ -400,7 +404,7 @@ pub async fn run_with_edges<B: crate::broker::Broker>(
     let seed = cfg.sim.seed.unwrap_or_else(entropy_seed);
     let mut jobs = Vec::new();
     let order_journal: Arc<dyn crate::broker::OrderJournal> = journal.clone();
-    let executor = tokio::spawn(crate::broker::run_executor(
+    let executor = tokio::spawn(crate::runtime::executor::run_executor(
         edges.broker.clone(),
         broker_rx,
         handle.clone(),
@@ -502,7 +506,7 @@ pub async fn run_with_edges<B: crate::broker::Broker>(
         cfg.positions.len(),
         cfg.feed.venue.as_str()
     ));
-    let started = tokio::time::Instant::now();
+    let started = crate::bus::clock::mono();
     let _ = stop.changed().await;
     let _ = stop_tx.send(true);
     for j in jobs {
@@ -519,20 +523,14 @@ pub async fn run_with_edges<B: crate::broker::Broker>(
 /// latency (frame received → close order emitted; quantiles are histogram bucket bounds, so
 /// `p50_us=50` reads "at most 50 µs"). Benchmarks and runbooks read it.
 fn log_final_stats(handle: &EngineHandle, engine: Option<&AppEngine>, uptime: std::time::Duration) {
-    use std::sync::atomic::Ordering::Relaxed;
     let mut line = format!("stats uptime_ms={}", uptime.as_millis());
-    if let Some(f) = handle.status.feed.get() {
+    if let Some(f) = handle.status.feed.get().map(|f| f.stats()) {
         let _ = write!(
             line,
             " feed_frames={} feed_ticks={} feed_malformed={} feed_unknown_symbols={} feed_reconnects={} feed_rotations={}",
-            f.frames.load(Relaxed),
-            f.ticks.load(Relaxed),
-            f.malformed.load(Relaxed),
-            f.unknown_symbols.load(Relaxed),
-            f.reconnects.load(Relaxed),
-            f.rotations.load(Relaxed)
+            f.frames, f.ticks, f.malformed, f.unknown_symbols, f.reconnects, f.rotations
         );
-        let _ = write!(line, " feed_auth_failures={}", f.auth_failures.load(Relaxed));
+        let _ = write!(line, " feed_auth_failures={}", f.auth_failures);
     }
     if let Some(e) = engine {
         let s = e.stats();

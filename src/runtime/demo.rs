@@ -22,7 +22,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::sync::watch;
-use tokio::time::Instant;
 
 use super::board::PriceBoard;
 use super::clock::Clock;
@@ -159,7 +158,8 @@ pub async fn run_with(
     let network_up = Arc::new(AtomicBool::new(true));
     let engine_join = tokio::spawn(task.run());
     let paper = Arc::new(Paper::new(Duration::from_millis(200), network_up.clone(), board.clone()));
-    let paper_join = tokio::spawn(crate::broker::run_executor(paper, broker_rx, handle.clone(), None, clock));
+    let paper_join =
+        tokio::spawn(crate::runtime::executor::run_executor(paper, broker_rx, handle.clone(), None, clock));
     handle.feed(FeedEvent::SubscribedAll).await;
     // The status page and API on `listen`, with a random token in a file (its own threads).
     let _control = listen.and_then(|addr| {
@@ -171,7 +171,7 @@ pub async fn run_with(
     let notify_join = tokio::spawn(notifier.clone().run(handle.clone(), engine_shutdown));
     notifier.ready("demo: replaying the seed incident on a simulated feed");
 
-    let start = Instant::now();
+    let start = crate::bus::clock::mono();
     let deadline = run_for.map(|d| start + d);
     let mut rounds = 0u32;
     let script = async {
@@ -205,7 +205,7 @@ async fn play_round(
     network_up: &AtomicBool,
     ids: &[InstrumentId; 4],
 ) {
-    let start = Instant::now();
+    let start = crate::bus::clock::mono();
     let at = |t: f64| start + Duration::from_secs_f64(t);
     let round_start = clock.now();
     let pid = |name: &str| format!("{name}-{round}");

@@ -149,7 +149,7 @@ impl Notifier {
         let mut last_turns = handle.status.engine_turns.load(Ordering::Relaxed);
         let mut stalled_since: Option<Instant> = None;
         let mut last_status = String::new();
-        let mut next_status = Instant::now();
+        let mut next_status = crate::bus::clock::mono();
         loop {
             poke(&handle);
             tokio::select! {
@@ -166,7 +166,7 @@ impl Notifier {
                     self.send("WATCHDOG=1");
                 }
             } else if stalled_since.is_none() {
-                stalled_since = Some(Instant::now());
+                stalled_since = Some(crate::bus::clock::mono());
                 log::error!(
                     "[WATCHDOG] event=engine_stalled turns={turns} (the engine loop stopped turning; {})",
                     if self.watchdog.is_some() {
@@ -178,8 +178,8 @@ impl Notifier {
                 self.send("STATUS=engine loop stalled: protection is not running; awaiting the watchdog");
                 last_status.clear();
             }
-            if stalled_since.is_none() && self.sink.is_some() && Instant::now() >= next_status {
-                next_status = Instant::now() + CHECK_EVERY;
+            if stalled_since.is_none() && self.sink.is_some() && crate::bus::clock::mono() >= next_status {
+                next_status = crate::bus::clock::mono() + CHECK_EVERY;
                 let look = handle.inspect(status_line);
                 if let Ok(Some(s)) = tokio::time::timeout(every, look).await {
                     if s != last_status {

@@ -80,7 +80,13 @@ impl Appliance {
             let (task, handle, broker_rx) = engine_task(engine, clock, stop_rx);
             rt.spawn(task.run());
             let paper = Arc::new(Paper::new(Duration::from_millis(50), network_up.clone(), board.clone()));
-            rt.spawn(tickguard::broker::run_executor(paper, broker_rx, handle.clone(), None, clock));
+            rt.spawn(tickguard::runtime::executor::run_executor(
+                paper,
+                broker_rx,
+                handle.clone(),
+                None,
+                clock,
+            ));
             handle
         };
         rt.block_on(handle.feed(FeedEvent::SubscribedAll));

@@ -1,11 +1,11 @@
-//! The control plane's settings from a loaded configuration: credentials, transport rules and
+//! The control plane's settings (`control::ControlConfig`) from a loaded configuration: credentials, transport rules and
 //! their loopback-only fallback, notification channels.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use super::{ControlConfig, StoreProbe, notify};
 use crate::config::{Config, Severity};
+use crate::control::{ControlConfig, StoreProbe, notify};
 use crate::net::dns::DnsConfig;
 
 impl ControlConfig {
@@ -128,6 +128,7 @@ impl ControlConfig {
             cap: (cfg.dns.timeout * 2).min(Duration::from_secs(10)),
         };
         c.extra_ca = cfg.tls.extra_ca.clone();
+        c.side_rule = crate::config::side_rule(cfg);
         Ok(c)
     }
 }
