@@ -197,7 +197,11 @@ dir = "{}"
         ca.display(),
         key.display(),
         secret.display(),
-        dir.join("state").display(),
+        // BENCH_STATE_DIR puts the journal elsewhere (a tmpfs: the software path without the
+        // disk's fsync).
+        std::env::var_os("BENCH_STATE_DIR")
+            .map_or_else(|| dir.join("state"), |d| std::path::PathBuf::from(d).join(format!("tg-bench-{}", std::process::id())))
+            .display(),
     );
     for i in 0..POSITIONS {
         s.push_str(&format!(
