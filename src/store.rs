@@ -563,6 +563,18 @@ pub enum StoreError {
     Orphan(String),
 }
 
+impl crate::bus::error::EdgeError for StoreError {
+    /// A file operation or a broken journal may pass (space freed, the disk back: each later
+    /// append tries the repair again); a record that cannot be encoded, or an intent whose
+    /// registration was taken back, never will.
+    fn severity(&self) -> crate::bus::error::Severity {
+        match self {
+            StoreError::Io { .. } | StoreError::Broken { .. } => crate::bus::error::Severity::Recoverable,
+            StoreError::Encode(_) | StoreError::Orphan(_) => crate::bus::error::Severity::Fatal,
+        }
+    }
+}
+
 fn io<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
     move |source| StoreError::Io { path: path.display().to_string(), op, source }
 }

@@ -200,7 +200,10 @@ dir = "{}"
         // BENCH_STATE_DIR puts the journal elsewhere (a tmpfs: the software path without the
         // disk's fsync).
         std::env::var_os("BENCH_STATE_DIR")
-            .map_or_else(|| dir.join("state"), |d| std::path::PathBuf::from(d).join(format!("tg-bench-{}", std::process::id())))
+            .map_or_else(
+                || dir.join("state"),
+                |d| std::path::PathBuf::from(d).join(format!("tg-bench-{}", std::process::id()))
+            )
             .display(),
     );
     for i in 0..POSITIONS {
@@ -393,6 +396,10 @@ async fn bench_close() {
     }
     let _ = child.wait();
     let _ = reader.join();
+    if let (Some(path), Ok(v)) = (std::env::var_os("BENCH_LOG"), lines.lock()) {
+        // The binary's whole log, for reading where the time went.
+        let _ = std::fs::write(path, v.join("\n"));
+    }
     let (stamps, sent, pushed) = match result {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => panic!("bench-close: {e}"),

@@ -445,6 +445,7 @@ pub async fn run_with_edges<B: crate::broker::Broker>(
         stop: stop_rx.clone(),
         seed,
     }));
+    let mut registering = Vec::with_capacity(cfg.positions.len());
     for spec in &cfg.positions {
         if recovered.state.positions.contains_key(spec.id.as_str()) {
             log::info!("[STORE] event=config_position_skipped id={} (the journal already knows it)", spec.id);
@@ -480,9 +481,26 @@ pub async fn run_with_edges<B: crate::broker::Broker>(
                 ),
             }
         }
-        if let Err(e) = handle.command(Command::Register(spec.clone())).await {
+        // Sent without waiting for the previous answer: the engine takes them in order and
+        // the journal writer commits them together (one fsync for the lot instead of one per
+        // position: 256 positions on a slow card would otherwise keep the disk busy for
+        // 256 fsyncs, and a crossing's intent would queue behind them).
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let cmd = Command::Register(spec.clone());
+        if handle.requests.send(crate::bus::Request::Command { cmd, reply: Some(tx) }).await.is_err() {
             let _ = stop_tx.send(true);
-            return config_error(format!("positions: id={}: {e}", spec.id));
+            return config_error(format!(
+                "positions: id={}: {}",
+                spec.id,
+                crate::core::CoreError::EngineStopped
+            ));
+        }
+        registering.push((spec.id.clone(), rx));
+    }
+    for (id, rx) in registering {
+        if let Err(e) = rx.await.unwrap_or(Err(crate::core::CoreError::EngineStopped)) {
+            let _ = stop_tx.send(true);
+            return config_error(format!("positions: id={id}: {e}"));
         }
     }
     // The recovered copy (tombstones included) is not needed any more.
