@@ -110,3 +110,7 @@ pub const BROKER_BALANCE_MAX_AGE: std::time::Duration = std::time::Duration::fro
 /// burst never makes a submitter (the engine above all) wait for the disk; a batch is a few
 /// hundred bytes, so a full queue is ~1 MiB at most.
 pub const JOURNAL_QUEUE: usize = 2 * (2 * MAX_POSITIONS + 2 * COMMAND_QUEUE);
+/// Configured positions registered at start-up without waiting for each answer: the journal
+/// writer commits them together (one fsync per group instead of one per position), while the
+/// waiting replies (one task each) stay bounded.
+pub const STARTUP_REGISTRATIONS_IN_FLIGHT: usize = 32;

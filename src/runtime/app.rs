@@ -445,7 +445,7 @@ pub async fn run_with_edges<B: crate::broker::Broker>(
         stop: stop_rx.clone(),
         seed,
     }));
-    let mut registering = Vec::with_capacity(cfg.positions.len());
+    let mut registering = Vec::with_capacity(crate::limits::STARTUP_REGISTRATIONS_IN_FLIGHT);
     for spec in &cfg.positions {
         if recovered.state.positions.contains_key(spec.id.as_str()) {
             log::info!("[STORE] event=config_position_skipped id={} (the journal already knows it)", spec.id);
@@ -496,12 +496,16 @@ pub async fn run_with_edges<B: crate::broker::Broker>(
             ));
         }
         registering.push((spec.id.clone(), rx));
-    }
-    for (id, rx) in registering {
-        if let Err(e) = rx.await.unwrap_or(Err(crate::core::CoreError::EngineStopped)) {
-            let _ = stop_tx.send(true);
-            return config_error(format!("positions: id={id}: {e}"));
+        if registering.len() >= crate::limits::STARTUP_REGISTRATIONS_IN_FLIGHT {
+            if let Err(e) = answered(&mut registering).await {
+                let _ = stop_tx.send(true);
+                return config_error(e);
+            }
         }
+    }
+    if let Err(e) = answered(&mut registering).await {
+        let _ = stop_tx.send(true);
+        return config_error(e);
     }
     // The recovered copy (tombstones included) is not needed any more.
     drop(recovered);
@@ -579,4 +583,18 @@ pub fn entropy_seed() -> u64 {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u64(std::process::id().into());
     h.finish()
+}
+
+/// Where the engine's answer to a command arrives.
+type ReplyRx = tokio::sync::oneshot::Receiver<Result<crate::core::engine::Reply, crate::core::CoreError>>;
+
+/// Waits for the answers of the registrations sent at start-up, in order; the first refusal,
+/// as the message of a configuration error.
+async fn answered(registering: &mut Vec<(crate::core::types::PositionId, ReplyRx)>) -> Result<(), String> {
+    for (id, rx) in registering.drain(..) {
+        if let Err(e) = rx.await.unwrap_or(Err(crate::core::CoreError::EngineStopped)) {
+            return Err(format!("positions: id={id}: {e}"));
+        }
+    }
+    Ok(())
 }
