@@ -10,6 +10,7 @@ mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -119,6 +120,75 @@ impl Proc {
     }
 }
 
+/// What both crash tests run against: a runtime, a CA, the loopback feed pushing `prices`
+/// every 50 ms, and the broker's key files.
+struct Rig {
+    rt: tokio::runtime::Runtime,
+    dir: PathBuf,
+    ca: TestCa,
+    tls: Arc<rustls::ServerConfig>,
+    ws: Arc<WsServer>,
+    prices: Prices,
+}
+
+impl Rig {
+    fn start(name: &str) -> Rig {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let dir = support::test_dir(name);
+        let ca = TestCa::new(&dir);
+        let tls = ca.server_config(&["127.0.0.1"]);
+        let ws = Arc::new(rt.block_on(WsServer::start(tls.clone())));
+        let prices: Prices = Arc::new(Mutex::new(SYMBOLS.iter().map(|(s, _, _)| (*s, "100.00")).collect()));
+        let (pusher_prices, pusher_ws) = (prices.clone(), ws.clone());
+        rt.spawn(async move {
+            loop {
+                let now: Vec<(&str, &str)> = pusher_prices
+                    .lock()
+                    .map(|m| m.iter().map(|(k, v)| (*k, *v)).collect())
+                    .unwrap_or_default();
+                for (s, p) in now {
+                    pusher_ws.push(&book_ticker(s, p));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        std::fs::write(dir.join("key"), fake_binance::API_KEY).expect("key file");
+        std::fs::write(dir.join("secret"), format!("{}\n", fake_binance::SECRET)).expect("secret file");
+        Rig { rt, dir, ca, tls, ws, prices }
+    }
+}
+
+/// A fresh fake Binance (every symbol at 100.00, 1 000 of each base asset), the feed's prices
+/// back at 100.00, and the configuration of scenario `n` (its own state directory).
+fn new_scenario(
+    rt: &tokio::runtime::Runtime,
+    tls: &Arc<rustls::ServerConfig>,
+    prices: &Prices,
+    dir: &Path,
+    ws: &WsServer,
+    ca: &TestCa,
+    n: usize,
+) -> (FakeBinance, PathBuf) {
+    let fake = rt.block_on(FakeBinance::start(tls.clone()));
+    for (s, base, _) in SYMBOLS {
+        fake.add_symbol(s, base, "USDT", "0.001", "0.001", "1", "100.00");
+        fake.set_balance(base, "1000", "0");
+    }
+    if let Ok(mut m) = prices.lock() {
+        for v in m.values_mut() {
+            *v = "100.00";
+        }
+    }
+    let state = dir.join(format!("state-{n}"));
+    let cfg = dir.join(format!("tickguard-{n}.toml"));
+    write_config(&cfg, dir, &state, ws.port, ca, &fake, n);
+    (fake, cfg)
+}
+
 /// The configuration of one scenario: four long positions (stop 90) on the fake feed and the
 /// fake Binance, state in `state`.
 fn write_config(
@@ -183,52 +253,14 @@ fn killed_at_random_moments_every_crossed_position_closes_exactly_once() {
             | 1
     });
     println!("crash test: rounds={rounds} seed={seed} (replay with CRASH_SEED={seed})");
-    let rt =
-        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-    let dir = support::test_dir("crash");
-    let ca = TestCa::new(&dir);
-    let tls = ca.server_config(&["127.0.0.1"]);
-    let ws = rt.block_on(WsServer::start(tls.clone()));
-    let prices: Prices = Arc::new(Mutex::new(SYMBOLS.iter().map(|(s, _, _)| (*s, "100.00")).collect()));
-    {
-        let ws_port = ws.port;
-        let _ = ws_port;
-    }
-    let pusher_prices = prices.clone();
-    let ws = Arc::new(ws);
-    let pusher_ws = ws.clone();
-    rt.spawn(async move {
-        loop {
-            let now: Vec<(&str, &str)> =
-                pusher_prices.lock().map(|m| m.iter().map(|(k, v)| (*k, *v)).collect()).unwrap_or_default();
-            for (s, p) in now {
-                pusher_ws.push(&book_ticker(s, p));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    });
-    std::fs::write(dir.join("key"), fake_binance::API_KEY).expect("key file");
-    std::fs::write(dir.join("secret"), format!("{}\n", fake_binance::SECRET)).expect("secret file");
-
+    let Rig { rt, dir, ca, tls, ws, prices } = Rig::start("crash");
     let mut rng = Rng(seed);
     let mut done = 0usize;
     let mut scenario = 0usize;
     let mut closes = 0usize;
     while done < rounds {
         scenario += 1;
-        let fake = rt.block_on(FakeBinance::start(tls.clone()));
-        for (s, base, _) in SYMBOLS {
-            fake.add_symbol(s, base, "USDT", "0.001", "0.001", "1", "100.00");
-            fake.set_balance(base, "1000", "0");
-        }
-        if let Ok(mut m) = prices.lock() {
-            for v in m.values_mut() {
-                *v = "100.00";
-            }
-        }
-        let state = dir.join(format!("state-{scenario}"));
-        let cfg = dir.join(format!("tickguard-{scenario}.toml"));
-        write_config(&cfg, &dir, &state, ws.port, &ca, &fake, scenario);
+        let (fake, cfg) = new_scenario(&rt, &tls, &prices, &dir, &ws, &ca, scenario);
 
         // Which instruments this scenario drives through their stop (never the last one).
         let mut to_cross: Vec<usize> = (0..SYMBOLS.len() - 1).filter(|_| rng.below(3) > 0).collect();
@@ -315,44 +347,13 @@ fn killed_between_intent_sync_send_and_outcome_never_a_double_order() {
             | 1
     });
     println!("crash points: rounds={rounds} seed={seed} (replay with CRASH_SEED={seed})");
-    let rt =
-        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-    let dir = support::test_dir("crash-points");
-    let ca = TestCa::new(&dir);
-    let tls = ca.server_config(&["127.0.0.1"]);
-    let ws = Arc::new(rt.block_on(WsServer::start(tls.clone())));
-    let prices: Prices = Arc::new(Mutex::new(SYMBOLS.iter().map(|(s, _, _)| (*s, "100.00")).collect()));
-    let (pusher_prices, pusher_ws) = (prices.clone(), ws.clone());
-    rt.spawn(async move {
-        loop {
-            let now: Vec<(&str, &str)> =
-                pusher_prices.lock().map(|m| m.iter().map(|(k, v)| (*k, *v)).collect()).unwrap_or_default();
-            for (s, p) in now {
-                pusher_ws.push(&book_ticker(s, p));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    });
-    std::fs::write(dir.join("key"), fake_binance::API_KEY).expect("key file");
-    std::fs::write(dir.join("secret"), format!("{}\n", fake_binance::SECRET)).expect("secret file");
+    let Rig { rt, dir, ca, tls, ws, prices } = Rig::start("crash-points");
     let mut rng = Rng(seed);
     let t_all = Instant::now();
     let mut closes = 0usize;
     for scenario in 1..=rounds {
         let point = if scenario % 2 == 1 { "intent-synced" } else { "sent" };
-        let fake = rt.block_on(FakeBinance::start(tls.clone()));
-        for (s, base, _) in SYMBOLS {
-            fake.add_symbol(s, base, "USDT", "0.001", "0.001", "1", "100.00");
-            fake.set_balance(base, "1000", "0");
-        }
-        if let Ok(mut m) = prices.lock() {
-            for v in m.values_mut() {
-                *v = "100.00";
-            }
-        }
-        let state = dir.join(format!("state-{scenario}"));
-        let cfg = dir.join(format!("tickguard-{scenario}.toml"));
-        write_config(&cfg, &dir, &state, ws.port, &ca, &fake, scenario);
+        let (fake, cfg) = new_scenario(&rt, &tls, &prices, &dir, &ws, &ca, scenario);
         let mut to_cross: Vec<usize> = (0..SYMBOLS.len() - 1).filter(|_| rng.below(2) > 0).collect();
         if to_cross.is_empty() {
             to_cross.push(rng.below(SYMBOLS.len() as u64 - 1) as usize);
