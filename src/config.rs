@@ -24,7 +24,8 @@ use crate::core::book::PositionSpec;
 use crate::core::engine::EngineConfig;
 use crate::core::spec::{Field, SpecRules};
 use crate::core::types::PositionId;
-use crate::limits::{MAX_INSTRUMENTS, MAX_POSITIONS};
+use crate::limits::{MAX_INSTRUMENTS, MAX_POSITIONS, RELAY_INTERVALS, RELAY_SYMBOLS};
+use crate::relay::candle::Interval;
 
 /// Prefix of every environment override.
 pub const ENV_PREFIX: &str = "TICKGUARD_";
@@ -34,7 +35,7 @@ pub const MAX_SECS: f64 = 86_400.0;
 
 /// The sections of the file, in documentation order (`[[positions]]` comes on top of these).
 pub const SECTIONS: &[&str] =
-    &["api", "feed", "dns", "tls", "cache", "broker", "store", "sim", "indicator", "notify"];
+    &["api", "feed", "dns", "tls", "cache", "broker", "store", "sim", "indicator", "notify", "relay"];
 
 /// A configuration problem. The process exits with code 78 (`EX_CONFIG`) on any of them.
 #[derive(Debug, thiserror::Error)]
@@ -176,6 +177,17 @@ pub enum Kind {
     Dates,
     /// A list of `Host` header values (`host`, `host:port`, `[v6]`, `[v6]:port`), or absent.
     Hosts,
+    /// One of these words, or absent (a default computed from other keys).
+    OptChoice(&'static [&'static str]),
+    /// A non-empty list of candle intervals (`1m` ... `1d`, `relay::candle::Interval`).
+    Intervals,
+    /// An integer in `min..=max`, for capacities beyond `Count`'s range.
+    Capacity {
+        /// Smallest accepted.
+        min: u32,
+        /// Largest accepted.
+        max: u32,
+    },
 }
 
 impl Kind {
@@ -203,6 +215,9 @@ impl Kind {
             Kind::OptCount { min, max } => format!("integer {min} to {max}, optional"),
             Kind::OptBool => "bool, optional".into(),
             Kind::Hosts => "list of hosts, optional".into(),
+            Kind::OptChoice(words) => format!("{}, optional", words.join(" / ")),
+            Kind::Intervals => "list of intervals".into(),
+            Kind::Capacity { min, max } => format!("integer {min} to {max}"),
         }
     }
 
@@ -228,6 +243,9 @@ impl Kind {
             Kind::OptCount { min, max } => format!("an integer from {min} to {max}"),
             Kind::OptBool => "true or false".into(),
             Kind::Hosts => "a list of host strings (\"tickguard.lan\", \"192.168.1.20:8443\")".into(),
+            Kind::OptChoice(words) => format!("one of the strings {}", words.join(", ")),
+            Kind::Intervals => format!("a list of interval strings ({})", interval_names()),
+            Kind::Capacity { min, max } => format!("an integer from {min} to {max}"),
         }
     }
 }
@@ -725,6 +743,146 @@ pub static KEYS: &[KeySpec] = &[
         "Base URL of the Telegram Bot API.",
         "\"https://tg-proxy.example.com\"",
     ),
+    key(
+        "relay.enabled",
+        Kind::Bool,
+        "false",
+        "",
+        "Serve the LAN relay: the venue's quotes and OHLCV candles to the bots of the LAN over WebSocket, from the relay's own upstream connection (see docs/relay.md).",
+        "true",
+    ),
+    key(
+        "relay.listen",
+        Kind::Addr,
+        "127.0.0.1:8765",
+        "",
+        "Address the relay's WebSocket server listens on (the OHLCV connector's `ws://HOST:8765`); must differ from `api.listen` and `relay.health_listen`.",
+        "\"0.0.0.0:8765\"",
+    ),
+    key(
+        "relay.health_listen",
+        Kind::Addr,
+        "127.0.0.1:8766",
+        "",
+        "Address of the relay's `/health`, `/ready` and `/metrics` (the connector's names).",
+        "\"0.0.0.0:8766\"",
+    ),
+    key(
+        "relay.health_enabled",
+        Kind::Bool,
+        "true",
+        "",
+        "Serve the relay's health server on `relay.health_listen`.",
+        "false",
+    ),
+    key(
+        "relay.exchange",
+        Kind::OptChoice(&["binance", "upstox"]),
+        "(feed.venue)",
+        "",
+        "The venue relayed. Default: `feed.venue` (required when the feed is the simulator). With `upstox`, `relay.token_file` is required.",
+        "\"upstox\"",
+    ),
+    key(
+        "relay.ws_url",
+        Kind::OptUrl(&["ws", "wss"]),
+        "(feed.ws_url or Binance's)",
+        "",
+        "WebSocket endpoint of the relay's upstream. Default: `feed.ws_url` when `relay.exchange` is the feed's venue, else `wss://stream.binance.com:9443/ws` (Upstox: not used, the authorize endpoint hands out the URL).",
+        "\"wss://stream.binance.com:443/ws\"",
+    ),
+    key(
+        "relay.rest_url",
+        Kind::OptUrl(&["http", "https"]),
+        "(feed.rest_url or the venue's)",
+        "",
+        "REST base URL of the relay's backfill (Binance klines, Upstox authorize and intraday candles). Default: `feed.rest_url` when `relay.exchange` is the feed's venue, else `https://api.binance.com` (Upstox: `https://api.upstox.com`).",
+        "\"https://api1.binance.com\"",
+    ),
+    key(
+        "relay.token_file",
+        Kind::OptPath,
+        "(none)",
+        "",
+        "Upstox: file holding the relay's own access token; required with `relay.exchange = \"upstox\"` and never `feed.token_file` (Upstox allows one market-data connection per app and user: the relay's would cut the guard's).",
+        "\"/etc/tickguard/relay.token\"",
+    ),
+    key(
+        "relay.intervals",
+        Kind::Intervals,
+        "1m",
+        "",
+        "Candle intervals the relay serves, each of `1m 3m 5m 15m 30m 1h 2h 4h 1d`, at most 4 (`limits::RELAY_INTERVALS`).",
+        "[\"1m\", \"5m\"]",
+    ),
+    key(
+        "relay.symbols",
+        Kind::Symbols,
+        "(empty)",
+        "",
+        "Symbols the relay subscribes and backfills from the start (Binance: upper-cased), at most 128 (`limits::RELAY_SYMBOLS`).",
+        "[\"BTCUSDT\", \"ETHUSDT\"]",
+    ),
+    key(
+        "relay.closed_queue_max",
+        Kind::Capacity { min: 1, max: 100_000 },
+        "1000",
+        "",
+        "Closed candles one client's outbox holds; a client that falls further behind is closed (1008) with its resume cursor (`CONNECTOR_CLOSED_QUEUE_MAXSIZE`).",
+        "500",
+    ),
+    key(
+        "relay.open_queue_max",
+        Kind::Capacity { min: 1, max: 100_000 },
+        "2000",
+        "",
+        "Quotes and open-candle updates one client's outbox holds (the newest replace older ones; `CONNECTOR_OPEN_QUEUE_MAXSIZE`).",
+        "4000",
+    ),
+    key(
+        "relay.breaker_recovery_s",
+        SECS,
+        "60",
+        "s",
+        "How long an upstream's open circuit breaker waits before a trial connection (`CONNECTOR_CIRCUIT_BREAKER_RECOVERY_TIMEOUT`).",
+        "30",
+    ),
+    key(
+        "relay.close_delay_s",
+        SECS,
+        "2",
+        "s",
+        "A bar whose closing kline has not come this long after its end is closed from its trades (and corrected by REST); below the shortest of `relay.intervals`.",
+        "5",
+    ),
+    key(
+        "relay.stale_after_s",
+        SECS,
+        "30",
+        "s",
+        "A relayed symbol without a quote this long is not fresh (`/ready` fails).",
+        "60",
+    ),
+];
+
+/// The relay's Binance WebSocket endpoint when it does not share the feed's venue.
+pub const RELAY_BINANCE_WS_URL: &str = "wss://stream.binance.com:9443/ws";
+/// The relay's Binance REST base when it does not share the feed's venue.
+pub const RELAY_BINANCE_REST_URL: &str = "https://api.binance.com";
+/// The relay's Upstox REST base when it does not share the feed's venue.
+pub const RELAY_UPSTOX_REST_URL: &str = "https://api.upstox.com";
+
+/// The OHLCV connector's environment names and the relay keys they set (issue 15): the
+/// connector's users keep their `.env`. Applied after the file and before the `TICKGUARD_*`
+/// overrides, so `TICKGUARD_RELAY_*` wins for the same key. `CONNECTOR_WSS_PORT` and
+/// `CONNECTOR_WSS_HEALTH_CHECK_PORT` set the port only (the host is kept).
+pub const CONNECTOR_ENV: &[(&str, &str)] = &[
+    ("CONNECTOR_WSS_PORT", "relay.listen"),
+    ("CONNECTOR_WSS_HEALTH_CHECK_PORT", "relay.health_listen"),
+    ("CONNECTOR_WSS_HEALTH_CHECK_ENABLED", "relay.health_enabled"),
+    ("CONNECTOR_CLOSED_QUEUE_MAXSIZE", "relay.closed_queue_max"),
+    ("CONNECTOR_OPEN_QUEUE_MAXSIZE", "relay.open_queue_max"),
+    ("CONNECTOR_CIRCUIT_BREAKER_RECOVERY_TIMEOUT", "relay.breaker_recovery_s"),
 ];
 
 // The keys of a `[[positions]]` table are the keys of every position spec (the API's too):
@@ -1086,6 +1244,64 @@ impl Default for SimConfig {
     }
 }
 
+/// `[relay]`: the LAN relay (issue 15). Off by default; its settings struct
+/// (`relay::RelaySettings`) is filled from this by `runtime::wiring::relay`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RelayConfig {
+    /// `relay.enabled`.
+    pub enabled: bool,
+    /// `relay.listen`.
+    pub listen: SocketAddr,
+    /// `relay.health_listen`.
+    pub health_listen: SocketAddr,
+    /// `relay.health_enabled`.
+    pub health_enabled: bool,
+    /// `relay.exchange` as set (`None`: `feed.venue`; see [`Config::relay_exchange`]).
+    pub exchange: Option<crate::relay::Exchange>,
+    /// `relay.ws_url` as set (`None`: see [`Config::relay_ws_url`]).
+    pub ws_url: Option<String>,
+    /// `relay.rest_url` as set (`None`: see [`Config::relay_rest_url`]).
+    pub rest_url: Option<String>,
+    /// `relay.token_file`.
+    pub token_file: Option<PathBuf>,
+    /// `relay.intervals` (never empty, each once, in the order written).
+    pub intervals: Vec<Interval>,
+    /// `relay.symbols` (each once; upper-cased when the relay's venue is Binance).
+    pub symbols: Vec<String>,
+    /// `relay.closed_queue_max`.
+    pub closed_queue_max: usize,
+    /// `relay.open_queue_max`.
+    pub open_queue_max: usize,
+    /// `relay.breaker_recovery_s`.
+    pub breaker_recovery: Duration,
+    /// `relay.close_delay_s`.
+    pub close_delay: Duration,
+    /// `relay.stale_after_s`.
+    pub stale_after: Duration,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            enabled: false,
+            listen: SocketAddr::from(([127, 0, 0, 1], 8765)),
+            health_listen: SocketAddr::from(([127, 0, 0, 1], 8766)),
+            health_enabled: true,
+            exchange: None,
+            ws_url: None,
+            rest_url: None,
+            token_file: None,
+            intervals: vec![Interval::M1],
+            symbols: Vec::new(),
+            closed_queue_max: 1000,
+            open_queue_max: 2000,
+            breaker_recovery: Duration::from_secs(60),
+            close_delay: Duration::from_secs(2),
+            stale_after: Duration::from_secs(30),
+        }
+    }
+}
+
 // `[indicator]`'s settings belong to the indicator edge; the configuration fills them.
 pub use crate::indicator::{IndicatorBoard, IndicatorConfig};
 
@@ -1112,6 +1328,8 @@ pub struct Config {
     pub indicator: IndicatorConfig,
     /// `[notify]`.
     pub notify: NotifyConfig,
+    /// `[relay]`.
+    pub relay: RelayConfig,
     /// `[[positions]]`, in file order.
     pub positions: Vec<PositionSpec>,
     /// `[[positions]] product`, for the positions that set it (id, product).
@@ -1171,6 +1389,48 @@ impl Config {
         out
     }
 
+    /// The venue the relay serves: `relay.exchange`, else `feed.venue` (`None` when that is
+    /// the simulator: the relay then needs `relay.exchange`).
+    pub fn relay_exchange(&self) -> Option<crate::relay::Exchange> {
+        use crate::relay::Exchange;
+        self.relay.exchange.or(match self.feed.venue {
+            Venue::Sim => None,
+            Venue::Binance => Some(Exchange::Binance),
+            Venue::Upstox => Some(Exchange::Upstox),
+        })
+    }
+
+    /// Whether the relay's venue is the feed's (its URLs then default to the feed's).
+    fn relay_shares_feed_venue(&self) -> bool {
+        use crate::relay::Exchange;
+        matches!(
+            (self.relay_exchange(), self.feed.venue),
+            (Some(Exchange::Binance), Venue::Binance) | (Some(Exchange::Upstox), Venue::Upstox)
+        )
+    }
+
+    /// `relay.ws_url` in force: as set, else `feed.ws_url` when the relay's venue is the
+    /// feed's, else [`RELAY_BINANCE_WS_URL`] (Upstox does not use it: its authorize endpoint
+    /// hands out the URL).
+    pub fn relay_ws_url(&self) -> &str {
+        match &self.relay.ws_url {
+            Some(u) => u,
+            None if self.relay_shares_feed_venue() => &self.feed.ws_url,
+            None => RELAY_BINANCE_WS_URL,
+        }
+    }
+
+    /// `relay.rest_url` in force: as set, else `feed.rest_url` when the relay's venue is the
+    /// feed's, else the venue's ([`RELAY_BINANCE_REST_URL`], [`RELAY_UPSTOX_REST_URL`]).
+    pub fn relay_rest_url(&self) -> &str {
+        match &self.relay.rest_url {
+            Some(u) => u,
+            None if self.relay_shares_feed_venue() => &self.feed.rest_url,
+            None if self.relay_exchange() == Some(crate::relay::Exchange::Upstox) => RELAY_UPSTOX_REST_URL,
+            None => RELAY_BINANCE_REST_URL,
+        }
+    }
+
     /// One line for `check-config` and the start-up log.
     pub fn summary(&self) -> String {
         format!(
@@ -1212,6 +1472,7 @@ pub fn parse_str(
     let mut cfg = Config::default();
     apply_file(&mut cfg, doc.get_ref())?;
     let env: Vec<(String, String)> = env.into_iter().collect();
+    apply_connector_env(&mut cfg, &env)?;
     apply_env(&mut cfg, env.iter().cloned())?;
     let credentials = env.iter().find(|(k, _)| k == CREDENTIALS_DIRECTORY).map(|(_, v)| v.as_str());
     resolve_credentials(&mut cfg, credentials);
@@ -1245,7 +1506,7 @@ fn resolve_credentials(cfg: &mut Config, dir: Option<&str>) {
     let Some(dir) = dir.filter(|d| !d.is_empty()).map(Path::new) else {
         return;
     };
-    let fields: [&mut Option<PathBuf>; 9] = [
+    let fields: [&mut Option<PathBuf>; 10] = [
         &mut cfg.api.token_file,
         &mut cfg.api.tls_key,
         &mut cfg.api.tls_cert,
@@ -1255,6 +1516,7 @@ fn resolve_credentials(cfg: &mut Config, dir: Option<&str>) {
         &mut cfg.broker.token_file,
         &mut cfg.notify.telegram_token_file,
         &mut cfg.tls.extra_ca,
+        &mut cfg.relay.token_file,
     ];
     for f in fields {
         if let Some(p) = f.as_mut().filter(|p| p.is_relative()) {
@@ -1267,6 +1529,14 @@ fn resolve_credentials(cfg: &mut Config, dir: Option<&str>) {
 /// configured symbols are upper-cased (as registrations over the API are). Upstox instrument
 /// keys and symbols are kept as written.
 fn normalise_symbols(cfg: &mut Config) {
+    // The relay's own symbols follow the relay's venue; each is kept once.
+    if cfg.relay_exchange() == Some(crate::relay::Exchange::Binance) {
+        for s in &mut cfg.relay.symbols {
+            s.make_ascii_uppercase();
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    cfg.relay.symbols.retain(|s| seen.insert(s.clone()));
     if cfg.feed.venue != Venue::Binance {
         return;
     }
@@ -1339,6 +1609,8 @@ enum Val {
     KeyMap(std::collections::BTreeMap<String, String>),
     Dates(Vec<crate::feed::calendar::Date>),
     Hosts(Option<Vec<String>>),
+    Intervals(Vec<Interval>),
+    Size(u32),
 }
 
 fn spec_of(name: &str) -> Option<&'static KeySpec> {
@@ -1435,6 +1707,47 @@ fn apply_env(cfg: &mut Config, env: impl IntoIterator<Item = (String, String)>) 
     Ok(())
 }
 
+/// The OHLCV connector's `CONNECTOR_*` variables ([`CONNECTOR_ENV`]), applied before the
+/// `TICKGUARD_*` overrides (which therefore win). A bad value is an error naming the variable
+/// and the key it maps to.
+fn apply_connector_env(cfg: &mut Config, env: &[(String, String)]) -> Result<(), ConfigError> {
+    for (var, value) in env {
+        let Some(&(var_name, key_name)) = CONNECTOR_ENV.iter().find(|(v, _)| v == var) else {
+            continue;
+        };
+        let Some(spec) = spec_of(key_name) else { continue };
+        let err = |problem: String, example: &str| ConfigError::Env {
+            var: var_name.to_string(),
+            key: spec.name,
+            value: shorten(value),
+            problem,
+            fix: format!("set it like {var_name}={example}, or unset it"),
+        };
+        let text = value.trim();
+        match key_name {
+            "relay.listen" | "relay.health_listen" => {
+                let port = text.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| {
+                    let example = if key_name == "relay.listen" { "8765" } else { "8766" };
+                    err("expected a port from 1 to 65535".into(), example)
+                })?;
+                let addr = if key_name == "relay.listen" {
+                    &mut cfg.relay.listen
+                } else {
+                    &mut cfg.relay.health_listen
+                };
+                addr.set_port(port);
+            }
+            _ => {
+                // The connector's booleans may be spelt the Python way (`True`, `False`).
+                let text = if spec.kind == Kind::Bool { text.to_ascii_lowercase() } else { text.to_string() };
+                let val = from_text(spec, &text).map_err(|b| err(b.problem, &spec.env_example()))?;
+                assign(cfg, spec, val)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 fn int_of(i: &DeInteger<'_>) -> Result<i64, Bad> {
     i64::from_str_radix(i.as_str(), i.radix()).map_err(|_| bad("integer out of range"))
 }
@@ -1521,6 +1834,23 @@ fn from_toml(spec: &KeySpec, v: &DeValue<'_>) -> Result<Val, Bad> {
             Ok(Val::KeyMap(out))
         }
         (Kind::MarketHours, DeValue::String(s)) => from_text(spec, s),
+        (Kind::Capacity { min, max }, DeValue::Integer(i)) => capacity(int_of(i)?, min, max),
+        (Kind::OptChoice(_), DeValue::String(s)) if s.is_empty() => {
+            Err(bad("must not be empty (remove the key for the default, or give a value)"))
+        }
+        (Kind::OptChoice(_), DeValue::String(s)) => from_text(spec, s),
+        (Kind::Intervals, DeValue::Array(items)) => {
+            let mut out = Vec::with_capacity(items.len());
+            for (i, item) in items.iter().enumerate() {
+                let shown = render(item.get_ref());
+                let DeValue::String(s) = item.get_ref() else {
+                    let problem = format!("expected an interval string, found {}", type_word(item.get_ref()));
+                    return Err(bad_item(i, shown, problem));
+                };
+                push_interval(&mut out, s).map_err(|b| bad_item(i, shown, b.problem))?;
+            }
+            non_empty_intervals(out)
+        }
         (Kind::Hosts, DeValue::Array(items)) => {
             if items.is_empty() {
                 return Err(bad(
@@ -1693,7 +2023,54 @@ fn from_text(spec: &KeySpec, text: &str) -> Result<Val, Bad> {
             }
             Ok(Val::Hosts((!out.is_empty()).then_some(out)))
         }
+        Kind::OptChoice(words) => match text.trim() {
+            "" => Ok(Val::OptText(None)),
+            t if words.contains(&t) => Ok(Val::OptText(Some(t.to_string()))),
+            _ => Err(bad(format!("must be one of {} (or empty for the default)", words.join(", ")))),
+        },
+        Kind::Intervals => {
+            let mut out = Vec::new();
+            for (i, item) in list_items(text).enumerate() {
+                push_interval(&mut out, item).map_err(|b| bad_item(i, format!("{item:?}"), b.problem))?;
+            }
+            non_empty_intervals(out)
+        }
+        Kind::Capacity { min, max } => {
+            let n: i64 = text.trim().parse().map_err(|_| bad(format!("expected {}", spec.kind.expects())))?;
+            capacity(n, min, max)
+        }
     }
+}
+
+/// The names of every relay interval, for messages (`1m, 3m, ..., 1d`).
+fn interval_names() -> String {
+    Interval::ALL.iter().map(|i| i.name()).collect::<Vec<_>>().join(", ")
+}
+
+/// Adds one interval of `relay.intervals`, refusing unknown names and repeats.
+fn push_interval(out: &mut Vec<Interval>, name: &str) -> Result<(), Bad> {
+    let Some(i) = Interval::parse(name.trim()) else {
+        return Err(bad(format!("{name:?} is not an interval: use one of {}", interval_names())));
+    };
+    if out.contains(&i) {
+        return Err(bad(format!("{name:?} is listed twice: list each interval once")));
+    }
+    out.push(i);
+    Ok(())
+}
+
+fn non_empty_intervals(out: Vec<Interval>) -> Result<Val, Bad> {
+    if out.is_empty() {
+        return Err(bad("must list at least one interval (the default is [\"1m\"])"));
+    }
+    Ok(Val::Intervals(out))
+}
+
+fn capacity(n: i64, min: u32, max: u32) -> Result<Val, Bad> {
+    if n < i64::from(min) || n > i64::from(max) {
+        return Err(bad(format!("must be from {min} to {max}")));
+    }
+    u32::try_from(n).map(Val::Size).map_err(|_| bad(format!("must be from {min} to {max}")))
 }
 
 /// One entry of `api.allowed_hosts`, as a `Host` header carries it: a DNS name or IPv4
@@ -1907,6 +2284,30 @@ fn assign(cfg: &mut Config, spec: &KeySpec, v: Val) -> Result<(), ConfigError> {
         ("notify.telegram_token_file", Val::OptPath(p)) => cfg.notify.telegram_token_file = p,
         ("notify.telegram_chat_id", Val::OptText(c)) => cfg.notify.telegram_chat_id = c,
         ("notify.telegram_api_url", Val::Text(u)) => cfg.notify.telegram_api_url = u,
+        ("relay.enabled", Val::Bool(b)) => cfg.relay.enabled = b,
+        ("relay.listen", Val::Addr(a)) => cfg.relay.listen = a,
+        ("relay.health_listen", Val::Addr(a)) => cfg.relay.health_listen = a,
+        ("relay.health_enabled", Val::Bool(b)) => cfg.relay.health_enabled = b,
+        ("relay.exchange", Val::OptText(t)) => {
+            cfg.relay.exchange = match t {
+                None => None,
+                Some(t) => Some(crate::relay::Exchange::parse(&t).ok_or_else(|| mismatch(spec))?),
+            }
+        }
+        ("relay.ws_url", Val::OptText(u)) => cfg.relay.ws_url = u,
+        ("relay.rest_url", Val::OptText(u)) => cfg.relay.rest_url = u,
+        ("relay.token_file", Val::OptPath(p)) => cfg.relay.token_file = p,
+        ("relay.intervals", Val::Intervals(l)) => cfg.relay.intervals = l,
+        ("relay.symbols", Val::Symbols(l)) => cfg.relay.symbols = l,
+        ("relay.closed_queue_max", Val::Size(n)) => {
+            cfg.relay.closed_queue_max = usize::try_from(n).map_err(|_| mismatch(spec))?
+        }
+        ("relay.open_queue_max", Val::Size(n)) => {
+            cfg.relay.open_queue_max = usize::try_from(n).map_err(|_| mismatch(spec))?
+        }
+        ("relay.breaker_recovery_s", Val::Secs(d)) => cfg.relay.breaker_recovery = d,
+        ("relay.close_delay_s", Val::Secs(d)) => cfg.relay.close_delay = d,
+        ("relay.stale_after_s", Val::Secs(d)) => cfg.relay.stale_after = d,
         // Unreachable while the schema and this table agree (a unit test checks every key).
         _ => return Err(mismatch(spec)),
     }
@@ -2351,11 +2752,12 @@ pub fn is_loopback_host(host: &str) -> bool {
 /// Upstox (the access token), `broker.rest_url` with a live broker (keys, signatures,
 /// token), `broker.order_url` with Upstox, `notify.webhook_url` (hook URLs carry their
 /// secret in the path), `notify.telegram_api_url` with a Telegram bot (the token is in the
-/// path). The message names the key, the scheme and the host, never the whole URL.
+/// path), `relay.rest_url` in force with an enabled Upstox relay (its access token). The message names the key, the scheme and the host, never the whole URL.
 pub fn outbound_problems(cfg: &Config) -> Vec<Problem> {
     let upstox_feed = cfg.feed.venue == Venue::Upstox;
     let live_broker = cfg.broker.kind != BrokerKind::Paper;
-    let candidates: [(&'static str, Option<&str>, &str); 6] = [
+    let upstox_relay = cfg.relay.enabled && cfg.relay_exchange() == Some(crate::relay::Exchange::Upstox);
+    let candidates: [(&'static str, Option<&str>, &str); 7] = [
         ("feed.rest_url", upstox_feed.then_some(cfg.feed.rest_url.as_str()), "the Upstox access token"),
         ("feed.ws_url", upstox_feed.then_some(cfg.feed.ws_url.as_str()), "the Upstox access token"),
         ("broker.rest_url", live_broker.then_some(cfg.broker.rest_url.as_str()), "the broker's key or token"),
@@ -2370,6 +2772,7 @@ pub fn outbound_problems(cfg: &Config) -> Vec<Problem> {
             cfg.notify.telegram_token_file.is_some().then_some(cfg.notify.telegram_api_url.as_str()),
             "the Telegram bot token",
         ),
+        ("relay.rest_url", upstox_relay.then(|| cfg.relay_rest_url()), "the relay's Upstox access token"),
     ];
     let mut out = Vec::new();
     for (key, url, what) in candidates {
@@ -2537,6 +2940,128 @@ fn check(cfg: &Config) -> Result<(), ConfigError> {
                 "watch at most {MAX_INSTRUMENTS} distinct symbols in feed.instruments and [[positions]] together"
             ),
         });
+    }
+    check_relay(cfg)
+}
+
+/// Whether two listen addresses would take the same socket: the same port on the same
+/// address, or on any address when either is unspecified (`0.0.0.0`, `::`). Port 0 (an
+/// ephemeral port) never collides.
+fn same_socket(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() != 0
+        && a.port() == b.port()
+        && (a.ip().to_canonical() == b.ip().to_canonical()
+            || a.ip().is_unspecified()
+            || b.ip().is_unspecified())
+}
+
+/// Whether two configured paths name the same file: equal component by component, or the
+/// same file once resolved (when both exist; neither is read).
+fn same_file(a: &Path, b: &Path) -> bool {
+    if a.components().eq(b.components()) {
+        return true;
+    }
+    matches!((std::fs::canonicalize(a), std::fs::canonicalize(b)), (Ok(x), Ok(y)) if x == y)
+}
+
+/// `[relay]` checks. Always: the symbol and interval caps, `relay.close_delay_s` below the shortest
+/// interval. With `relay.enabled`: a venue to relay, listen addresses apart from each other
+/// and from `api.listen`, and an Upstox relay's own token file.
+fn check_relay(cfg: &Config) -> Result<(), ConfigError> {
+    let relay = &cfg.relay;
+    if relay.symbols.len() > RELAY_SYMBOLS {
+        return Err(ConfigError::Invalid {
+            key: "relay.symbols".into(),
+            value: format!("{} symbols", relay.symbols.len()),
+            problem: format!("more than {RELAY_SYMBOLS} symbols (limits::RELAY_SYMBOLS)"),
+            fix: format!("list at most {RELAY_SYMBOLS} symbols in relay.symbols"),
+        });
+    }
+    if relay.intervals.len() > RELAY_INTERVALS {
+        return Err(ConfigError::Invalid {
+            key: "relay.intervals".into(),
+            value: format!("{} intervals", relay.intervals.len()),
+            problem: format!("more than {RELAY_INTERVALS} intervals (limits::RELAY_INTERVALS)"),
+            fix: format!("list at most {RELAY_INTERVALS} intervals in relay.intervals"),
+        });
+    }
+    if let Some(shortest) = relay.intervals.iter().min() {
+        let len = Duration::from_millis(u64::try_from(shortest.millis()).unwrap_or(u64::MAX));
+        if relay.close_delay >= len {
+            return Err(ConfigError::Invalid {
+                key: "relay.close_delay_s".into(),
+                value: fmt_secs(relay.close_delay),
+                problem: format!(
+                    "must be below the shortest interval of relay.intervals ({shortest}, {} s): a bar would close after the next one ended",
+                    fmt_secs(len)
+                ),
+                fix: "lower close_delay_s (the default is 2)".into(),
+            });
+        }
+    }
+    if !relay.enabled {
+        return Ok(());
+    }
+    let Some(exchange) = cfg.relay_exchange() else {
+        return Err(ConfigError::Invalid {
+            key: "relay.exchange".into(),
+            value: "(feed.venue = \"sim\")".into(),
+            problem:
+                "the relay is enabled but has no venue: it defaults to feed.venue, which is the simulator"
+                    .into(),
+            fix: "set relay.exchange = \"binance\" or \"upstox\" under [relay]".into(),
+        });
+    };
+    let listens = [
+        ("relay.listen", Some(relay.listen)),
+        ("relay.health_listen", relay.health_enabled.then_some(relay.health_listen)),
+    ];
+    for (key, addr) in listens {
+        let Some(addr) = addr else { continue };
+        if same_socket(addr, cfg.api.listen) {
+            return Err(ConfigError::Invalid {
+                key: key.into(),
+                value: format!("\"{addr}\""),
+                problem: format!(
+                    "takes the socket of api.listen ({}): both cannot listen there",
+                    cfg.api.listen
+                ),
+                fix: format!(
+                    "give {key} another port (the connector's are 8765 and 8766), or move api.listen"
+                ),
+            });
+        }
+    }
+    if relay.health_enabled && same_socket(relay.listen, relay.health_listen) {
+        return Err(ConfigError::Invalid {
+            key: "relay.health_listen".into(),
+            value: format!("\"{}\"", relay.health_listen),
+            problem: format!("takes the socket of relay.listen ({})", relay.listen),
+            fix:
+                "give the health server another port (the connector's is 8766), or set health_enabled = false"
+                    .into(),
+        });
+    }
+    if exchange == crate::relay::Exchange::Upstox {
+        let Some(token) = relay.token_file.as_deref() else {
+            return Err(ConfigError::Invalid {
+                key: "relay.token_file".into(),
+                value: "(none)".into(),
+                problem: "relay.exchange is upstox, which needs the relay's own access token".into(),
+                fix: "set relay.token_file to a file holding the access token of an Upstox app or user other than the guard's".into(),
+            });
+        };
+        if let Some(feed) = cfg.feed.token_file.as_deref().filter(|f| same_file(token, f)) {
+            return Err(ConfigError::Invalid {
+                key: "relay.token_file".into(),
+                value: format!("{:?}", token.display().to_string()),
+                problem: format!(
+                    "is feed.token_file ({}): Upstox allows one market-data connection per app and user, so the relay's connection would cut the guard's feed",
+                    feed.display()
+                ),
+                fix: "give the relay the token of another Upstox app or user, in its own file".into(),
+            });
+        }
     }
     Ok(())
 }
@@ -2863,6 +3388,400 @@ mod tests {
         assert_eq!(distance("kitten", "sitting"), 3);
         assert_eq!(nearest("cache.stale_after", KEYS.iter().map(|s| s.name)), Some("cache.stale_after_s"));
         assert_eq!(nearest("zzz", KEYS.iter().map(|s| s.name)), None);
+    }
+
+    // --- [relay] ------------------------------------------------------------------------
+
+    fn env_of(env: &[(&str, &str)]) -> Vec<(String, String)> {
+        env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn relay_ok(text: &str, env: &[(&str, &str)]) -> Config {
+        parse_str(text, "t", env_of(env)).unwrap_or_else(|e| panic!("expected valid: {e}\n{text}"))
+    }
+
+    /// The one-line error of `text` with `env`; asserts it names every needle.
+    fn relay_err(text: &str, env: &[(&str, &str)], needles: &[&str]) -> String {
+        let msg = match parse_str(text, "t", env_of(env)) {
+            Ok(_) => panic!("expected an error for:\n{text}\n{env:?}"),
+            Err(e) => e.to_string(),
+        };
+        assert!(!msg.contains('\n'), "not one line: {msg}");
+        for n in needles {
+            assert!(msg.contains(n), "error {msg:?} does not mention {n:?}");
+        }
+        msg
+    }
+
+    const ON: &str = "[feed]\nvenue = \"binance\"\n[relay]\nenabled = true\n";
+
+    #[test]
+    fn relay_defaults() {
+        let cfg = relay_ok("", &[]);
+        let r = &cfg.relay;
+        assert_eq!(*r, RelayConfig::default());
+        assert!(!r.enabled && r.health_enabled);
+        assert_eq!(r.listen, SocketAddr::from(([127, 0, 0, 1], 8765)));
+        assert_eq!(r.health_listen, SocketAddr::from(([127, 0, 0, 1], 8766)));
+        assert_eq!((r.exchange, r.ws_url.as_deref(), r.rest_url.as_deref()), (None, None, None));
+        assert_eq!(r.token_file, None);
+        assert_eq!(r.intervals, vec![Interval::M1]);
+        assert!(r.symbols.is_empty());
+        assert_eq!((r.closed_queue_max, r.open_queue_max), (1000, 2000));
+        assert_eq!(r.breaker_recovery, Duration::from_secs(60));
+        assert_eq!(r.close_delay, Duration::from_secs(2));
+        assert_eq!(r.stale_after, Duration::from_secs(30));
+        // The simulator cannot be relayed: no venue in force.
+        assert_eq!(cfg.relay_exchange(), None);
+        assert_eq!(relay_ok("[relay]\n", &[]), Config::default());
+        // Over a Binance feed: the feed's venue and URLs.
+        let b = relay_ok(ON, &[]);
+        assert_eq!(b.relay_exchange(), Some(crate::relay::Exchange::Binance));
+        assert_eq!(b.relay_ws_url(), b.feed.ws_url);
+        assert_eq!(b.relay_rest_url(), b.feed.rest_url);
+        // Another venue: the venue's public endpoints.
+        let u = relay_ok("[relay]\nexchange = \"binance\"\n", &[]);
+        assert_eq!((u.relay_ws_url(), u.relay_rest_url()), (RELAY_BINANCE_WS_URL, RELAY_BINANCE_REST_URL));
+        let u = relay_ok("[feed]\nvenue = \"binance\"\n[relay]\nexchange = \"upstox\"\n", &[]);
+        assert_eq!(u.relay_rest_url(), RELAY_UPSTOX_REST_URL);
+        let u = relay_ok("[relay]\nexchange = \"upstox\"\nrest_url = \"https://x.example\"\n", &[]);
+        assert_eq!(u.relay_rest_url(), "https://x.example");
+    }
+
+    #[test]
+    fn relay_keys_from_the_file_and_the_environment() {
+        let text = "[relay]\nenabled = true\nexchange = \"binance\"\nlisten = \"0.0.0.0:9765\"\nhealth_listen = \"[::1]:9766\"\nhealth_enabled = false\nintervals = [\"1m\", \"1h\", \"1d\"]\nsymbols = [\"btcusdt\", \"ETHUSDT\", \"BTCUSDT\"]\nclosed_queue_max = 100000\nopen_queue_max = 1\nbreaker_recovery_s = 0.5\nclose_delay_s = 59.5\nstale_after_s = 10\n";
+        let r = relay_ok(text, &[]).relay;
+        assert!(r.enabled && !r.health_enabled);
+        assert_eq!(r.listen, "0.0.0.0:9765".parse::<SocketAddr>().expect("addr"));
+        assert_eq!(r.health_listen, "[::1]:9766".parse::<SocketAddr>().expect("addr"));
+        assert_eq!(r.intervals, vec![Interval::M1, Interval::H1, Interval::D1]);
+        // Binance symbols upper-cased, each once, in order.
+        assert_eq!(r.symbols, vec!["BTCUSDT".to_string(), "ETHUSDT".into()]);
+        assert_eq!((r.closed_queue_max, r.open_queue_max), (100_000, 1));
+        assert_eq!(r.breaker_recovery, Duration::from_millis(500));
+        assert_eq!(r.close_delay, Duration::from_millis(59_500));
+        assert_eq!(r.stale_after, Duration::from_secs(10));
+        // Upstox symbols and keys are kept as written.
+        let r = relay_ok(
+            "[relay]\nexchange = \"upstox\"\nsymbols = [\"NSE_EQ|INE323A01026\", \"Boschltd\"]\n",
+            &[],
+        )
+        .relay;
+        assert_eq!(r.symbols, vec!["NSE_EQ|INE323A01026".to_string(), "Boschltd".into()]);
+        // TICKGUARD_RELAY_* overrides, like every key.
+        let cfg = relay_ok(
+            "",
+            &[
+                ("TICKGUARD_RELAY_ENABLED", "1"),
+                ("TICKGUARD_RELAY_EXCHANGE", "binance"),
+                ("TICKGUARD_RELAY_LISTEN", "127.0.0.1:0"),
+                ("TICKGUARD_RELAY_HEALTH_LISTEN", "127.0.0.1:0"),
+                ("TICKGUARD_RELAY_INTERVALS", "5m, 15m"),
+                ("TICKGUARD_RELAY_SYMBOLS", "solusdt,BNBUSDT"),
+                ("TICKGUARD_RELAY_WS_URL", "ws://127.0.0.1:9000/ws"),
+                ("TICKGUARD_RELAY_REST_URL", "http://127.0.0.1:9001"),
+                ("TICKGUARD_RELAY_TOKEN_FILE", "/t"),
+                ("TICKGUARD_RELAY_CLOSED_QUEUE_MAX", "10"),
+                ("TICKGUARD_RELAY_OPEN_QUEUE_MAX", "20"),
+                ("TICKGUARD_RELAY_BREAKER_RECOVERY_S", "1.25"),
+                ("TICKGUARD_RELAY_CLOSE_DELAY_S", "1"),
+                ("TICKGUARD_RELAY_STALE_AFTER_S", "5"),
+                ("TICKGUARD_RELAY_HEALTH_ENABLED", "false"),
+            ],
+        );
+        let r = &cfg.relay;
+        assert!(r.enabled && !r.health_enabled);
+        assert_eq!(r.exchange, Some(crate::relay::Exchange::Binance));
+        assert_eq!((r.listen.port(), r.health_listen.port()), (0, 0));
+        assert_eq!(r.intervals, vec![Interval::M5, Interval::M15]);
+        assert_eq!(r.symbols, vec!["SOLUSDT".to_string(), "BNBUSDT".into()]);
+        assert_eq!(cfg.relay_ws_url(), "ws://127.0.0.1:9000/ws");
+        assert_eq!(cfg.relay_rest_url(), "http://127.0.0.1:9001");
+        assert_eq!(r.token_file.as_deref(), Some(Path::new("/t")));
+        assert_eq!((r.closed_queue_max, r.open_queue_max), (10, 20));
+        assert_eq!(r.breaker_recovery, Duration::from_millis(1250));
+        assert_eq!((r.close_delay, r.stale_after), (Duration::from_secs(1), Duration::from_secs(5)));
+        // An empty value clears an optional key back to its default.
+        let cfg = relay_ok("[relay]\nexchange = \"upstox\"\n", &[("TICKGUARD_RELAY_EXCHANGE", "")]);
+        assert_eq!(cfg.relay.exchange, None);
+        // A misspelt relay variable is an error with the suggestion.
+        relay_err(
+            "",
+            &[("TICKGUARD_RELAY_LISTN", "127.0.0.1:1")],
+            &["TICKGUARD_RELAY_LISTN", "TICKGUARD_RELAY_LISTEN"],
+        );
+        // systemd credentials: a relative relay.token_file names one.
+        let cfg = relay_ok(
+            "[relay]\ntoken_file = \"relay.token\"\n",
+            &[(CREDENTIALS_DIRECTORY, "/run/credentials/tickguard.service")],
+        );
+        assert_eq!(
+            cfg.relay.token_file.as_deref(),
+            Some(Path::new("/run/credentials/tickguard.service/relay.token"))
+        );
+    }
+
+    #[test]
+    fn relay_values_are_checked_naming_their_key() {
+        let cases: &[(&str, &[&str])] = &[
+            ("enabled = \"yes\"", &["relay.enabled", "true or false"]),
+            ("listen = \"localhost:8765\"", &["relay.listen", "ip:port"]),
+            ("listen = 8765", &["relay.listen", "found an integer"]),
+            ("health_listen = \"127.0.0.1\"", &["relay.health_listen", "ip:port"]),
+            ("health_enabled = 1", &["relay.health_enabled", "true or false"]),
+            ("exchange = \"kraken\"", &["relay.exchange", "binance, upstox"]),
+            ("exchange = \"\"", &["relay.exchange", "must not be empty"]),
+            ("ws_url = \"https://stream.binance.com\"", &["relay.ws_url", "ws://"]),
+            ("rest_url = \"wss://api.binance.com\"", &["relay.rest_url", "https://"]),
+            ("token_file = \"\"", &["relay.token_file", "must not be empty"]),
+            ("intervals = [\"2m\"]", &["relay.intervals[0]", "\"2m\" is not an interval", "1m, 3m"]),
+            ("intervals = [\"1m\", \"1m\"]", &["relay.intervals[1]", "listed twice"]),
+            ("intervals = []", &["relay.intervals", "at least one interval"]),
+            ("intervals = \"1m\"", &["relay.intervals", "found a string"]),
+            ("symbols = [\"BTC USDT\"]", &["relay.symbols[0]"]),
+            ("closed_queue_max = 0", &["relay.closed_queue_max", "from 1 to 100000"]),
+            ("closed_queue_max = 100001", &["relay.closed_queue_max", "from 1 to 100000"]),
+            ("open_queue_max = -1", &["relay.open_queue_max", "from 1 to 100000"]),
+            ("open_queue_max = 1.5", &["relay.open_queue_max", "found a float"]),
+            ("breaker_recovery_s = 0", &["relay.breaker_recovery_s", "above zero"]),
+            ("close_delay_s = -1", &["relay.close_delay_s", "negative"]),
+            ("stale_after_s = \"30\"", &["relay.stale_after_s", "found a string"]),
+            ("stale_after_s = 86401", &["relay.stale_after_s", "at most"]),
+            ("listn = \"127.0.0.1:1\"", &["relay.listn", "did you mean relay.listen"]),
+        ];
+        for (line, needles) in cases {
+            relay_err(&format!("[relay]\n{line}\n"), &[], needles);
+        }
+        // Through the environment: the variable and the key.
+        relay_err(
+            "",
+            &[("TICKGUARD_RELAY_INTERVALS", "1m,7m")],
+            &["TICKGUARD_RELAY_INTERVALS", "relay.intervals", "item 1", "\"7m\""],
+        );
+        relay_err(
+            "",
+            &[("TICKGUARD_RELAY_CLOSED_QUEUE_MAX", "lots")],
+            &["TICKGUARD_RELAY_CLOSED_QUEUE_MAX", "relay.closed_queue_max", "an integer from 1 to 100000"],
+        );
+        relay_err(
+            "",
+            &[("TICKGUARD_RELAY_EXCHANGE", "sim")],
+            &["TICKGUARD_RELAY_EXCHANGE", "relay.exchange"],
+        );
+        // The symbol cap, named with its limit (checked even while the relay is off).
+        let many: Vec<String> = (0..=RELAY_SYMBOLS).map(|i| format!("\"S{i}\"")).collect();
+        relay_err(
+            &format!("[relay]\nsymbols = [{}]\n", many.join(", ")),
+            &[],
+            &["relay.symbols", "129 symbols", "RELAY_SYMBOLS"],
+        );
+        let at_cap: Vec<String> = (0..RELAY_SYMBOLS).map(|i| format!("\"S{i}\"")).collect();
+        relay_ok(&format!("[relay]\nsymbols = [{}]\n", at_cap.join(", ")), &[]);
+        // The build delay must end before the next bar does.
+        relay_err("[relay]\nclose_delay_s = 60\n", &[], &["relay.close_delay_s", "1m", "60 s"]);
+        relay_ok("[relay]\nintervals = [\"5m\"]\nclose_delay_s = 60\n", &[]);
+        // The interval cap.
+        let all: Vec<String> = Interval::ALL.iter().map(|i| format!("\"{i}\"")).collect();
+        relay_err(
+            &format!("[relay]\nintervals = [{}]\n", all.join(", ")),
+            &[],
+            &["relay.intervals", "10 intervals", "RELAY_INTERVALS"],
+        );
+        let four: Vec<String> = Interval::ALL[..RELAY_INTERVALS].iter().map(|i| format!("\"{i}\"")).collect();
+        relay_ok(&format!("[relay]\nintervals = [{}]\n", four.join(", ")), &[]);
+    }
+
+    #[test]
+    fn relay_cross_key_rules_name_the_key_and_the_fix() {
+        // The sockets: apart from api.listen and from each other.
+        relay_err(
+            &format!("{ON}listen = \"127.0.0.1:8000\"\n"),
+            &[],
+            &["relay.listen", "api.listen", "another port"],
+        );
+        relay_err(
+            &format!("{ON}listen = \"0.0.0.0:8000\"\n"),
+            &[],
+            &["relay.listen", "takes the socket of api.listen"],
+        );
+        relay_err(
+            &format!("{ON}health_listen = \"127.0.0.1:8000\"\n"),
+            &[],
+            &["relay.health_listen", "api.listen"],
+        );
+        relay_err(
+            &format!("{ON}health_listen = \"127.0.0.1:8765\"\n"),
+            &[],
+            &["relay.health_listen", "relay.listen", "health_enabled = false"],
+        );
+        // Not enabled, health off, other addresses, ephemeral ports: accepted.
+        relay_ok("[relay]\nlisten = \"127.0.0.1:8000\"\nhealth_listen = \"127.0.0.1:8000\"\n", &[]);
+        relay_ok(&format!("{ON}health_enabled = false\nhealth_listen = \"127.0.0.1:8765\"\n"), &[]);
+        relay_ok(&format!("{ON}listen = \"127.0.0.2:8000\"\n"), &[]);
+        relay_ok(&format!("{ON}listen = \"127.0.0.1:0\"\nhealth_listen = \"127.0.0.1:0\"\n"), &[]);
+        // A venue to relay.
+        relay_err(
+            "[relay]\nenabled = true\n",
+            &[],
+            &["relay.exchange", "simulator", "relay.exchange = \"binance\""],
+        );
+        relay_ok("[relay]\nenabled = true\nexchange = \"binance\"\n", &[]);
+        // Upstox: the relay's own token file, never the feed's.
+        relay_err(
+            "[relay]\nenabled = true\nexchange = \"upstox\"\n",
+            &[],
+            &["relay.token_file", "upstox", "Upstox app or user"],
+        );
+        relay_err(
+            "[feed]\ntoken_file = \"/etc/tickguard/upstox.token\"\n[relay]\nenabled = true\nexchange = \"upstox\"\ntoken_file = \"/etc/tickguard/./upstox.token\"\n",
+            &[],
+            &["relay.token_file", "feed.token_file", "one market-data connection per app and user"],
+        );
+        relay_ok(
+            "[feed]\ntoken_file = \"/etc/tickguard/upstox.token\"\n[relay]\nenabled = true\nexchange = \"upstox\"\ntoken_file = \"/etc/tickguard/relay.token\"\n",
+            &[],
+        );
+        // The same file under two names (a symlink) is the same file.
+        let dir = std::env::temp_dir().join(format!("tickguard-relay-token-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::write(dir.join("feed.token"), "t").expect("file");
+        std::os::unix::fs::symlink(dir.join("feed.token"), dir.join("relay.token")).expect("link");
+        relay_err(
+            &format!(
+                "[feed]\ntoken_file = \"{}\"\n[relay]\nenabled = true\nexchange = \"upstox\"\ntoken_file = \"{}\"\n",
+                dir.join("feed.token").display(),
+                dir.join("relay.token").display()
+            ),
+            &[],
+            &["relay.token_file", "feed.token_file"],
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+        // A disabled Upstox relay is not checked.
+        relay_ok("[relay]\nexchange = \"upstox\"\n", &[]);
+        // An enabled Upstox relay's REST URL carries its token: https (or loopback) only.
+        let cfg = relay_ok(
+            "[relay]\nenabled = true\nexchange = \"upstox\"\ntoken_file = \"/r\"\nrest_url = \"http://upstox.example\"\n",
+            &[],
+        );
+        let p = outbound_problems(&cfg);
+        assert!(p.iter().any(|p| p.key == "relay.rest_url" && p.message.contains("https://")), "{p:?}");
+        let cfg = relay_ok(
+            "[relay]\nenabled = true\nexchange = \"upstox\"\ntoken_file = \"/r\"\nrest_url = \"http://127.0.0.1:9\"\n",
+            &[],
+        );
+        assert!(outbound_problems(&cfg).is_empty());
+    }
+
+    #[test]
+    fn connector_names_map_onto_relay_keys() {
+        // Every name of the table is a relay key of the schema.
+        for (var, key) in CONNECTOR_ENV {
+            assert!(var.starts_with("CONNECTOR_") && key.starts_with("relay."), "{var} {key}");
+            assert!(spec_of(key).is_some(), "{key}");
+            assert!(DOCS.contains(&format!("| `{var}` | `{key}` |")), "{var} not documented");
+        }
+        let text = "[relay]\nlisten = \"0.0.0.0:1\"\nhealth_listen = \"192.168.1.5:2\"\n";
+        let cfg = relay_ok(
+            text,
+            &[
+                ("CONNECTOR_WSS_PORT", "9765"),
+                ("CONNECTOR_WSS_HEALTH_CHECK_PORT", " 9766 "),
+                ("CONNECTOR_WSS_HEALTH_CHECK_ENABLED", "false"),
+                ("CONNECTOR_CLOSED_QUEUE_MAXSIZE", "500"),
+                ("CONNECTOR_OPEN_QUEUE_MAXSIZE", "2500"),
+                ("CONNECTOR_CIRCUIT_BREAKER_RECOVERY_TIMEOUT", "60.0"),
+            ],
+        );
+        let r = &cfg.relay;
+        // The ports change, the hosts are kept.
+        assert_eq!(r.listen, "0.0.0.0:9765".parse::<SocketAddr>().expect("addr"));
+        assert_eq!(r.health_listen, "192.168.1.5:9766".parse::<SocketAddr>().expect("addr"));
+        assert!(!r.health_enabled);
+        assert_eq!((r.closed_queue_max, r.open_queue_max), (500, 2500));
+        assert_eq!(r.breaker_recovery, Duration::from_secs(60));
+        assert!(!r.enabled, "the connector's names do not enable the relay");
+        // The default host, and the other spellings of the boolean.
+        let cfg = relay_ok("", &[("CONNECTOR_WSS_PORT", "8865")]);
+        assert_eq!(cfg.relay.listen, "127.0.0.1:8865".parse::<SocketAddr>().expect("addr"));
+        for (v, want) in [("1", true), ("0", false), ("True", true), ("FALSE", false), ("true", true)] {
+            let cfg =
+                relay_ok("[relay]\nhealth_enabled = false\n", &[("CONNECTOR_WSS_HEALTH_CHECK_ENABLED", v)]);
+            assert_eq!(cfg.relay.health_enabled, want, "{v}");
+        }
+        let cfg = relay_ok("", &[("CONNECTOR_CIRCUIT_BREAKER_RECOVERY_TIMEOUT", "2.5")]);
+        assert_eq!(cfg.relay.breaker_recovery, Duration::from_millis(2500));
+        // The environment beats the file.
+        let cfg = relay_ok("[relay]\nclosed_queue_max = 100\n", &[("CONNECTOR_CLOSED_QUEUE_MAXSIZE", "200")]);
+        assert_eq!(cfg.relay.closed_queue_max, 200);
+    }
+
+    #[test]
+    fn tickguard_names_win_over_connector_names() {
+        // Whatever the order of the environment.
+        let pairs: [[(&str, &str); 2]; 6] = [
+            [("CONNECTOR_WSS_PORT", "9000"), ("TICKGUARD_RELAY_LISTEN", "127.0.0.3:9100")],
+            [
+                ("CONNECTOR_WSS_HEALTH_CHECK_PORT", "9001"),
+                ("TICKGUARD_RELAY_HEALTH_LISTEN", "127.0.0.3:9101"),
+            ],
+            [("CONNECTOR_WSS_HEALTH_CHECK_ENABLED", "false"), ("TICKGUARD_RELAY_HEALTH_ENABLED", "true")],
+            [("CONNECTOR_CLOSED_QUEUE_MAXSIZE", "500"), ("TICKGUARD_RELAY_CLOSED_QUEUE_MAX", "700")],
+            [("CONNECTOR_OPEN_QUEUE_MAXSIZE", "500"), ("TICKGUARD_RELAY_OPEN_QUEUE_MAX", "900")],
+            [
+                ("CONNECTOR_CIRCUIT_BREAKER_RECOVERY_TIMEOUT", "60.0"),
+                ("TICKGUARD_RELAY_BREAKER_RECOVERY_S", "5"),
+            ],
+        ];
+        for pair in pairs {
+            for env in [pair.to_vec(), pair.iter().rev().copied().collect::<Vec<_>>()] {
+                let r = relay_ok("", &env).relay;
+                match pair[0].0 {
+                    "CONNECTOR_WSS_PORT" => assert_eq!(r.listen, "127.0.0.3:9100".parse().expect("addr")),
+                    "CONNECTOR_WSS_HEALTH_CHECK_PORT" => {
+                        assert_eq!(r.health_listen, "127.0.0.3:9101".parse().expect("addr"))
+                    }
+                    "CONNECTOR_WSS_HEALTH_CHECK_ENABLED" => assert!(r.health_enabled),
+                    "CONNECTOR_CLOSED_QUEUE_MAXSIZE" => assert_eq!(r.closed_queue_max, 700),
+                    "CONNECTOR_OPEN_QUEUE_MAXSIZE" => assert_eq!(r.open_queue_max, 900),
+                    _ => assert_eq!(r.breaker_recovery, Duration::from_secs(5)),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bad_connector_values_name_the_variable_and_the_key() {
+        let cases: &[(&str, &str, &str, &str)] = &[
+            ("CONNECTOR_WSS_PORT", "87650", "relay.listen", "port from 1 to 65535"),
+            ("CONNECTOR_WSS_PORT", "0", "relay.listen", "port from 1 to 65535"),
+            ("CONNECTOR_WSS_PORT", "127.0.0.1:8765", "relay.listen", "port"),
+            (
+                "CONNECTOR_WSS_HEALTH_CHECK_PORT",
+                "http",
+                "relay.health_listen",
+                "CONNECTOR_WSS_HEALTH_CHECK_PORT=8766",
+            ),
+            ("CONNECTOR_WSS_HEALTH_CHECK_ENABLED", "yes", "relay.health_enabled", "true or false"),
+            ("CONNECTOR_CLOSED_QUEUE_MAXSIZE", "0", "relay.closed_queue_max", "from 1 to 100000"),
+            ("CONNECTOR_CLOSED_QUEUE_MAXSIZE", "500.0", "relay.closed_queue_max", "integer"),
+            ("CONNECTOR_OPEN_QUEUE_MAXSIZE", "200000", "relay.open_queue_max", "from 1 to 100000"),
+            ("CONNECTOR_CIRCUIT_BREAKER_RECOVERY_TIMEOUT", "1m", "relay.breaker_recovery_s", "seconds"),
+            ("CONNECTOR_CIRCUIT_BREAKER_RECOVERY_TIMEOUT", "0", "relay.breaker_recovery_s", "above zero"),
+        ];
+        for (var, value, key, what) in cases {
+            let msg = relay_err("", &[(var, value)], &[var, key, what]);
+            assert!(msg.starts_with(&format!("environment {var}=")), "{msg}");
+        }
+        // Even when a TICKGUARD_* variable sets the same key: a bad value is a mistake to fix.
+        relay_err(
+            "",
+            &[("CONNECTOR_WSS_PORT", "x"), ("TICKGUARD_RELAY_LISTEN", "127.0.0.1:9000")],
+            &["CONNECTOR_WSS_PORT", "relay.listen"],
+        );
+        // Other CONNECTOR_* names are not ours: left alone.
+        relay_ok("", &[("CONNECTOR_LOG_LEVEL", "debug"), ("CONNECTOR_EXCHANGES", "binance")]);
     }
 
     #[test]

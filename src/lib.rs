@@ -33,5 +33,6 @@ pub mod feed;
 pub mod indicator;
 pub mod limits;
 pub mod net;
+pub mod relay;
 pub mod runtime;
 pub mod store;

@@ -114,3 +114,28 @@ pub const JOURNAL_QUEUE: usize = 2 * (2 * MAX_POSITIONS + 2 * COMMAND_QUEUE);
 /// writer commits them together (one fsync per group instead of one per position), while the
 /// waiting replies (one task each) stay bounded.
 pub const STARTUP_REGISTRATIONS_IN_FLIGHT: usize = 32;
+
+// ----- the LAN relay (src/relay) -----
+
+/// Symbols the relay serves at once (its own index, never the guard's cache).
+pub const RELAY_SYMBOLS: usize = 128;
+/// Candle intervals one relay serves (`relay.intervals`).
+pub const RELAY_INTERVALS: usize = 4;
+/// Closed candles kept per symbol and interval: what a snapshot's `limit` and a resume can
+/// reach back (Binance's `klines` gives up to 1 000 a call, so one call refills a ring).
+pub const RELAY_RING: usize = 1000;
+/// Live closed candles held per series while its backfill runs (released in order after it).
+pub const RELAY_HELD: usize = 64;
+/// Clients connected at once (as many as the API's connections).
+pub const RELAY_CLIENTS: usize = 256;
+/// Clients from one address at once.
+pub const RELAY_CLIENTS_PER_PEER: usize = 32;
+/// Symbols one client may ask for.
+pub const RELAY_SYMBOLS_PER_CLIENT: usize = 64;
+/// Largest client request frame, in bytes.
+pub const RELAY_REQUEST_MAX: usize = 8 * 1024;
+/// Upstream events (quotes, trades, klines, backfills) waiting for the relay's hub; the
+/// upstream waits when it is full (counted as a blocking event), nothing is dropped.
+pub const RELAY_INPUT_QUEUE: usize = 8192;
+/// Commands (joins, leaves) waiting for the relay's hub.
+pub const RELAY_COMMAND_QUEUE: usize = 256;

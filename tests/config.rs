@@ -657,3 +657,97 @@ fn check_config_exits_78_on_bad_env_and_syntax() {
     let out = check_config(Path::new("/nonexistent/tickguard.toml"), &[]);
     assert_eq!(out.status.code(), Some(78));
 }
+
+// --- [relay] and the OHLCV connector's CONNECTOR_* names ------------------------------------
+
+#[test]
+fn relay_section_and_connector_names_through_the_public_api() {
+    let cfg = ok("");
+    assert!(!cfg.relay.enabled);
+    assert_eq!(cfg.relay.listen, "127.0.0.1:8765".parse::<SocketAddr>().expect("addr"));
+    assert_eq!(cfg.relay.health_listen, "127.0.0.1:8766".parse::<SocketAddr>().expect("addr"));
+    assert_eq!((cfg.relay.closed_queue_max, cfg.relay.open_queue_max), (1000, 2000));
+
+    // The seed's .env, with one TICKGUARD_RELAY_* override winning over its CONNECTOR_* name.
+    let cfg = parse_env(
+        "[feed]\nvenue = \"binance\"\n[relay]\nenabled = true\nlisten = \"0.0.0.0:1\"\nsymbols = [\"btcusdt\"]\n",
+        &[
+            ("CONNECTOR_WSS_PORT", "8765"),
+            ("CONNECTOR_WSS_HEALTH_CHECK_PORT", "8766"),
+            ("CONNECTOR_WSS_HEALTH_CHECK_ENABLED", "true"),
+            ("CONNECTOR_CLOSED_QUEUE_MAXSIZE", "500"),
+            ("CONNECTOR_OPEN_QUEUE_MAXSIZE", "2000"),
+            ("CONNECTOR_CIRCUIT_BREAKER_RECOVERY_TIMEOUT", "60.0"),
+            ("TICKGUARD_RELAY_OPEN_QUEUE_MAX", "3000"),
+        ],
+    )
+    .expect("valid");
+    let r = &cfg.relay;
+    assert_eq!(r.listen, "0.0.0.0:8765".parse::<SocketAddr>().expect("addr"));
+    assert_eq!(r.health_listen, "127.0.0.1:8766".parse::<SocketAddr>().expect("addr"));
+    assert!(r.health_enabled);
+    assert_eq!((r.closed_queue_max, r.open_queue_max), (500, 3000));
+    assert_eq!(r.breaker_recovery, Duration::from_secs(60));
+    assert_eq!(r.symbols, vec!["BTCUSDT".to_string()]);
+    assert_eq!(cfg.relay_exchange(), Some(tickguard::relay::Exchange::Binance));
+
+    err_env(
+        "",
+        &[("CONNECTOR_OPEN_QUEUE_MAXSIZE", "lots")],
+        &["CONNECTOR_OPEN_QUEUE_MAXSIZE", "relay.open_queue_max"],
+    );
+    err("[relay]\nintervals = [\"2m\"]\n", &["relay.intervals[0]", "2m"]);
+    err(
+        "[feed]\nvenue = \"binance\"\n[relay]\nenabled = true\nlisten = \"127.0.0.1:8000\"\n",
+        &["relay.listen", "api.listen"],
+    );
+}
+
+/// A relay case for `check-config`: the file, the environment, what stderr must name.
+type RelayCase = (String, Vec<(&'static str, &'static str)>, Vec<&'static str>);
+
+#[test]
+fn check_config_applies_the_relay_rules_and_connector_names() {
+    let on = "[feed]\nvenue = \"binance\"\n[relay]\nenabled = true\n";
+    let valid = temp_file("relay.toml", on.as_bytes());
+    let seed_env = [
+        ("CONNECTOR_WSS_PORT", "8765"),
+        ("CONNECTOR_WSS_HEALTH_CHECK_PORT", "8766"),
+        ("CONNECTOR_WSS_HEALTH_CHECK_ENABLED", "true"),
+        ("CONNECTOR_CLOSED_QUEUE_MAXSIZE", "500"),
+        ("CONNECTOR_OPEN_QUEUE_MAXSIZE", "2000"),
+        ("CONNECTOR_CIRCUIT_BREAKER_RECOVERY_TIMEOUT", "60.0"),
+    ];
+    let out = check_config(&valid, &seed_env);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+
+    // (file, env, what stderr must name)
+    let feed_token = "/etc/tickguard/upstox.token";
+    let cases: Vec<RelayCase> = vec![
+        (on.to_string(), vec![("CONNECTOR_WSS_PORT", "8000")], vec!["relay.listen", "api.listen"]),
+        (on.to_string(), vec![("CONNECTOR_WSS_HEALTH_CHECK_PORT", "8765")], vec!["relay.health_listen"]),
+        (
+            on.to_string(),
+            vec![("CONNECTOR_CLOSED_QUEUE_MAXSIZE", "many")],
+            vec!["CONNECTOR_CLOSED_QUEUE_MAXSIZE", "relay.closed_queue_max"],
+        ),
+        ("[relay]\nenabled = true\n".into(), vec![], vec!["relay.exchange"]),
+        ("[relay]\nenabled = true\nexchange = \"upstox\"\n".into(), vec![], vec!["relay.token_file"]),
+        (
+            format!(
+                "[feed]\ntoken_file = \"{feed_token}\"\n[relay]\nenabled = true\nexchange = \"upstox\"\ntoken_file = \"{feed_token}\"\n"
+            ),
+            vec![],
+            vec!["relay.token_file", "feed.token_file"],
+        ),
+    ];
+    for (text, env, needles) in cases {
+        let path = temp_file("relay-invalid.toml", text.as_bytes());
+        let out = check_config(&path, &env);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(78), "{text} {env:?}: stderr: {stderr}");
+        for n in needles {
+            assert!(stderr.contains(n), "{text} {env:?}: stderr does not name {n}: {stderr}");
+        }
+    }
+}

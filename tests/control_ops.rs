@@ -1,7 +1,11 @@
 //! The operator's side of the metrics: `docs/metrics.md` lists exactly what `/metrics` emits,
 //! the scrape passes `promtool check metrics`, `docs/alerts.yml` passes `promtool check rules`
 //! and its unit tests (`promtool test rules`), and the Grafana dashboard only uses documented
-//! names. promtool comes from Debian's `prometheus` package (`scripts/test` installs it).
+//! names. The LAN relay's (issue 15) groups in `docs/alerts.yml` (`ohlcv-connector`, the OHLCV
+//! connector checklist's alerts, and `ohlcv-connector-panels`, the Grafana panels' queries as
+//! recording rules) have their own unit tests in `docs/alerts-test.yml`; the dashboard's relay row
+//! uses only those queries. promtool comes from Debian's `prometheus` package (`scripts/test`
+//! installs it).
 
 mod control_support;
 
@@ -15,6 +19,24 @@ use control_support::{Appliance, fast_engine};
 const METRICS_MD: &str = include_str!("../docs/metrics.md");
 const ALERTS: &str = include_str!("../docs/alerts.yml");
 const DASHBOARD: &str = include_str!("../docs/grafana-dashboard.json");
+const RELAY_ALERT_TESTS: &str = include_str!("../docs/alerts-test.yml");
+
+/// The names the relay exports on its own health port (`relay.health_listen`, job
+/// `ohlcv-connector`), not on the guard's /metrics: the connector's names (issue 15).
+const RELAY_METRICS: &[&str] = &[
+    "connector_quotes_processed_total",
+    "connector_active_connections",
+    "connector_circuit_breaker_state",
+    "connector_queue_depth_closed",
+    "connector_queue_depth_open",
+    "connector_queue_blocking_events_total",
+    "connector_quote_latency_seconds",
+    "connector_duplicates_filtered_total",
+    "connector_rest_backfills_total",
+    "connector_connection_errors_total",
+];
+/// The Grafana dashboard's row for the relay; every panel after it is the relay's.
+const RELAY_ROW: &str = "LAN relay (ohlcv-connector)";
 
 fn promtool() -> &'static str {
     let ok = Command::new("promtool").arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status();
@@ -39,16 +61,21 @@ fn documented() -> (BTreeSet<String>, BTreeSet<String>) {
     (all, conditional)
 }
 
-/// Metric names referenced in a PromQL-bearing text.
+/// tickguard's metric names referenced in a PromQL-bearing text.
 fn referenced(text: &str) -> BTreeSet<String> {
+    referenced_with(text, "tickguard_")
+}
+
+/// Metric names starting with `prefix` referenced in a PromQL-bearing text.
+fn referenced_with(text: &str, prefix: &str) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     let mut rest = text;
-    while let Some(i) = rest.find("tickguard_") {
+    while let Some(i) = rest.find(prefix) {
         let tail = &rest[i..];
         let end = tail.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(tail.len());
         let name = &tail[..end];
         let base = ["_bucket", "_sum", "_count"].iter().fold(name, |n, s| n.strip_suffix(s).unwrap_or(n));
-        if base != "tickguard_" {
+        if base != prefix {
             out.insert(base.to_string());
         }
         rest = &tail[end..];
@@ -102,6 +129,13 @@ fn metrics_doc_matches_the_scrape_and_promtool_likes_it() {
     assert!(said.trim().is_empty(), "promtool lint findings:\n{said}");
 }
 
+/// The rules of the group `name` in docs/alerts.yml.
+fn group<'a>(doc: &'a serde_json::Value, name: &str) -> &'a Vec<serde_json::Value> {
+    let groups = doc["groups"].as_array().expect("groups");
+    let g = groups.iter().find(|g| g["name"] == name).unwrap_or_else(|| panic!("no group {name}"));
+    g["rules"].as_array().expect("rules")
+}
+
 #[test]
 fn alert_rules_check_and_fire_when_they_should() {
     let p = promtool();
@@ -121,7 +155,7 @@ fn alert_rules_check_and_fire_when_they_should() {
     std::fs::create_dir_all(&dir).expect("mkdir");
     // The expected annotations are the rules' own, rendered for the test's labels and values.
     let doc: serde_json::Value = serde_yaml_ng::from_str(ALERTS).expect("alerts.yml is YAML");
-    let rule_list = doc["groups"][0]["rules"].as_array().expect("rules").clone();
+    let rule_list = group(&doc, "tickguard").clone();
     let expect = |alert: &str, value: &str, extra_labels: &str| -> String {
         let r = rule_list.iter().find(|r| r["alert"] == alert).unwrap_or_else(|| panic!("no rule {alert}"));
         let render = |k: &str| {
@@ -217,5 +251,114 @@ fn the_dashboard_uses_documented_metrics() {
     for must in ["tickguard_blind_positions", "tickguard_tick_to_action_seconds", "tickguard_feed_connected"]
     {
         assert!(used.contains(must), "dashboard shows {must}");
+    }
+
+    // The relay's row: its panels come from the relay's own /metrics (job ohlcv-connector), so
+    // they use only the relay's names, each query exactly one of the recording rules that
+    // promtool checks and tests; the guard's panels use none of the relay's names.
+    let row = panels
+        .iter()
+        .position(|p| p["type"] == "row" && p["title"] == RELAY_ROW)
+        .unwrap_or_else(|| panic!("dashboard has the row {RELAY_ROW:?}"));
+    let (guard_panels, relay_panels) = (&panels[..row], &panels[row + 1..]);
+    assert_eq!(relay_panels.len(), 6, "the checklist's six panels");
+    let alerts: serde_json::Value = serde_yaml_ng::from_str(ALERTS).expect("alerts.yml is YAML");
+    let recorded: Vec<&str> =
+        group(&alerts, "ohlcv-connector-panels").iter().map(|r| r["expr"].as_str().expect("expr")).collect();
+    let mut shown = BTreeSet::new();
+    for p in relay_panels {
+        assert_eq!(p["datasource"], panels[0]["datasource"], "{}: the dashboard's datasource", p["title"]);
+        for t in p["targets"].as_array().expect("targets") {
+            let expr = t["expr"].as_str().expect("expr");
+            assert!(
+                recorded.contains(&expr),
+                "{}: {expr:?} is not a recording rule in alerts.yml",
+                p["title"]
+            );
+            assert!(referenced(expr).is_empty(), "{}: a guard metric in the relay's row: {expr}", p["title"]);
+            shown.insert(expr);
+        }
+    }
+    assert_eq!(shown.len(), recorded.len(), "every recorded panel query is on the dashboard");
+    let relay_names = referenced_with(&serde_json::to_string(relay_panels).expect("json"), "connector_");
+    let unknown: Vec<_> = relay_names.iter().filter(|n| !RELAY_METRICS.contains(&n.as_str())).collect();
+    assert!(unknown.is_empty(), "relay panels use names the relay does not export: {unknown:?}");
+    let guard_text = serde_json::to_string(guard_panels).expect("json");
+    assert!(referenced_with(&guard_text, "connector_").is_empty(), "relay metrics above the relay's row");
+}
+
+/// The OHLCV connector checklist's alerts, exactly as it writes them.
+#[test]
+fn relay_alert_rules_are_the_checklists() {
+    let doc: serde_json::Value = serde_yaml_ng::from_str(ALERTS).expect("alerts.yml is YAML");
+    let rules = group(&doc, "ohlcv-connector");
+    let seed = [
+        ("ConnectorDown", r#"up{job="ohlcv-connector"} == 0"#, "1m", "Connector is down"),
+        (
+            "CircuitBreakerOpen",
+            "connector_circuit_breaker_state > 0",
+            "2m",
+            "Circuit breaker open for {{ $labels.exchange }}",
+        ),
+        ("HighQueueDepth", "connector_queue_depth_closed > 800", "5m", "Queue depth critical (>80% full)"),
+        (
+            "HighLatency",
+            "histogram_quantile(0.95, rate(connector_quote_latency_seconds_bucket[5m])) > 2",
+            "5m",
+            "High quote latency (P95 > 2s)",
+        ),
+    ];
+    assert_eq!(rules.len(), seed.len());
+    for (r, (alert, expr, for_, summary)) in rules.iter().zip(seed) {
+        assert_eq!(r["alert"], alert);
+        assert_eq!(r["expr"], expr, "{alert}");
+        assert_eq!(r["for"], for_, "{alert}");
+        assert_eq!(r["annotations"]["summary"], summary, "{alert}");
+    }
+    let names = referenced_with(ALERTS, "connector_");
+    let unknown: Vec<_> = names.iter().filter(|n| !RELAY_METRICS.contains(&n.as_str())).collect();
+    assert!(unknown.is_empty(), "alerts.yml uses names the relay does not export: {unknown:?}");
+}
+
+/// `promtool test rules docs/alerts-test.yml`: each relay alert fires after its `for` above its
+/// threshold and not at it or below, and the panels' recording rules give the expected values.
+#[test]
+fn relay_alert_rules_pass_their_unit_tests() {
+    let p = promtool();
+    let tests = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/alerts-test.yml");
+    let out = Command::new(p).args(["test", "rules", tests]).output().expect("promtool");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Every relay alert has a case where it fires and one where it does not; every recording
+    // rule is evaluated.
+    let t: serde_json::Value = serde_yaml_ng::from_str(RELAY_ALERT_TESTS).expect("alerts-test.yml is YAML");
+    let cases: Vec<&serde_json::Value> = t["tests"]
+        .as_array()
+        .expect("tests")
+        .iter()
+        .flat_map(|g| g["alert_rule_test"].as_array().into_iter().flatten())
+        .collect();
+    let doc: serde_json::Value = serde_yaml_ng::from_str(ALERTS).expect("alerts.yml is YAML");
+    for r in group(&doc, "ohlcv-connector") {
+        let name = r["alert"].as_str().expect("alert");
+        let mine: Vec<_> = cases.iter().filter(|c| c["alertname"] == name).collect();
+        let fires = |c: &&&serde_json::Value| c["exp_alerts"].as_array().is_some_and(|a| !a.is_empty());
+        assert!(mine.iter().any(fires), "no test where {name} fires");
+        assert!(mine.iter().any(|c| !fires(c)), "no test where {name} does not fire");
+    }
+    let exprs: Vec<&str> = t["tests"]
+        .as_array()
+        .expect("tests")
+        .iter()
+        .flat_map(|g| g["promql_expr_test"].as_array().into_iter().flatten())
+        .filter_map(|c| c["expr"].as_str())
+        .collect();
+    for r in group(&doc, "ohlcv-connector-panels") {
+        let name = r["record"].as_str().expect("record");
+        assert!(exprs.iter().any(|e| e.contains(name)), "no promql_expr_test of {name}");
     }
 }

@@ -60,6 +60,8 @@ pub struct Status {
     pub feed: OnceLock<Arc<dyn FeedProbe>>,
     /// The resolver, when the venue is a real one.
     pub resolver: OnceLock<Arc<dyn DnsProbe>>,
+    /// The LAN relay, when `relay.enabled`.
+    pub relay: OnceLock<Arc<dyn RelayProbe>>,
     /// Frame received → close order emitted.
     pub tick_to_action: Histogram,
     /// Turns of the engine loop (the watchdog and the LED heartbeat follow it).
@@ -108,6 +110,48 @@ pub struct FeedStats {
     pub auth_failures: u64,
     /// True while the feed waits for a new token.
     pub auth_blocked: bool,
+}
+
+/// The LAN relay, as the status views see it (its own counters are on its health port).
+pub trait RelayProbe: Send + Sync + 'static {
+    /// Its state now.
+    fn view(&self) -> RelayView;
+}
+
+/// One relay client on the status page.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RelayClientRow {
+    /// Its address.
+    pub peer: String,
+    /// Symbols it asked for.
+    pub symbols: usize,
+    /// Its interval.
+    pub interval: String,
+    /// Ordered messages waiting in its outbox.
+    pub queued: usize,
+    /// Seconds connected.
+    pub age_s: u64,
+}
+
+/// The relay's state for the page and `/api/v1/status`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RelayView {
+    /// Running (false: it could not start, see `failure`).
+    pub running: bool,
+    /// Why it does not run.
+    pub failure: Option<String>,
+    /// Its upstream is subscribed.
+    pub upstream_live: bool,
+    /// Symbols relayed.
+    pub symbols: usize,
+    /// Clients now.
+    pub clients: Vec<RelayClientRow>,
+    /// Messages delivered since start.
+    pub delivered: u64,
+    /// Clients closed for falling behind.
+    pub slow_closed: u64,
+    /// Gaps announced.
+    pub gaps: u64,
 }
 
 /// The live feed, as the status views see it.

@@ -437,6 +437,9 @@ pub async fn run_with_edges<B: crate::broker::Broker>(
             return config_error(e);
         }
     };
+    // The LAN relay, on its own thread with its own upstream: whatever happens to it (a port
+    // taken, bad clients, its venue down) the guard goes on.
+    let relay = cfg.relay.enabled.then(|| start_relay(&cfg, seed, stop_rx.clone(), &handle));
     jobs.extend((edges.spawn)(EdgeWiring {
         engine: handle.clone(),
         clock,
@@ -536,9 +539,51 @@ pub async fn run_with_edges<B: crate::broker::Broker>(
     }
     let engine = engine_join.await.ok();
     executor.abort();
+    if let Some(t) = relay.and_then(|r| r.thread) {
+        // The relay says goodbye to its clients within its grace; bounded here too.
+        for _ in 0..400 {
+            if t.is_finished() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
     log_final_stats(&handle, engine.as_deref(), started.elapsed());
     log::info!("stopped");
     ExitCode::SUCCESS
+}
+
+/// Starts the relay (`[relay]`): its settings, the control plane's `Host`/`Origin` rule and a
+/// connector of its own through the same resolver chain and TLS. A relay that cannot start is
+/// logged and shown, never fatal.
+fn start_relay(
+    cfg: &Config,
+    seed: u64,
+    stop: watch::Receiver<bool>,
+    handle: &EngineHandle,
+) -> crate::relay::server::Relay {
+    let hosts = crate::control::hosts::HostCheck::new(cfg.api.allowed_hosts.clone(), cfg.relay.listen.port());
+    let rule: crate::relay::OriginRule = Arc::new(move |host: Option<&str>, origin: Option<&str>| {
+        hosts.allows(host) && crate::control::auth::same_origin(origin, host, false)
+    });
+    let settings = crate::relay::RelaySettings::from_config(cfg, Some(rule), seed ^ 0x0052_656c_6179);
+    let connector = super::edge::connector(cfg);
+    let relay = match (settings, connector) {
+        (Ok(s), Ok(c)) => crate::relay::server::start(s, c, stop),
+        (Err(e), _) | (_, Err(e)) => {
+            let stats = Arc::new(crate::relay::stats::RelayStats::default());
+            log::error!(
+                "[RELAY] event=disabled reason=\"{}\" (the guard is not affected)",
+                e.replace('"', "'")
+            );
+            if let Ok(mut f) = stats.failure.lock() {
+                *f = Some(e);
+            }
+            crate::relay::server::Relay { stats, thread: None }
+        }
+    };
+    let _ = handle.status.relay.set(relay.stats.clone());
+    relay
 }
 
 /// One `stats` line at shutdown: feed counters, engine counters and the tick-to-action

@@ -100,6 +100,25 @@ pub fn calendar(cfg: &Config) -> Calendar {
     })
 }
 
+/// Connections through the configured resolver chain (`[dns]`) and TLS (`[tls]`): the feed,
+/// REST, the broker and the relay's upstream all dial through one of these.
+pub fn connector(cfg: &Config) -> Result<Connector, String> {
+    let dns = DnsConfig {
+        use_system: cfg.dns.use_system,
+        resolv_conf: cfg.dns.resolv_conf.clone(),
+        nameservers: cfg.dns.nameservers.clone(),
+        timeout: cfg.dns.timeout,
+        cap: resolution_cap(cfg),
+    };
+    let tls = TlsClient::new(cfg.tls.extra_ca.as_deref()).map_err(|e| e.to_string())?;
+    Ok(Connector {
+        resolver: Arc::new(Resolver::new(dns)),
+        tls,
+        connect_timeout: Duration::from_secs(5),
+        fresh: DNS_REFRESH + Duration::from_secs(30),
+    })
+}
+
 /// The network edge, ready to spawn.
 pub struct Edge {
     /// Connections through the resolver and TLS.
@@ -122,20 +141,7 @@ impl Edge {
     pub fn new(cfg: &Config, seed: u64) -> Result<Edge, String> {
         let ws = Endpoint::parse(&cfg.feed.ws_url).map_err(|e| format!("feed.ws_url = {e}"))?;
         let rest = Endpoint::parse(&cfg.feed.rest_url).map_err(|e| format!("feed.rest_url = {e}"))?;
-        let dns = DnsConfig {
-            use_system: cfg.dns.use_system,
-            resolv_conf: cfg.dns.resolv_conf.clone(),
-            nameservers: cfg.dns.nameservers.clone(),
-            timeout: cfg.dns.timeout,
-            cap: resolution_cap(cfg),
-        };
-        let tls = TlsClient::new(cfg.tls.extra_ca.as_deref()).map_err(|e| e.to_string())?;
-        let connector = Connector {
-            resolver: Arc::new(Resolver::new(dns)),
-            tls,
-            connect_timeout: Duration::from_secs(5),
-            fresh: DNS_REFRESH + Duration::from_secs(30),
-        };
+        let connector = connector(cfg)?;
         // The stored list is read even before the network is up, so a start during a DNS
         // outage still checks symbols. Only Binance has one; another venue's edge never reads
         // nor writes the file.

@@ -19,6 +19,14 @@
 //! [`FakeBinance::set_idle_close`] (default 60 s); head up to 16 KiB, body by `Content-Length`
 //! up to 64 KiB. It counts the TCP connections it accepts and the TLS handshakes it completes
 //! ([`FakeBinance::connections`]) and stamps each order's arrival ([`FakeBinance::arrivals`]).
+//!
+//! `GET /api/v3/klines` (the relay's backfill) answers from a per-(symbol, interval) store the
+//! test fills ([`FakeBinance::set_klines`], [`FakeBinance::add_klines`], or
+//! `relay_script::CandleScript::store_in`): `startTime` / `endTime` select by open time
+//! (inclusive), `limit` defaults to 500 and may not exceed 1000 (`-1130`, 400); rows are
+//! Binance's arrays `[open_ms,"o","h","l","c","v",close_ms,"quote_vol",trades,"taker_base",
+//! "taker_quote","0"]`, oldest first. Without `startTime` the newest `limit` rows (up to
+//! `endTime`) are answered, as Binance does. Faults: [`Route::Klines`].
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -60,6 +68,8 @@ pub enum Route {
     Time,
     /// `GET /api/v3/ticker/price`.
     Ticker,
+    /// `GET /api/v3/klines` (public, unsigned).
+    Klines,
 }
 
 /// A fault for one request of a route.
@@ -89,6 +99,132 @@ pub enum Fault {
     Partial(Qty),
     /// An order stays `NEW` (open, nothing executed); see [`FakeBinance::fill_open`].
     StayOpen,
+}
+
+/// Binance's kline intervals: `1s 1m 3m 5m 15m 30m 1h 2h 4h 6h 8h 12h 1d 3d 1w 1M`.
+pub const KLINE_INTERVALS: [&str; 16] =
+    ["1s", "1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h", "1d", "3d", "1w", "1M"];
+
+/// The length of a kline interval in ms (`None` for `1M`, whose length varies, and for
+/// anything that is not a Binance interval).
+pub fn interval_ms(interval: &str) -> Option<u64> {
+    const MIN: u64 = 60_000;
+    Some(match interval {
+        "1s" => 1_000,
+        "1m" => MIN,
+        "3m" => 3 * MIN,
+        "5m" => 5 * MIN,
+        "15m" => 15 * MIN,
+        "30m" => 30 * MIN,
+        "1h" => 60 * MIN,
+        "2h" => 120 * MIN,
+        "4h" => 240 * MIN,
+        "6h" => 360 * MIN,
+        "8h" => 480 * MIN,
+        "12h" => 720 * MIN,
+        "1d" => 1440 * MIN,
+        "3d" => 3 * 1440 * MIN,
+        "1w" => 7 * 1440 * MIN,
+        _ => return None,
+    })
+}
+
+/// One candle, as `GET /api/v3/klines` answers it and as a `kline` stream event carries it
+/// (`k` of the event; see `ws::WsServer::push_kline`). Prices and volumes are kept as the
+/// decimal texts the venue would send.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Kline {
+    /// Open time, ms (`t`; row field 0).
+    pub open_ms: u64,
+    /// Close time, ms: open + interval − 1 (`T`; row field 6).
+    pub close_ms: u64,
+    /// `o`.
+    pub open: String,
+    /// `h`.
+    pub high: String,
+    /// `l`.
+    pub low: String,
+    /// `c`.
+    pub close: String,
+    /// Base asset volume (`v`).
+    pub volume: String,
+    /// Quote asset volume (`q`; row field 7).
+    pub quote_volume: String,
+    /// Number of trades (`n`; row field 8).
+    pub trades: u64,
+    /// First trade id (`f`; -1 without trades).
+    pub first_trade_id: i64,
+    /// Last trade id (`L`; -1 without trades).
+    pub last_trade_id: i64,
+    /// Taker buy base volume (`V`; row field 9).
+    pub taker_base: String,
+    /// Taker buy quote volume (`Q`; row field 10).
+    pub taker_quote: String,
+}
+
+impl Kline {
+    /// A candle of `interval` opening at `open_ms` (close = open + interval − 1) with these
+    /// texts; quote volume and taker volumes `"0"`, no trades (`n` 0, `f`/`L` -1).
+    /// Panics on an interval without a fixed length (`1M`) or an unknown one.
+    pub fn new(interval: &str, open_ms: u64, o: &str, h: &str, l: &str, c: &str, v: &str) -> Kline {
+        let len = interval_ms(interval).expect("a kline interval of fixed length");
+        Kline {
+            open_ms,
+            close_ms: open_ms + len - 1,
+            open: o.into(),
+            high: h.into(),
+            low: l.into(),
+            close: c.into(),
+            volume: v.into(),
+            quote_volume: "0".into(),
+            trades: 0,
+            first_trade_id: -1,
+            last_trade_id: -1,
+            taker_base: "0".into(),
+            taker_quote: "0".into(),
+        }
+    }
+
+    /// The REST row: `[open_ms,"o","h","l","c","v",close_ms,"q",n,"V","Q","0"]`.
+    pub fn rest_row(&self) -> String {
+        format!(
+            r#"[{},{},{},{},{},{},{},{},{},{},{},"0"]"#,
+            self.open_ms,
+            quote(&self.open),
+            quote(&self.high),
+            quote(&self.low),
+            quote(&self.close),
+            quote(&self.volume),
+            self.close_ms,
+            quote(&self.quote_volume),
+            self.trades,
+            quote(&self.taker_base),
+            quote(&self.taker_quote),
+        )
+    }
+
+    /// The `k` object of a kline event: `{"t":..,"T":..,"s":symbol,"i":interval,"f":..,"L":..,
+    /// "o":..,"c":..,"h":..,"l":..,"v":..,"n":..,"x":closed,"q":..,"V":..,"Q":..,"B":"0"}`.
+    pub fn event_k(&self, symbol: &str, interval: &str, closed: bool) -> String {
+        format!(
+            r#"{{"t":{},"T":{},"s":{},"i":{},"f":{},"L":{},"o":{},"c":{},"h":{},"l":{},"v":{},"n":{},"x":{closed},"q":{},"V":{},"Q":{},"B":"0"}}"#,
+            self.open_ms,
+            self.close_ms,
+            quote(symbol),
+            quote(interval),
+            self.first_trade_id,
+            self.last_trade_id,
+            quote(&self.open),
+            quote(&self.close),
+            quote(&self.high),
+            quote(&self.low),
+            quote(&self.volume),
+            self.trades,
+            quote(&self.quote_volume),
+            quote(&self.taker_base),
+            quote(&self.taker_quote),
+        )
+    }
 }
 
 /// A symbol the fake trades.
@@ -170,6 +306,8 @@ struct State {
     idle_close: Duration,
     keep_alive: bool,
     arrivals: Vec<(String, String, std::time::Instant)>,
+    /// `GET /api/v3/klines` store: (symbol, interval) → open time → candle.
+    klines: HashMap<(String, String), BTreeMap<u64, Kline>>,
 }
 
 struct Shared {
@@ -222,6 +360,7 @@ impl FakeBinance {
                 idle_close: Duration::from_secs(60),
                 keep_alive: true,
                 arrivals: Vec::new(),
+                klines: HashMap::new(),
             }),
         });
         let acceptor = TlsAcceptor::from(tls);
@@ -422,6 +561,31 @@ impl FakeBinance {
             order_id: o.id,
         });
         true
+    }
+
+    /// Replaces the candles `GET /api/v3/klines` serves for `symbol` and `interval` (any
+    /// order; one per open time, the last wins). A symbol with stored candles is valid for
+    /// that route even when [`FakeBinance::add_symbol`] never named it.
+    pub fn set_klines(&self, symbol: &str, interval: &str, klines: Vec<Kline>) {
+        let map = klines.into_iter().map(|k| (k.open_ms, k)).collect();
+        self.shared.lock().klines.insert((symbol.into(), interval.into()), map);
+    }
+
+    /// Adds candles to that store, replacing any with the same open time (a correction).
+    pub fn add_klines(&self, symbol: &str, interval: &str, klines: &[Kline]) {
+        let mut st = self.shared.lock();
+        let map = st.klines.entry((symbol.into(), interval.into())).or_default();
+        for k in klines {
+            map.insert(k.open_ms, k.clone());
+        }
+    }
+
+    /// The candles stored for `symbol` and `interval`, oldest first.
+    pub fn klines(&self, symbol: &str, interval: &str) -> Vec<Kline> {
+        let st = self.shared.lock();
+        st.klines
+            .get(&(symbol.to_string(), interval.to_string()))
+            .map_or_else(Vec::new, |m| m.values().cloned().collect())
     }
 
     /// Polls `pred` every 10 ms until it holds (true) or `timeout` passes (false).
@@ -681,6 +845,7 @@ async fn serve_one<S: AsyncRead + AsyncWrite + Unpin>(
         ("GET", "/api/v3/exchangeInfo") => Some(Route::ExchangeInfo),
         ("GET", "/api/v3/time") => Some(Route::Time),
         ("GET", "/api/v3/ticker/price") => Some(Route::Ticker),
+        ("GET", "/api/v3/klines") => Some(Route::Klines),
         _ => None,
     };
     let fault = {
@@ -733,6 +898,7 @@ async fn serve_one<S: AsyncRead + AsyncWrite + Unpin>(
         Some(Route::Time) => (200, format!(r#"{{"serverTime":{}}}"#, now_ms() + shared.lock().skew_ms)),
         Some(Route::ExchangeInfo) => exchange_info(shared, &req),
         Some(Route::Ticker) => ticker(shared, &req),
+        Some(Route::Klines) => klines(shared, &req),
         Some(r) => match check_signed(shared, &req) {
             Err(e) => e,
             Ok(()) => match r {
@@ -916,6 +1082,68 @@ fn ticker(shared: &Shared, req: &HttpRequest) -> (u16, String) {
             (200, format!("[{}]", v.join(",")))
         }
     }
+}
+
+/// `GET /api/v3/klines`: Binance's validation order (symbol, interval, limit, times), then the
+/// stored candles by open time.
+fn klines(shared: &Shared, req: &HttpRequest) -> (u16, String) {
+    let bad = |code: i64, msg: &str| (400, err_body(code, msg));
+    let missing = |name: &str| {
+        bad(-1102, &format!("Mandatory parameter '{name}' was not sent, was empty/null, or malformed."))
+    };
+    let Some(sym) = req.param("symbol").filter(|s| !s.is_empty()) else { return missing("symbol") };
+    let Some(interval) = req.param("interval").filter(|s| !s.is_empty()) else {
+        return missing("interval");
+    };
+    let number = |name: &str| -> Result<Option<i64>, (u16, String)> {
+        match req.param(name) {
+            None => Ok(None),
+            Some(v) => v.parse::<i64>().map(Some).map_err(|_| {
+                bad(
+                    -1100,
+                    &format!(
+                        "Illegal characters found in parameter '{name}'; legal range is '^-?[0-9]{{1,20}}$'."
+                    ),
+                )
+            }),
+        }
+    };
+    let (limit, start, end) = match (number("limit"), number("startTime"), number("endTime")) {
+        (Ok(l), Ok(s), Ok(e)) => (l, s, e),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return e,
+    };
+    let st = shared.lock();
+    let known = st.symbols.contains_key(&sym) || st.klines.keys().any(|(s, _)| *s == sym);
+    if !known {
+        return bad(-1121, "Invalid symbol.");
+    }
+    if !KLINE_INTERVALS.contains(&interval.as_str()) {
+        return bad(-1120, "Invalid interval.");
+    }
+    let limit = match limit {
+        None => 500,
+        Some(l) if (1..=1000).contains(&l) => l as usize,
+        Some(_) => return bad(-1130, "Data sent for parameter 'limit' is not valid."),
+    };
+    if let (Some(s), Some(e)) = (start, end) {
+        if s > e {
+            return bad(-1023, "Start time is greater than end time.");
+        }
+    }
+    let lo = start.map_or(0, |s| u64::try_from(s).unwrap_or(0));
+    let hi = end.map_or(u64::MAX, |e| u64::try_from(e).unwrap_or(0));
+    let empty = BTreeMap::new();
+    let map = st.klines.get(&(sym, interval)).unwrap_or(&empty);
+    let in_range = map.range(lo..=hi).map(|(_, k)| k);
+    let rows: Vec<String> = if start.is_some() {
+        in_range.take(limit).map(Kline::rest_row).collect()
+    } else {
+        // Without startTime Binance answers the newest `limit` (up to endTime), oldest first.
+        let mut newest: Vec<String> = in_range.rev().take(limit).map(Kline::rest_row).collect();
+        newest.reverse();
+        newest
+    };
+    (200, format!("[{}]", rows.join(",")))
 }
 
 fn account(shared: &Shared, req: &HttpRequest) -> (u16, String) {

@@ -7,6 +7,15 @@
 //! Upstox, a duplicate `tag` is **not** rejected. An order is stored before any byte of the
 //! answer is written. A tag with no order is answered 400 `UDAPI100010` "Order not found" (or
 //! an empty `data` list, [`FakeUpstox::set_empty_when_not_found`]).
+//!
+//! The relay's backfill: `GET /v3/historical-candle/intraday/{instrument_key}/{unit}/{interval}`
+//! (the key percent-decoded, e.g. `NSE_EQ%7CINE848E01016`) answers the candles the test stored
+//! for that key, unit and interval ([`FakeUpstox::set_intraday_candles`]), newest first, as
+//! `{"status":"success","data":{"candles":[["2025-01-02T09:15:00+05:30",open,high,low,close,
+//! volume,oi],...]}}` (time: the candle's open in IST). An instrument with nothing stored under
+//! any unit is 400 `UDAPI100011` "Invalid Instrument key"; a unit/interval outside
+//! `minutes/1..300`, `hours/1..5`, `days/1` is 400 `UDAPI100036`. Faults:
+//! [`FakeUpstox::push_candles_fault`].
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -67,6 +76,56 @@ pub struct UOrder {
     pub average_price: f64,
 }
 
+/// One candle of the intraday candle API: `[time, open, high, low, close, volume, oi]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct IntradayCandle {
+    /// Open time, ms since the epoch (answered as IST text, `2025-01-02T09:15:00+05:30`).
+    pub open_ms: u64,
+    /// Open.
+    pub open: f64,
+    /// High.
+    pub high: f64,
+    /// Low.
+    pub low: f64,
+    /// Close.
+    pub close: f64,
+    /// Volume.
+    pub volume: u64,
+    /// Open interest.
+    pub oi: u64,
+}
+
+impl IntradayCandle {
+    /// A candle with open interest 0.
+    pub fn new(open_ms: u64, open: f64, high: f64, low: f64, close: f64, volume: u64) -> IntradayCandle {
+        IntradayCandle { open_ms, open, high, low, close, volume, oi: 0 }
+    }
+
+    /// The answer's row: `["<IST time>",o,h,l,c,v,oi]`.
+    pub fn row(&self) -> Value {
+        json!([ist_time(self.open_ms), self.open, self.high, self.low, self.close, self.volume, self.oi])
+    }
+}
+
+/// `ms` as Upstox writes candle times: `YYYY-MM-DDTHH:MM:SS+05:30` (IST).
+pub fn ist_time(ms: u64) -> String {
+    let secs = ms / 1000 + 5 * 3600 + 30 * 60;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}+05:30", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+const INTRADAY_PREFIX: &str = "/v3/historical-candle/intraday/";
+
 struct State {
     token: String,
     prices: BTreeMap<String, f64>,
@@ -82,6 +141,10 @@ struct State {
     portfolio_status: HashMap<bool, u16>,
     /// Per portfolio read: answer these raw `data` rows instead (unreadable rows).
     portfolio_raw: HashMap<bool, Vec<Value>>,
+    /// (instrument key, unit, interval) → candles, as stored.
+    intraday: HashMap<(String, String, String), Vec<IntradayCandle>>,
+    /// Faults for the next intraday candle requests.
+    candle_faults: VecDeque<UFault>,
 }
 
 struct Shared {
@@ -124,6 +187,8 @@ impl FakeUpstox {
                 next_id: 250_000_000_000_000,
                 portfolio_status: HashMap::new(),
                 portfolio_raw: HashMap::new(),
+                intraday: HashMap::new(),
+                candle_faults: VecDeque::new(),
             }),
         });
         let acceptor = TlsAcceptor::from(tls);
@@ -196,6 +261,65 @@ impl FakeUpstox {
         self.shared.lock().requests.iter().filter(|r| *r == path).count()
     }
 
+    /// Replaces the candles `GET /v3/historical-candle/intraday/{instrument_key}/{unit}/{interval}`
+    /// answers (any order: answered newest first; one per open time, the last wins).
+    pub fn set_intraday_candles(
+        &self,
+        instrument_key: &str,
+        unit: &str,
+        interval: &str,
+        candles: Vec<IntradayCandle>,
+    ) {
+        let mut by_time: BTreeMap<u64, IntradayCandle> = BTreeMap::new();
+        for c in candles {
+            by_time.insert(c.open_ms, c);
+        }
+        self.shared
+            .lock()
+            .intraday
+            .insert((instrument_key.into(), unit.into(), interval.into()), by_time.into_values().collect());
+    }
+
+    /// Adds candles to that store (`minutes/1` and others alike), replacing the same open time.
+    pub fn add_intraday_candles(
+        &self,
+        instrument_key: &str,
+        unit: &str,
+        interval: &str,
+        candles: &[IntradayCandle],
+    ) {
+        let mut st = self.shared.lock();
+        let list = st.intraday.entry((instrument_key.into(), unit.into(), interval.into())).or_default();
+        for c in candles {
+            list.retain(|x| x.open_ms != c.open_ms);
+            list.push(c.clone());
+        }
+        list.sort_by_key(|c| c.open_ms);
+    }
+
+    /// Queues a fault for the next intraday candle request (authorised ones only): `Status`,
+    /// `RateLimit`, `Reject` refuse it; `LostAfterPlace` closes without an answer;
+    /// `TimeoutAfterPlace(d)` holds it unanswered; `ServerErrorAfterPlace(code)` answers that
+    /// 5xx; `Open` and `RmsReject` mean nothing here.
+    pub fn push_candles_fault(&self, f: UFault) {
+        self.shared.lock().candle_faults.push_back(f);
+    }
+
+    /// How many intraday candle requests arrived for `instrument_key` (any unit and interval,
+    /// authorised or not; the key compared percent-decoded).
+    pub fn intraday_reads(&self, instrument_key: &str) -> usize {
+        self.shared
+            .lock()
+            .requests
+            .iter()
+            .filter_map(|r| r.strip_prefix("GET ")?.strip_prefix(INTRADAY_PREFIX))
+            .filter(|rest| {
+                let key = rest.split('/').next().unwrap_or_default();
+                super::fake_binance::percent_decode(key) == instrument_key
+            })
+            .count()
+    }
+
     /// Every order so far.
     pub fn orders(&self) -> Vec<UOrder> {
         self.shared.lock().orders.clone()
@@ -249,6 +373,7 @@ async fn serve(shared: Arc<Shared>, acceptor: TlsAcceptor, tcp: TcpStream) {
     let Ok(Ok(mut tls)) = tokio::time::timeout(io, acceptor.accept(tcp)).await else { return };
     let Ok(Some(req)) = tokio::time::timeout(io, read_request(&mut tls)).await else { return };
     let is_place = req.method == "POST" && req.path == "/v3/order/place";
+    let is_candles = req.method == "GET" && req.path.starts_with(INTRADAY_PREFIX);
     let (fault, authorised) = {
         let mut st = shared.lock();
         st.requests.push(format!("{} {}", req.method, req.path));
@@ -258,7 +383,12 @@ async fn serve(shared: Arc<Shared>, acceptor: TlsAcceptor, tcp: TcpStream) {
             }
         }
         let ok = req.header("authorization") == Some(format!("Bearer {}", st.token).as_str());
-        (if is_place && ok { st.faults.pop_front() } else { None }, ok)
+        let fault = match (ok, is_place, is_candles) {
+            (true, true, _) => st.faults.pop_front(),
+            (true, _, true) => st.candle_faults.pop_front(),
+            _ => None,
+        };
+        (fault, ok)
     };
     if !authorised {
         let body = err("UDAPI100050", "Invalid token used to access API");
@@ -286,6 +416,7 @@ async fn serve(shared: Arc<Shared>, acceptor: TlsAcceptor, tcp: TcpStream) {
         ("GET", "/v2/order/history") => history(&shared, &req),
         ("GET", "/v2/portfolio/long-term-holdings") => portfolio(&shared, true),
         ("GET", "/v2/portfolio/short-term-positions") => portfolio(&shared, false),
+        ("GET", p) if is_candles => intraday(&shared, &p[INTRADAY_PREFIX.len()..]),
         _ => (404, err("UDAPI10000", "This request is not supported by Upstox API")),
     };
     match fault {
@@ -371,4 +502,33 @@ fn portfolio(shared: &Shared, holdings: bool) -> (u16, String) {
         data.extend(extra.iter().cloned());
     }
     (200, json!({"status":"success","data":data}).to_string())
+}
+
+/// `GET /v3/historical-candle/intraday/{key}/{unit}/{interval}`; `rest` is what follows
+/// `/intraday/`.
+fn intraday(shared: &Shared, rest: &str) -> (u16, String) {
+    let parts: Vec<&str> = rest.split('/').collect();
+    let [key, unit, interval] = parts[..] else {
+        return (404, err("UDAPI10000", "This request is not supported by Upstox API"));
+    };
+    let key = super::fake_binance::percent_decode(key);
+    let max = match unit {
+        "minutes" => 300,
+        "hours" => 5,
+        "days" => 1,
+        _ => 0,
+    };
+    if !interval.parse::<u32>().is_ok_and(|i| (1..=max).contains(&i)) {
+        return (400, err("UDAPI100036", "Invalid Input"));
+    }
+    let st = shared.lock();
+    if !st.intraday.keys().any(|(k, _, _)| *k == key) {
+        return (400, err("UDAPI100011", "Invalid Instrument key"));
+    }
+    let rows: Vec<Value> = st
+        .intraday
+        .get(&(key, unit.to_string(), interval.to_string()))
+        .map(|list| list.iter().rev().map(IntradayCandle::row).collect())
+        .unwrap_or_default();
+    (200, json!({"status":"success","data":{"candles":rows}}).to_string())
 }

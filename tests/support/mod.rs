@@ -17,6 +17,8 @@
 //! - [`edge_world::BinanceEdge`] / [`upstox_world::UpstoxWorld`]: the loopback worlds (directory,
 //!   CA, DNS chain, feed, configuration writer) of the binary's edge tests.
 //! - [`json::Json`]: a small JSON reader/writer (the crate has no JSON dependency).
+//! - [`relay_script::CandleScript`]: bars played as Binance `@trade` / `@kline_<i>` events on
+//!   [`ws::WsServer`] and stored for `GET /api/v3/klines` on [`fake_binance::FakeBinance`].
 #![allow(dead_code)]
 
 pub mod app;
@@ -28,6 +30,7 @@ pub mod fake_upstox;
 pub mod guard;
 pub mod json;
 mod net;
+pub mod relay_script;
 pub mod rest;
 pub mod upstox_feed;
 pub mod upstox_world;

@@ -2,6 +2,15 @@
 //! it for tests): it records paths and text messages, answers `SUBSCRIBE`, `UNSUBSCRIBE`,
 //! `LIST_SUBSCRIPTIONS`, `SET_PROPERTY` and `GET_PROPERTY`, pushes whatever the test asks, and
 //! injects faults.
+//!
+//! Two ways to push: [`WsServer::push`] / [`WsServer::push_raw`] send a frame to every live
+//! connection whatever it subscribed; [`WsServer::push_event`] and its helpers
+//! ([`WsServer::push_trade`], [`WsServer::push_kline`], [`WsServer::push_book_ticker`]) send
+//! an event only to the live connections currently subscribed to its stream (named in the
+//! URL or by `SUBSCRIBE`, not `UNSUBSCRIBE`d since), wrapped as Binance does for each
+//! connection: `{"stream":"<name>","data":<event>}` on a combined-stream connection
+//! (`/stream?streams=...`), the bare event on a raw one (`/ws...`). Stream names are matched
+//! exactly (Binance's are lower-case symbol + `@trade`, `@kline_<interval>`, `@bookTicker`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -14,6 +23,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tungstenite::Message;
 
+use super::fake_binance::Kline;
 use super::json::{self, Json};
 use super::net::{self, AbortOnDrop};
 use super::wsio::{WsStream, close_frame};
@@ -75,6 +85,72 @@ struct State {
     conns: Vec<Conn>,
     pings: usize,
     pongs: usize,
+    /// Last trade id handed out per symbol ([`WsServer::next_trade_id`]); last bookTicker `u`
+    /// per `<symbol>@bookTicker`.
+    trade_ids: std::collections::HashMap<String, u64>,
+}
+
+/// One trade for [`WsServer::push_trade`]: the event
+/// `{"e":"trade","E":<now ms>,"s":"BTCUSDT","t":id,"p":"price","q":"qty","T":time_ms,
+/// "m":buyer_maker,"M":true}`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Trade {
+    /// Trade id (`t`).
+    pub id: u64,
+    /// Price text (`p`).
+    pub price: String,
+    /// Quantity text (`q`).
+    pub qty: String,
+    /// Trade time, ms (`T`).
+    pub time_ms: u64,
+    /// Whether the buyer was the maker (`m`; true = a taker sell).
+    pub buyer_maker: bool,
+}
+
+impl Trade {
+    /// A taker buy (`m` false).
+    pub fn new(id: u64, price: &str, qty: &str, time_ms: u64) -> Trade {
+        Trade { id, price: price.into(), qty: qty.into(), time_ms, buyer_maker: false }
+    }
+}
+
+/// The trade event object (the `data` of a combined frame).
+pub fn trade_event(symbol: &str, t: &Trade) -> String {
+    format!(
+        r#"{{"e":"trade","E":{},"s":{},"t":{},"p":{},"q":{},"T":{},"m":{},"M":true}}"#,
+        net::now_ms(),
+        json::quote(symbol),
+        t.id,
+        json::quote(&t.price),
+        json::quote(&t.qty),
+        t.time_ms,
+        t.buyer_maker
+    )
+}
+
+/// The kline event object (the `data` of a combined frame), `E` = now.
+pub fn kline_event(symbol: &str, interval: &str, k: &Kline, closed: bool) -> String {
+    format!(
+        r#"{{"e":"kline","E":{},"s":{},"k":{}}}"#,
+        net::now_ms(),
+        json::quote(symbol),
+        k.event_k(symbol, interval, closed)
+    )
+}
+
+/// `btcusdt@trade` for `BTCUSDT`.
+pub fn trade_stream(symbol: &str) -> String {
+    format!("{}@trade", symbol.to_ascii_lowercase())
+}
+
+/// `btcusdt@kline_1m` for `BTCUSDT`, `1m`.
+pub fn kline_stream(symbol: &str, interval: &str) -> String {
+    format!("{}@kline_{interval}", symbol.to_ascii_lowercase())
+}
+
+/// `btcusdt@bookTicker` for `BTCUSDT`.
+pub fn book_ticker_stream(symbol: &str) -> String {
+    format!("{}@bookTicker", symbol.to_ascii_lowercase())
 }
 
 struct Shared {
@@ -118,6 +194,7 @@ impl WsServer {
                 conns: Vec::new(),
                 pings: 0,
                 pongs: 0,
+                trade_ids: std::collections::HashMap::new(),
             }),
             listening: listening.clone(),
             refuse: refuse_tx,
@@ -175,6 +252,86 @@ impl WsServer {
             r#"{{"stream":"!serverShutdown","data":{{"e":"serverShutdown","E":{}}}}}"#,
             net::now_ms()
         ));
+    }
+
+    /// Sends `event` (a JSON object) to every live connection currently subscribed to
+    /// `stream`: `{"stream":<stream>,"data":<event>}` on a combined-stream connection, the bare
+    /// event on a raw (`/ws...`) one. Returns how many connections it was sent to.
+    pub fn push_event(&self, stream: &str, event: &str) -> usize {
+        let st = self.shared.lock();
+        let mut n = 0;
+        for c in st.conns.iter().filter(|c| c.live && c.current.iter().any(|s| s == stream)) {
+            let text = if c.path.starts_with("/ws") {
+                event.to_owned()
+            } else {
+                format!(r#"{{"stream":{},"data":{event}}}"#, json::quote(stream))
+            };
+            if c.cmd.send(Cmd::Send(Message::text(text))).is_ok() {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Pushes a trade event of `symbol` to the subscribers of `<symbol lower-case>@trade`;
+    /// returns how many connections it was sent to.
+    pub fn push_trade(&self, symbol: &str, trade: &Trade) -> usize {
+        self.push_event(&trade_stream(symbol), &trade_event(symbol, trade))
+    }
+
+    /// Pushes a kline event of `symbol` (`x` = `closed`) to the subscribers of
+    /// `<symbol lower-case>@kline_<interval>`; returns how many connections it was sent to.
+    pub fn push_kline(&self, symbol: &str, interval: &str, k: &Kline, closed: bool) -> usize {
+        self.push_event(&kline_stream(symbol, interval), &kline_event(symbol, interval, k, closed))
+    }
+
+    /// Pushes `{"u":<n>,"s":symbol,"b":bid,"B":"1","a":ask,"A":"1"}` to the subscribers of
+    /// `<symbol lower-case>@bookTicker` only (unlike [`WsServer::push`]); `u` counts 1, 2, ...
+    /// per symbol (apart from the trade ids). Returns how many connections it was sent to.
+    pub fn push_book_ticker(&self, symbol: &str, bid: &str, ask: &str) -> usize {
+        let u = {
+            let mut st = self.shared.lock();
+            let u = st.trade_ids.entry(book_ticker_stream(symbol)).or_insert(0);
+            *u += 1;
+            *u
+        };
+        let event = format!(
+            r#"{{"u":{u},"s":{},"b":{},"B":"1","a":{},"A":"1"}}"#,
+            json::quote(symbol),
+            json::quote(bid),
+            json::quote(ask)
+        );
+        self.push_event(&book_ticker_stream(symbol), &event)
+    }
+
+    /// A fresh id for `symbol` (1, 2, ...), shared by the candle scripts so that trade ids
+    /// keep increasing across them.
+    pub fn next_trade_id(&self, symbol: &str) -> u64 {
+        let mut st = self.shared.lock();
+        let id = st.trade_ids.entry(symbol.to_owned()).or_insert(0);
+        *id += 1;
+        *id
+    }
+
+    /// How many live connections are currently subscribed to `stream`.
+    pub fn subscribers(&self, stream: &str) -> usize {
+        self.shared.lock().conns.iter().filter(|c| c.live && c.current.iter().any(|s| s == stream)).count()
+    }
+
+    /// Every stream some live connection is currently subscribed to, sorted, without repeats.
+    pub fn live_streams(&self) -> Vec<String> {
+        let st = self.shared.lock();
+        let mut v: Vec<String> =
+            st.conns.iter().filter(|c| c.live).flat_map(|c| c.current.iter().cloned()).collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    /// Waits until every stream of `streams` has a live subscriber (true) or `timeout` passes
+    /// (false). A subscription counts once its `SUBSCRIBE` is read, before it is acknowledged.
+    pub async fn wait_subscribed(&self, streams: &[&str], timeout: Duration) -> bool {
+        self.wait_for(|s| streams.iter().all(|x| s.subscribers(x) > 0), timeout).await
     }
 
     /// TCP connections accepted so far (including ones a fault reset or refused).

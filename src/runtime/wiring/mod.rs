@@ -4,3 +4,4 @@
 
 pub mod broker;
 pub mod control;
+mod relay;
