@@ -3588,7 +3588,8 @@ mod tests {
             &[],
             &["relay.intervals", "10 intervals", "RELAY_INTERVALS"],
         );
-        let four: Vec<String> = Interval::ALL[1..=RELAY_INTERVALS].iter().map(|i| format!("\"{i}\"")).collect();
+        let four: Vec<String> =
+            Interval::ALL[1..=RELAY_INTERVALS].iter().map(|i| format!("\"{i}\"")).collect();
         relay_ok(&format!("[relay]\nintervals = [{}]\n", four.join(", ")), &[]);
     }
 

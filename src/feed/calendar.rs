@@ -89,7 +89,7 @@ fn days_in_month(y: i32, m: u8) -> u8 {
 }
 
 /// Days since 1970-01-01 of a civil date (H. Hinnant's algorithm).
-fn days_from_civil(y: i32, m: u8, d: u8) -> i64 {
+pub fn days_from_civil(y: i32, m: u8, d: u8) -> i64 {
     let y = i64::from(y) - i64::from(m <= 2);
     let era = y.div_euclid(400);
     let yoe = y - era * 400;

@@ -545,3 +545,173 @@ fn merge_oldest(k: Option<Candle>, b: Option<Candle>) -> Option<Candle> {
         (k, b) => k.or(b),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const IV: i64 = 60_000;
+
+    fn p(x: i64) -> Price {
+        Price::from_units(x * 100_000_000)
+    }
+
+    fn bar(t: i64, o: i64, h: i64, l: i64, c: i64, v: i64, closed: bool) -> Candle {
+        Candle {
+            open_time: t,
+            open: p(o),
+            high: p(h),
+            low: p(l),
+            close: p(c),
+            volume: Qty::from_units(v * 100_000_000),
+            closed,
+            revision: 0,
+            source: Source::Kline,
+        }
+    }
+
+    fn closed(out: &[Emit]) -> Vec<(i64, u32, Source)> {
+        out.iter()
+            .filter_map(|e| match e {
+                Emit::Closed(c) | Emit::Corrected(c) => Some((c.open_time, c.revision, c.source)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_closing_kline_closes_once_and_its_repeat_is_a_duplicate() {
+        let mut s = Series::new(Interval::M1);
+        let mut out = Vec::new();
+        s.on_kline(bar(0, 1, 2, 1, 2, 5, false), &mut out);
+        assert!(matches!(out[0], Emit::Open(_)));
+        out.clear();
+        s.on_kline(bar(0, 1, 3, 1, 2, 6, true), &mut out);
+        assert_eq!(closed(&out), [(0, 1, Source::Kline)]);
+        out.clear();
+        s.on_kline(bar(0, 1, 3, 1, 2, 6, true), &mut out);
+        assert!(out.is_empty());
+        assert_eq!(s.counts.duplicates, 1);
+        assert!(s.open().is_none());
+    }
+
+    #[test]
+    fn a_missing_kline_is_built_from_trades_then_corrected_by_rest() {
+        let mut s = Series::new(Interval::M1);
+        let mut out = Vec::new();
+        s.on_rest(&[bar(0, 1, 1, 1, 1, 1, true)], true, &mut out);
+        out.clear();
+        s.on_trade(p(10), Qty::from_units(1), IV + 5, &mut out);
+        s.on_trade(p(12), Qty::from_units(1), IV + 9_000, &mut out);
+        s.on_trade(p(9), Qty::from_units(1), IV + 50_000, &mut out);
+        assert_eq!(out.iter().filter(|e| matches!(e, Emit::Open(_))).count(), 3);
+        out.clear();
+        // Not yet: the build delay runs.
+        s.on_clock(2 * IV + 500, 1000, true, &mut out);
+        assert!(out.is_empty());
+        s.on_clock(2 * IV + 1000, 1000, true, &mut out);
+        assert_eq!(closed(&out), [(IV, 1, Source::Trades)]);
+        let Emit::Closed(c) = out[0] else { panic!("{out:?}") };
+        assert_eq!((c.open, c.high, c.low, c.close), (p(10), p(12), p(9), p(9)));
+        assert!(s.needs_check());
+        out.clear();
+        // REST differs (the true volume): a correction with a higher revision.
+        s.on_rest(&[bar(IV, 10, 12, 9, 9, 30, true)], true, &mut out);
+        assert_eq!(closed(&out), [(IV, 2, Source::Rest)]);
+        assert!(!s.needs_check());
+        out.clear();
+        // The late kline agrees with REST: filtered.
+        s.on_kline(bar(IV, 10, 12, 9, 9, 30, true), &mut out);
+        assert!(out.is_empty());
+        // A later kline that disagrees never overrides REST.
+        s.on_kline(bar(IV, 10, 13, 9, 9, 30, true), &mut out);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn a_bar_without_trades_closes_flat_at_the_last_close() {
+        let mut s = Series::new(Interval::M1);
+        let mut out = Vec::new();
+        s.on_rest(&[bar(0, 1, 2, 1, 7, 1, true)], true, &mut out);
+        out.clear();
+        s.on_clock(3 * IV + 10, 5, true, &mut out);
+        assert_eq!(closed(&out), [(IV, 1, Source::Trades), (2 * IV, 1, Source::Trades)]);
+        let Emit::Closed(c) = out[1] else { panic!() };
+        assert_eq!((c.open, c.close, c.volume), (p(7), p(7), Qty::ZERO));
+        // While the upstream is down nothing is made up: the outage is backfilled instead.
+        let mut s = Series::new(Interval::M1);
+        s.on_rest(&[bar(0, 1, 2, 1, 7, 1, true)], true, &mut out);
+        out.clear();
+        s.on_clock(3 * IV + 10, 5, false, &mut out);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn live_bars_wait_for_the_backfill_and_go_out_after_it_in_order() {
+        let mut s = Series::new(Interval::M1);
+        let mut out = Vec::new();
+        s.on_rest(&[bar(0, 1, 1, 1, 1, 1, true)], true, &mut out);
+        out.clear();
+        s.begin_backfill();
+        assert_eq!(s.backfill_from(), Some(IV));
+        s.on_kline(bar(3 * IV, 4, 4, 4, 4, 1, true), &mut out);
+        assert!(closed(&out).is_empty(), "held while backfilling");
+        s.on_rest(
+            &[
+                bar(IV, 2, 2, 2, 2, 1, true),
+                bar(2 * IV, 3, 3, 3, 3, 1, true),
+                bar(3 * IV, 4, 4, 4, 4, 1, true),
+            ],
+            true,
+            &mut out,
+        );
+        assert_eq!(
+            closed(&out),
+            [(IV, 1, Source::Rest), (2 * IV, 1, Source::Rest), (3 * IV, 1, Source::Rest)]
+        );
+        assert_eq!(s.counts.duplicates, 1, "the held kline repeated REST's bar");
+        assert!(!s.backfilling());
+    }
+
+    #[test]
+    fn a_failed_backfill_announces_the_gap_then_releases_held_bars() {
+        let mut s = Series::new(Interval::M1);
+        let mut out = Vec::new();
+        s.on_rest(&[bar(0, 1, 1, 1, 1, 1, true)], true, &mut out);
+        out.clear();
+        s.begin_backfill();
+        s.on_kline(bar(4 * IV, 5, 5, 5, 5, 1, true), &mut out);
+        s.backfill_failed(5 * IV, &mut out);
+        assert_eq!(out[0], Emit::Gap { from: IV, to: 3 * IV });
+        assert_eq!(closed(&out), [(4 * IV, 1, Source::Kline)]);
+        // A client resuming from before the hole is told of it again.
+        let mut again = Vec::new();
+        s.since(0, &mut again);
+        assert_eq!(again[0], Emit::Gap { from: IV, to: 3 * IV });
+        assert!(matches!(again[1], Emit::Closed(c) if c.open_time == 4 * IV));
+        again.clear();
+        s.since(4 * IV, &mut again);
+        assert!(again.is_empty());
+    }
+
+    #[test]
+    fn snapshots_and_resumes_come_from_the_ring() {
+        let mut s = Series::new(Interval::M1);
+        let mut out = Vec::new();
+        let bars: Vec<Candle> = (0..10).map(|i| bar(i * IV, 1, 1, 1, 1, 1, true)).collect();
+        s.on_rest(&bars, true, &mut out);
+        let snap: Vec<i64> = s.snapshot(3).map(|c| c.open_time).collect();
+        assert_eq!(snap, [7 * IV, 8 * IV, 9 * IV]);
+        out.clear();
+        s.since(6 * IV, &mut out);
+        assert_eq!(closed(&out).iter().map(|c| c.0).collect::<Vec<_>>(), [7 * IV, 8 * IV, 9 * IV]);
+        // The ring is bounded: the oldest bars go, and a resume from before them is a gap.
+        let many: Vec<Candle> =
+            (10..(RELAY_RING as i64 + 20)).map(|i| bar(i * IV, 1, 1, 1, 1, 1, true)).collect();
+        s.on_rest(&many, true, &mut out);
+        assert_eq!(s.len(), RELAY_RING);
+        out.clear();
+        s.since(0, &mut out);
+        assert_eq!(out[0], Emit::Gap { from: IV, to: 19 * IV });
+    }
+}

@@ -19,6 +19,7 @@ pub mod outbox;
 pub mod protocol;
 pub mod server;
 pub mod stats;
+pub mod upstox;
 pub mod upstream;
 
 use std::net::SocketAddr;
@@ -81,6 +82,11 @@ pub struct RelaySettings {
     pub rest: Endpoint,
     /// `relay.token_file` (Upstox: the relay's own app, never the guard's token).
     pub token_file: Option<PathBuf>,
+    /// Upstox: `symbol → instrument key` (`[feed.instrument_keys]`); a symbol that is itself
+    /// a key (`NSE_EQ|INE002A01018`) needs no entry.
+    pub instrument_keys: std::collections::BTreeMap<String, String>,
+    /// Upstox: how the token file is read (the configuration's secret reader).
+    pub read_token: crate::feed::upstox::ReadToken,
     /// `relay.intervals`: the candle intervals served (each a `@kline_<i>` stream per symbol).
     pub intervals: Vec<candle::Interval>,
     /// `relay.symbols`: symbols subscribed (and backfilled) from the start.

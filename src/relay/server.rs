@@ -32,18 +32,19 @@ use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
-use super::RelaySettings;
 use super::hub::{self, ClientEntry, Cmd, Hub, Input};
 use super::outbox::{Closing, Outbox};
 use super::protocol::{self, RequestError};
 use super::stats::RelayStats;
 use super::upstream::{self, Breaker, RelayBinance};
+use super::{Exchange, RelaySettings};
 use crate::bus::EngineHandle;
 use crate::bus::clock::{Clock, mono};
 use crate::bus::queue::TickQueue;
 use crate::bus::status::Status;
 use crate::core::engine::FeedEvent;
 use crate::feed::session::{self, Ctx, FeedShared, Timing};
+use crate::feed::upstox::{InstrumentMap, UpstoxShared};
 use crate::limits::{
     RELAY_CLIENTS, RELAY_CLIENTS_PER_PEER, RELAY_COMMAND_QUEUE, RELAY_INPUT_QUEUE, RELAY_REQUEST_MAX,
     RELAY_SYMBOLS,
@@ -169,9 +170,17 @@ pub async fn run(
     let down_stats = stats.clone();
     let events = tokio::spawn(async move {
         while let Some(r) = req_rx.recv().await {
-            if let crate::bus::Request::Feed(FeedEvent::Disconnected) = r {
-                down_stats.upstream_live.store(0, Ordering::Relaxed);
-                upstream::deliver(&down_tx, &down_stats, Input::Down).await;
+            match r {
+                crate::bus::Request::Feed(FeedEvent::Disconnected) => {
+                    down_stats.upstream_live.store(0, Ordering::Relaxed);
+                    upstream::deliver(&down_tx, &down_stats, Input::Down).await;
+                }
+                // Upstox's venue reports each acknowledged instrument (Binance's relay venue
+                // reports `Up` itself); the hub takes the first as the upstream being up.
+                crate::bus::Request::Feed(FeedEvent::Subscribed(_)) => {
+                    upstream::deliver(&down_tx, &down_stats, Input::Up).await;
+                }
+                _ => {}
             }
         }
     });
@@ -186,16 +195,43 @@ pub async fn run(
         seed: cfg.seed,
     };
     let (up_stop_tx, up_stop) = watch::channel(false);
-    let venue = Arc::new(RelayBinance {
-        endpoint: cfg.ws.clone(),
-        intervals: cfg.intervals.clone(),
-        timing,
-        hub: in_tx.clone(),
-        stats: stats.clone(),
-        breaker: breaker.clone(),
-    });
-    let upstream_task = tokio::spawn(session::run(venue, connector.clone(), ctx, add_rx, up_stop.clone()));
+    let ticks = ctx.engine.ticks.clone();
+    let (upstream_task, source) = match cfg.exchange {
+        Exchange::Binance => {
+            let venue = Arc::new(RelayBinance {
+                endpoint: cfg.ws.clone(),
+                intervals: cfg.intervals.clone(),
+                timing,
+                hub: in_tx.clone(),
+                stats: stats.clone(),
+                breaker: breaker.clone(),
+            });
+            let t = tokio::spawn(session::run(venue, connector.clone(), ctx, add_rx, up_stop.clone()));
+            (vec![t], upstream::RestSource::Binance)
+        }
+        Exchange::Upstox => {
+            // The guard's Upstox venue on the relay's own connection, token and tick queue.
+            let map = Arc::new(InstrumentMap::new(cfg.instrument_keys.clone()));
+            let token_file = cfg.token_file.clone().unwrap_or_default();
+            let ux = Arc::new(UpstoxShared::with_map(token_file.clone(), map.clone()));
+            ux.set_reader(cfg.read_token);
+            let ucfg = super::upstox::session_config(&cfg);
+            let t = tokio::spawn(crate::feed::upstox::run(
+                ucfg,
+                connector.clone(),
+                ctx,
+                ux,
+                add_rx,
+                up_stop.clone(),
+            ));
+            let d =
+                tokio::spawn(super::upstox::run_ticks(ticks, in_tx.clone(), stats.clone(), up_stop.clone()));
+            let rest = super::upstox::UpstoxRest { token_file, read_token: cfg.read_token, map };
+            (vec![t, d], upstream::RestSource::Upstox(rest))
+        }
+    };
     let backfill_task = tokio::spawn(upstream::run_backfill(
+        source,
         connector,
         cfg.rest.clone(),
         job_rx,
@@ -258,7 +294,9 @@ pub async fn run(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let left = RELAY_CLIENTS - conns.available_permits();
-    upstream_task.abort();
+    for t in upstream_task {
+        t.abort();
+    }
     backfill_task.abort();
     events.abort();
     let _ = health_stop_tx.send(true);

@@ -431,8 +431,55 @@ pub fn parse_klines(body: &[u8], now_ms: i64, limit: usize) -> Result<(Vec<Candl
     Ok((out, reached_open_bar || n < limit))
 }
 
-/// Answers the hub's backfill jobs, one REST call at a time (Binance `klines`).
+/// Where the backfill asks: Binance's `klines`, or Upstox's intraday candles (with the
+/// relay's own token).
+pub enum RestSource {
+    /// `GET /api/v3/klines` (weight 2 for up to 1 000 bars).
+    Binance,
+    /// `GET /v3/historical-candle/intraday/{key}/{unit}/{n}` (today's bars, newest first).
+    Upstox(super::upstox::UpstoxRest),
+}
+
+impl RestSource {
+    /// The path and the `Authorization` header of a job.
+    fn request(&self, job: &BackfillJob) -> Result<(String, Option<String>), BackfillError> {
+        match self {
+            RestSource::Binance => {
+                let start = job.from.unwrap_or_else(|| {
+                    job.iv.floor(wall_unix_ms()) - (KLINES_LIMIT as i64 - 1) * job.iv.millis()
+                });
+                Ok((
+                    format!(
+                        "/api/v3/klines?symbol={}&interval={}&limit={KLINES_LIMIT}&startTime={start}",
+                        job.symbol, job.iv
+                    ),
+                    None,
+                ))
+            }
+            RestSource::Upstox(u) => u.request(job),
+        }
+    }
+    /// The closed bars of an answer, and whether they reach the present.
+    fn parse(&self, body: &[u8], job: &BackfillJob) -> Result<(Vec<Candle>, bool), String> {
+        let now = wall_unix_ms();
+        match self {
+            RestSource::Binance => parse_klines(body, now, KLINES_LIMIT),
+            RestSource::Upstox(_) => super::upstox::parse_intraday(body, now, job.iv, job.from),
+        }
+    }
+    /// The venue refused the symbol itself.
+    fn unknown_symbol(&self, status: u16, body: &str) -> bool {
+        match self {
+            RestSource::Binance => status == 400 && body.contains("-1121"),
+            RestSource::Upstox(_) => status == 400 && body.contains("UDAPI100011"),
+        }
+    }
+}
+
+/// Answers the hub's backfill jobs, one REST call at a time.
+#[allow(clippy::too_many_arguments)]
 pub async fn run_backfill(
+    source: RestSource,
     connector: Connector,
     rest: Endpoint,
     mut jobs: mpsc::Receiver<BackfillJob>,
@@ -452,31 +499,33 @@ pub async fn run_backfill(
             if attempt > 0 {
                 tokio::select! {
                     _ = stop.changed() => return,
-                    _ = tokio::time::sleep(Duration::from_millis(500 << attempt)) => {}
+                    _ = tokio::time::sleep(Duration::from_millis(250 << attempt)) => {}
                 }
             }
             if !breaker.wait(&mut stop).await {
                 return;
             }
-            let mut path =
-                format!("/api/v3/klines?symbol={}&interval={}&limit={KLINES_LIMIT}", job.symbol, job.iv);
-            match job.from {
-                Some(f) => path.push_str(&format!("&startTime={f}")),
-                None => {
-                    let start = job.iv.floor(wall_unix_ms()) - (KLINES_LIMIT as i64 - 1) * job.iv.millis();
-                    path.push_str(&format!("&startTime={start}"));
+            let (path, auth) = match source.request(&job) {
+                Ok(x) => x,
+                Err(e) => {
+                    result = Some(Err(e));
+                    break;
                 }
-            }
+            };
+            let headers: Vec<(&str, &str)> = match &auth {
+                Some(a) => vec![("Authorization", a.as_str()), ("Accept", "application/json")],
+                None => Vec::new(),
+            };
             let req = Req {
                 method: "GET",
                 path: &path,
-                headers: &[],
+                headers: &headers,
                 body: None,
                 timeout: Duration::from_secs(10),
                 max_body: 1 << 20,
             };
             match http::request(&connector, &rest, req).await {
-                Ok(a) if a.status == 200 => match parse_klines(&a.body, wall_unix_ms(), KLINES_LIMIT) {
+                Ok(a) if a.status == 200 => match source.parse(&a.body, &job) {
                     Ok(r) => {
                         breaker.success();
                         result = Some(Ok(r));
@@ -489,11 +538,10 @@ pub async fn run_backfill(
                 },
                 Ok(a) => {
                     let body = String::from_utf8_lossy(&a.body);
-                    if a.status == 400 && body.contains("-1121") {
-                        result = Some(Err(BackfillError {
-                            unknown_symbol: true,
-                            why: format!("HTTP 400 {body}"),
-                        }));
+                    if source.unknown_symbol(a.status, &body) {
+                        let mut why = format!("HTTP {} {body}", a.status);
+                        why.truncate(200);
+                        result = Some(Err(BackfillError { unknown_symbol: true, why }));
                         break;
                     }
                     if matches!(a.status, 418 | 429) {

@@ -37,6 +37,8 @@ impl RelaySettings {
             ws,
             rest,
             token_file: r.token_file.clone(),
+            instrument_keys: cfg.feed.instrument_keys.clone(),
+            read_token: |p| crate::config::read_secret(p).map_err(|e| e.to_string()),
             intervals: r.intervals.clone(),
             symbols: r.symbols.clone(),
             closed_queue_max: r.closed_queue_max,
