@@ -767,6 +767,26 @@ impl Api {
             })
         });
         let rest = &status.rest;
+        // The LAN relay (`null` when it is off): its own counters are on its health port.
+        let relay = status.relay.get().map(|r| {
+            let v = r.view();
+            json!({
+                "running": v.running,
+                "failure": v.failure,
+                "upstream_live": v.upstream_live,
+                "symbols": v.symbols,
+                "clients": v.clients.iter().map(|c| json!({
+                    "peer": c.peer,
+                    "symbols": c.symbols,
+                    "interval": c.interval,
+                    "queued": c.queued,
+                    "age_seconds": c.age_s,
+                })).collect::<Vec<_>>(),
+                "delivered": v.delivered,
+                "slow_closed": v.slow_closed,
+                "gaps": v.gaps,
+            })
+        });
         let body = json!({
             "timestamp": views::iso8601(s.wall),
             "websocket": {
@@ -797,6 +817,7 @@ impl Api {
                 "errors": load(&rest.errors),
                 "breaker_open": rest.breaker_open.load(Ordering::Relaxed),
             },
+            "relay": relay,
         });
         Answer::json(200, &body)
     }
