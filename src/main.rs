@@ -153,7 +153,11 @@ fn main() -> ExitCode {
             let (tx, rx) = tokio::sync::watch::channel(false);
             tokio::spawn(runtime::signals::stop_on_signal(tx));
             let listen = listen.unwrap_or(cfg.api.listen);
-            runtime::demo::run_with(run_for, rx, indicator, Some(listen)).await;
+            // The demo's relay is on (over the simulated venue, on relay.listen) unless
+            // TICKGUARD_RELAY_ENABLED=false.
+            let relay_on = std::env::var("TICKGUARD_RELAY_ENABLED").map_or(true, |v| v != "false");
+            let relay = runtime::demo::relay_settings(&cfg, relay_on);
+            runtime::demo::run_with(run_for, rx, indicator, Some(listen), relay).await;
             ExitCode::SUCCESS
         }),
         Cmd::Run { config, fault } => with_runtime(|| async move {

@@ -18,6 +18,7 @@ pub mod hub;
 pub mod outbox;
 pub mod protocol;
 pub mod server;
+pub mod sim;
 pub mod stats;
 pub mod upstox;
 pub mod upstream;
@@ -36,6 +37,9 @@ pub enum Exchange {
     Binance,
     /// Upstox (`contract_type` `equity`).
     Upstox,
+    /// The demo's simulated venue (`tickguard demo`; `contract_type` `spot`). Never
+    /// configurable: [`Exchange::parse`] knows only the real venues.
+    Sim,
 }
 
 impl Exchange {
@@ -44,12 +48,13 @@ impl Exchange {
         match self {
             Exchange::Binance => "binance",
             Exchange::Upstox => "upstox",
+            Exchange::Sim => "sim",
         }
     }
     /// The `contract_type` the relay serves for this venue.
     pub fn contract_type(self) -> &'static str {
         match self {
-            Exchange::Binance => "spot",
+            Exchange::Binance | Exchange::Sim => "spot",
             Exchange::Upstox => "equity",
         }
     }

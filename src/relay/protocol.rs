@@ -105,9 +105,9 @@ pub fn parse_request(
     }
     let exchange = match map.get("exchange") {
         None => return Err(err("exchange", format!("missing; this relay serves \"{}\"", served.name()))),
-        Some(Value::String(s)) => match Exchange::parse(s) {
-            Some(e) if e == served => e,
-            Some(_) | None => {
+        Some(Value::String(s)) => match s == served.name() {
+            true => served,
+            false => {
                 return Err(err(
                     "exchange",
                     format!(

@@ -68,9 +68,17 @@ pub struct Relay {
     pub thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// Where the relay's upstream comes from.
+pub enum Source {
+    /// The real venue of `RelaySettings::exchange`, dialled through this connector.
+    Venue(Connector),
+    /// The demo's simulated venue.
+    Sim(super::sim::SimSource),
+}
+
 /// Starts the relay on its own thread. Never fails the caller: a relay that cannot start
 /// says why in its stats (and the log) and leaves the guard alone.
-pub fn start(cfg: RelaySettings, connector: Connector, stop: watch::Receiver<bool>) -> Relay {
+pub fn start(cfg: RelaySettings, source: Source, stop: watch::Receiver<bool>) -> Relay {
     let stats = Arc::new(RelayStats::default());
     let st = stats.clone();
     let thread = std::thread::Builder::new().name("tg-relay".into()).spawn(move || {
@@ -81,7 +89,7 @@ pub fn start(cfg: RelaySettings, connector: Connector, stop: watch::Receiver<boo
                 return;
             }
         };
-        rt.block_on(run(cfg, connector, st, stop));
+        rt.block_on(run(cfg, source, st, stop));
     });
     match thread {
         Ok(t) => Relay { stats, thread: Some(t) },
@@ -104,7 +112,7 @@ fn fail(stats: &RelayStats, why: String) {
 /// until `stop` fires; then says goodbye to every client within `shutdown_grace`.
 pub async fn run(
     cfg: RelaySettings,
-    connector: Connector,
+    source: Source,
     stats: Arc<RelayStats>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -196,8 +204,26 @@ pub async fn run(
     };
     let (up_stop_tx, up_stop) = watch::channel(false);
     let ticks = ctx.engine.ticks.clone();
-    let (upstream_task, source) = match cfg.exchange {
-        Exchange::Binance => {
+    let mut tasks = vec![events];
+    match (source, cfg.exchange) {
+        (Source::Sim(sim), _) => {
+            let names = sim.names.iter().map(|(n, _)| n.clone()).collect();
+            tasks.push(tokio::spawn(super::sim::run(
+                sim,
+                add_rx,
+                in_tx.clone(),
+                stats.clone(),
+                up_stop.clone(),
+            )));
+            tasks.push(tokio::spawn(super::sim::run_backfill(
+                names,
+                job_rx,
+                in_tx.clone(),
+                stats.clone(),
+                up_stop,
+            )));
+        }
+        (Source::Venue(connector), Exchange::Binance | Exchange::Sim) => {
             let venue = Arc::new(RelayBinance {
                 endpoint: cfg.ws.clone(),
                 intervals: cfg.intervals.clone(),
@@ -206,40 +232,52 @@ pub async fn run(
                 stats: stats.clone(),
                 breaker: breaker.clone(),
             });
-            let t = tokio::spawn(session::run(venue, connector.clone(), ctx, add_rx, up_stop.clone()));
-            (vec![t], upstream::RestSource::Binance)
+            tasks.push(tokio::spawn(session::run(venue, connector.clone(), ctx, add_rx, up_stop.clone())));
+            tasks.push(tokio::spawn(upstream::run_backfill(
+                upstream::RestSource::Binance,
+                connector,
+                cfg.rest.clone(),
+                job_rx,
+                in_tx.clone(),
+                breaker.clone(),
+                stats.clone(),
+                up_stop,
+            )));
         }
-        Exchange::Upstox => {
+        (Source::Venue(connector), Exchange::Upstox) => {
             // The guard's Upstox venue on the relay's own connection, token and tick queue.
             let map = Arc::new(InstrumentMap::new(cfg.instrument_keys.clone()));
             let token_file = cfg.token_file.clone().unwrap_or_default();
             let ux = Arc::new(UpstoxShared::with_map(token_file.clone(), map.clone()));
             ux.set_reader(cfg.read_token);
             let ucfg = super::upstox::session_config(&cfg);
-            let t = tokio::spawn(crate::feed::upstox::run(
+            tasks.push(tokio::spawn(crate::feed::upstox::run(
                 ucfg,
                 connector.clone(),
                 ctx,
                 ux,
                 add_rx,
                 up_stop.clone(),
-            ));
-            let d =
-                tokio::spawn(super::upstox::run_ticks(ticks, in_tx.clone(), stats.clone(), up_stop.clone()));
+            )));
+            tasks.push(tokio::spawn(super::upstox::run_ticks(
+                ticks,
+                in_tx.clone(),
+                stats.clone(),
+                up_stop.clone(),
+            )));
             let rest = super::upstox::UpstoxRest { token_file, read_token: cfg.read_token, map };
-            (vec![t, d], upstream::RestSource::Upstox(rest))
+            tasks.push(tokio::spawn(upstream::run_backfill(
+                upstream::RestSource::Upstox(rest),
+                connector,
+                cfg.rest.clone(),
+                job_rx,
+                in_tx.clone(),
+                breaker.clone(),
+                stats.clone(),
+                up_stop,
+            )));
         }
-    };
-    let backfill_task = tokio::spawn(upstream::run_backfill(
-        source,
-        connector,
-        cfg.rest.clone(),
-        job_rx,
-        in_tx.clone(),
-        breaker.clone(),
-        stats.clone(),
-        up_stop,
-    ));
+    }
 
     // Clients.
     let peers: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::new(Mutex::new(HashMap::new()));
@@ -294,11 +332,9 @@ pub async fn run(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let left = RELAY_CLIENTS - conns.available_permits();
-    for t in upstream_task {
+    for t in tasks {
         t.abort();
     }
-    backfill_task.abort();
-    events.abort();
     let _ = health_stop_tx.send(true);
     if let Some(t) = health_task {
         let _ = t.await;

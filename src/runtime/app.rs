@@ -569,7 +569,7 @@ fn start_relay(
     let settings = crate::relay::RelaySettings::from_config(cfg, Some(rule), seed ^ 0x0052_656c_6179);
     let connector = super::edge::connector(cfg);
     let relay = match (settings, connector) {
-        (Ok(s), Ok(c)) => crate::relay::server::start(s, c, stop),
+        (Ok(s), Ok(c)) => crate::relay::server::start(s, crate::relay::server::Source::Venue(c), stop),
         (Err(e), _) | (_, Err(e)) => {
             let stats = Arc::new(crate::relay::stats::RelayStats::default());
             log::error!(

@@ -46,6 +46,41 @@ const REST_EVERY: f64 = 0.5;
 /// Simulated wall clock at the start of a round: 11:24:06, so the outage is at 11:24:16.
 const ROUND_WALL_START_S: u64 = 11 * 3600 + 24 * 60 + 6;
 
+/// The demo's relay: `[relay]`'s listen addresses, intervals and queues over the simulated
+/// venue (exchange `sim`); `None` when the configuration turns it off
+/// (`TICKGUARD_RELAY_ENABLED=false` with the demo's default on).
+pub fn relay_settings(cfg: &crate::config::Config, relay_on: bool) -> Option<crate::relay::RelaySettings> {
+    if !relay_on {
+        return None;
+    }
+    let r = &cfg.relay;
+    let local =
+        crate::net::http::Endpoint { tls: false, host: "127.0.0.1".into(), port: 9, path: "/".into() };
+    Some(crate::relay::RelaySettings {
+        listen: r.listen,
+        health_listen: r.health_enabled.then_some(r.health_listen),
+        exchange: crate::relay::Exchange::Sim,
+        ws: local.clone(),
+        rest: local,
+        token_file: None,
+        instrument_keys: Default::default(),
+        read_token: |_| Err("the demo has no token".into()),
+        intervals: r.intervals.clone(),
+        symbols: SYMBOLS.iter().map(|s| s.to_string()).collect(),
+        closed_queue_max: r.closed_queue_max,
+        open_queue_max: r.open_queue_max,
+        breaker_recovery: r.breaker_recovery,
+        close_delay: r.close_delay,
+        stale_after: r.stale_after,
+        silence_timeout: Duration::from_secs(10),
+        reconnect_initial: Duration::from_secs(1),
+        reconnect_max: Duration::from_secs(5),
+        shutdown_grace: Duration::from_secs(2),
+        origin_rule: None,
+        seed: 1,
+    })
+}
+
 /// The engine settings of the demo: the seed's thresholds, shortened so a round fits in 18 s.
 pub fn demo_engine_config() -> EngineConfig {
     EngineConfig {
@@ -120,7 +155,7 @@ fn wall(t: f64) -> String {
 /// Runs the demo until `run_for` passes or `shutdown` fires. Returns the number of rounds
 /// whose summary was printed.
 pub async fn run(run_for: Option<Duration>, shutdown: watch::Receiver<bool>) -> u32 {
-    run_with(run_for, shutdown, None, None).await
+    run_with(run_for, shutdown, None, None, None).await
 }
 
 /// As [`run`], driving `indicator` (the status LED and buzzer) from the engine as well.
@@ -129,6 +164,7 @@ pub async fn run_with(
     mut shutdown: watch::Receiver<bool>,
     indicator: Option<crate::indicator::Indicator>,
     listen: Option<std::net::SocketAddr>,
+    relay: Option<crate::relay::RelaySettings>,
 ) -> u32 {
     let cfg = demo_engine_config();
     println!(
@@ -153,6 +189,7 @@ pub async fn run_with(
         }
     }
     let (engine_shutdown_tx, engine_shutdown) = watch::channel(false);
+    let (relay_stop_tx, relay_stop) = watch::channel(false);
     let (task, handle, broker_rx) = engine_task(engine, clock, engine_shutdown.clone());
     let board = Arc::new(PriceBoard::new(crate::limits::MAX_INSTRUMENTS));
     let network_up = Arc::new(AtomicBool::new(true));
@@ -164,6 +201,16 @@ pub async fn run_with(
     // The status page and API on `listen`, with a random token in a file (its own threads).
     let _control = listen.and_then(|addr| {
         crate::control::spawn_demo(addr, handle.clone()).map_err(|e| log::error!("[API] {e}")).ok()
+    });
+    // The LAN relay over the simulated venue: bots on the LAN (and `websocat`) see the
+    // incident's quotes and candles, the outage as `status: stale` and its hole as a gap.
+    let relay = relay.map(|settings| {
+        let names = SYMBOLS.iter().zip(ids.iter()).map(|(s, id)| (s.to_string(), *id)).collect();
+        let sim = crate::relay::sim::SimSource { board: board.clone(), names, up: network_up.clone() };
+        let r =
+            crate::relay::server::start(settings, crate::relay::server::Source::Sim(sim), relay_stop.clone());
+        let _ = handle.status.relay.set(r.stats.clone());
+        r
     });
     // The status LED and systemd's notifications both follow the engine loop's turns.
     let indicator_join = indicator.map(|i| tokio::spawn(i.run(handle.clone(), engine_shutdown.clone())));
@@ -188,6 +235,15 @@ pub async fn run_with(
         _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => {}
     }
     let _ = engine_shutdown_tx.send(true);
+    let _ = relay_stop_tx.send(true);
+    if let Some(t) = relay.and_then(|r| r.thread) {
+        for _ in 0..400 {
+            if t.is_finished() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
     let _ = notify_join.await;
     if let Some(j) = indicator_join {
         let _ = j.await;
