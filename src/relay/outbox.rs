@@ -246,7 +246,7 @@ mod tests {
     #[tokio::test]
     async fn quotes_keep_the_newest_and_updates_replace_each_other() {
         let o = Outbox::new(2, 10, 10);
-        let now = Instant::now();
+        let now = crate::bus::clock::mono();
         o.push_quote(0, m("q1"), now);
         o.push_quote(0, m("q2"), now);
         o.push_open(0, m("o1"), 60_000);
@@ -282,7 +282,7 @@ mod tests {
     #[tokio::test]
     async fn waiting_slots_are_bounded_and_drops_counted() {
         let o = Outbox::new(4, 10, 2);
-        let now = Instant::now();
+        let now = crate::bus::clock::mono();
         for s in 0..4 {
             o.push_quote(s, m("q"), now);
         }
