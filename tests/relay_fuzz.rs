@@ -97,7 +97,7 @@ proptest! {
             .iter()
             .map(|s| format!("\"{}\"", if lower { s.to_ascii_lowercase() } else { s.clone() }))
             .collect();
-        let mut fields = vec![
+        let mut fields = [
             r#""exchange":"binance""#.to_string(),
             r#""contract_type":"spot""#.to_string(),
             format!(r#""symbols":[{}]"#, list.join(",")),

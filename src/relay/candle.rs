@@ -504,7 +504,11 @@ impl Series {
         };
         let have = self.ring[i];
         if have.same_values(&c) {
-            self.counts.duplicates += 1;
+            // A REST check re-reading bars it agrees with is no duplicate from the venue's
+            // stream; only those are counted.
+            if c.source != Source::Rest {
+                self.counts.duplicates += 1;
+            }
             return;
         }
         // A kline after its bar was closed from trades or corrected by REST: REST wins for

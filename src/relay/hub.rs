@@ -41,14 +41,8 @@ pub enum Input {
     Quote {
         /// Symbol index.
         sym: u16,
-        /// Bid.
-        bid: Price,
-        /// Ask.
-        ask: Price,
-        /// The venue's time, when it gives one (Unix ms).
-        ts_event: Option<i64>,
-        /// When the frame arrived (Unix ms).
-        ts_recv: i64,
+        /// Bid, ask, last, the venue's time and the receive time (Unix ms).
+        q: protocol::QuoteFields,
         /// When the frame arrived (monotonic, for the latency histogram).
         recv: Instant,
     },
@@ -152,6 +146,8 @@ struct Sym {
     in_flight: Vec<bool>,
     /// Per interval: the first backfill has answered (or failed).
     ready: Vec<bool>,
+    /// Per interval: counted in `Hub::recovering` (a backfill after the upstream came back).
+    recovering: Vec<bool>,
     next_check: Vec<Instant>,
     unknown: Option<String>,
 }
@@ -247,6 +243,7 @@ impl Hub {
             clients: Vec::new(),
             in_flight: vec![false; n],
             ready: vec![false; n],
+            recovering: vec![false; n],
             next_check: vec![mono(); n],
             unknown: None,
         });
@@ -293,12 +290,12 @@ impl Hub {
     /// Handles one upstream event.
     pub fn input(&mut self, ev: Input) {
         match ev {
-            Input::Quote { sym, bid, ask, ts_event, ts_recv, recv } => {
+            Input::Quote { sym, q, recv } => {
                 let Some(s) = self.syms.get_mut(usize::from(sym)) else { return };
                 self.stats.quotes.fetch_add(1, Ordering::Relaxed);
                 s.quote_seq += 1;
                 let h = Head { epoch: self.epoch, exchange: self.cfg.exchange, symbol: &s.name };
-                let msg = Utf8Bytes::from(protocol::quote(&h, s.quote_seq, bid, ask, ts_event, ts_recv));
+                let msg = Utf8Bytes::from(protocol::quote(&h, s.quote_seq, &q));
                 for (id, slot, _) in &s.clients {
                     if let Some(c) = self.clients.get(id) {
                         c.entry.outbox.push_quote(*slot, msg.clone(), recv);
@@ -346,7 +343,10 @@ impl Hub {
                     for i in 0..self.cfg.intervals.len() {
                         self.syms[s].series[i].begin_backfill();
                         self.job(s as u16, i, true);
-                        self.recovering += 1;
+                        if !self.syms[s].recovering[i] {
+                            self.syms[s].recovering[i] = true;
+                            self.recovering += 1;
+                        }
                     }
                 }
                 if self.recovering == 0 {
@@ -373,7 +373,6 @@ impl Hub {
         let Some(i) = series_idx(&self.cfg, iv) else { return };
         let Some(s) = self.syms.get_mut(usize::from(sym)) else { return };
         s.in_flight[i] = false;
-        let was_recovering = s.series[i].backfilling();
         let mut emits = std::mem::take(&mut self.emits);
         emits.clear();
         let mut again = false;
@@ -399,14 +398,12 @@ impl Hub {
                 s.series[i].backfill_failed(wall_unix_ms(), &mut emits);
             }
         }
-        let counts = s.series[i].counts;
-        let _ = counts;
         s.ready[i] = true;
         self.fan_out(sym, i, &emits);
         self.emits = emits;
         if again {
             self.job(sym, i, true);
-        } else if was_recovering && self.recovering > 0 {
+        } else if std::mem::take(&mut self.syms[usize::from(sym)].recovering[i]) && self.recovering > 0 {
             self.recovering -= 1;
             if self.recovering == 0 && self.live {
                 self.announce(true);
@@ -428,9 +425,8 @@ impl Hub {
         let msg =
             Utf8Bytes::from(protocol::status(self.epoch, self.cfg.exchange, self.status_seq, live, since));
         for c in self.clients.values() {
-            if !c.entry.outbox.push_ordered(Ordered { msg: msg.clone(), cursor: None }) {
-                self.stats.slow_closed.fetch_add(0, Ordering::Relaxed);
-            }
+            // A client that cannot take it is marked overflowed (its writer closes it).
+            let _ = c.entry.outbox.push_ordered(Ordered { msg: msg.clone(), cursor: None });
         }
     }
 
@@ -601,7 +597,8 @@ impl Hub {
                 out.push_quote(slot as u16, q.clone(), *recv);
             }
         }
-        if !self.live {
+        // Stale until the upstream is up and every series has caught up.
+        if !self.live || self.recovering > 0 {
             let since = self.stats.stale_since.load(Ordering::Relaxed);
             let m = protocol::status(self.epoch, self.cfg.exchange, self.status_seq, false, since);
             client.outbox.push_ordered(Ordered { msg: Utf8Bytes::from(m), cursor: None });

@@ -11,12 +11,14 @@
 //! The hub pushes (one short lock per message); the client's writer task takes batches.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use super::stats::RelayStats;
 
 /// A message in the ordered queue, with what it tells the resume cursor.
 #[derive(Clone, Debug)]
@@ -74,11 +76,14 @@ pub struct Outbox {
     pub dropped: AtomicU64,
     /// Times a push found a queue full (quotes and updates replaced in place do not count).
     pub blocking: AtomicU64,
+    /// The relay's totals (`connector_queue_blocking_events_total`,
+    /// `tickguard_relay_updates_dropped_total`), kept past the client's life.
+    totals: Arc<RelayStats>,
 }
 
 impl Outbox {
     /// An outbox for a client of `symbols` symbols.
-    pub fn new(symbols: usize, closed_max: usize, open_max: usize) -> Outbox {
+    pub fn new(symbols: usize, closed_max: usize, open_max: usize, totals: Arc<RelayStats>) -> Outbox {
         let mut slots = Vec::with_capacity(2 * symbols);
         slots.resize_with(2 * symbols, || None);
         Outbox {
@@ -93,6 +98,7 @@ impl Outbox {
             open_max,
             dropped: AtomicU64::new(0),
             blocking: AtomicU64::new(0),
+            totals,
         }
     }
 
@@ -127,6 +133,7 @@ impl Outbox {
         });
         if !ok {
             self.blocking.fetch_add(1, Ordering::Relaxed);
+            self.totals.blocking.fetch_add(1, Ordering::Relaxed);
         }
         self.notify.notify_one();
         ok
@@ -157,6 +164,8 @@ impl Outbox {
         if dropped {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             self.blocking.fetch_add(1, Ordering::Relaxed);
+            self.totals.dropped_updates.fetch_add(1, Ordering::Relaxed);
+            self.totals.blocking.fetch_add(1, Ordering::Relaxed);
         } else {
             self.notify.notify_one();
         }
@@ -245,7 +254,7 @@ mod tests {
 
     #[tokio::test]
     async fn quotes_keep_the_newest_and_updates_replace_each_other() {
-        let o = Outbox::new(2, 10, 10);
+        let o = Outbox::new(2, 10, 10, Arc::default());
         let now = crate::bus::clock::mono();
         o.push_quote(0, m("q1"), now);
         o.push_quote(0, m("q2"), now);
@@ -258,7 +267,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_closed_candle_goes_first_and_drops_the_update_of_its_bar() {
-        let o = Outbox::new(1, 10, 10);
+        let o = Outbox::new(1, 10, 10, Arc::default());
         o.push_open(0, m("open-60000"), 60_000);
         assert!(o.push_ordered(Ordered { msg: m("closed-60000"), cursor: Some((0, 60_000)) }));
         o.push_open(0, m("open-120000"), 120_000);
@@ -267,7 +276,7 @@ mod tests {
 
     #[tokio::test]
     async fn closed_candles_are_never_dropped_the_client_is_closed_instead() {
-        let o = Outbox::new(1, 3, 10);
+        let o = Outbox::new(1, 3, 10, Arc::default());
         for n in 0..3 {
             assert!(o.push_ordered(Ordered { msg: m(&n.to_string()), cursor: Some((0, n * 60_000)) }));
         }
@@ -281,7 +290,7 @@ mod tests {
 
     #[tokio::test]
     async fn waiting_slots_are_bounded_and_drops_counted() {
-        let o = Outbox::new(4, 10, 2);
+        let o = Outbox::new(4, 10, 2, Arc::default());
         let now = crate::bus::clock::mono();
         for s in 0..4 {
             o.push_quote(s, m("q"), now);

@@ -12,6 +12,7 @@ use serde_json::Value;
 
 use super::Exchange;
 use super::candle::{Candle, Interval};
+use crate::core::price::Price;
 use crate::limits::{RELAY_RING, RELAY_SYMBOLS_PER_CLIENT, SYMBOL_MAX};
 
 /// The fields a request may carry.
@@ -229,6 +230,9 @@ pub fn parse_request(
             let mut out = Vec::with_capacity(m.len());
             for (k, v) in m {
                 let k = if exchange == Exchange::Binance { k.to_ascii_uppercase() } else { k.clone() };
+                if out.iter().any(|(s, _): &(String, i64)| *s == k) {
+                    return Err(err("resume_from", format!("names {k} twice")));
+                }
                 if !symbols.contains(&k) {
                     return Err(err(
                         "resume_from",
@@ -339,25 +343,48 @@ pub fn gap(h: &Head<'_>, iv: Interval, seq: u64, from: i64, to: i64) -> String {
     out
 }
 
-/// `quote`: best bid and ask; `ts_event` is the venue's time when it gives one.
-pub fn quote(
-    h: &Head<'_>,
-    seq: u64,
-    bid: impl std::fmt::Display,
-    ask: impl std::fmt::Display,
-    ts_event: Option<i64>,
-    ts_recv: i64,
-) -> String {
-    let mut out = String::with_capacity(200);
+/// What a `quote` carries.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QuoteFields {
+    /// Best bid (`null` when the venue's stream gives none: Upstox's last-traded feed).
+    pub bid: Option<Price>,
+    /// Best ask (likewise).
+    pub ask: Option<Price>,
+    /// Last traded price (`null` for Binance's `bookTicker`).
+    pub last: Option<Price>,
+    /// The venue's time, when it gives one (Unix ms).
+    pub ts_event: Option<i64>,
+    /// When the relay received it (Unix ms).
+    pub ts_recv: i64,
+}
+
+fn opt_price(out: &mut String, name: &str, p: Option<Price>) {
+    match p {
+        Some(p) => {
+            let _ = write!(out, ",\"{name}\":\"{p}\"");
+        }
+        None => {
+            let _ = write!(out, ",\"{name}\":null");
+        }
+    }
+}
+
+/// `quote`: best bid and ask, or the last traded price, with the venue's time when it gives
+/// one.
+pub fn quote(h: &Head<'_>, seq: u64, q: &QuoteFields) -> String {
+    let mut out = String::with_capacity(220);
     head(&mut out, "quote", h, "@quote", seq);
-    let _ = write!(out, ",\"bid\":\"{bid}\",\"ask\":\"{ask}\",\"ts_event\":");
-    match ts_event {
+    opt_price(&mut out, "bid", q.bid);
+    opt_price(&mut out, "ask", q.ask);
+    opt_price(&mut out, "last", q.last);
+    out.push_str(",\"ts_event\":");
+    match q.ts_event {
         Some(t) => {
             let _ = write!(out, "{t}");
         }
         None => out.push_str("null"),
     }
-    let _ = write!(out, ",\"ts_recv\":{ts_recv}}}");
+    let _ = write!(out, ",\"ts_recv\":{}}}", q.ts_recv);
     out
 }
 
@@ -462,7 +489,11 @@ mod tests {
             candle(&h, Interval::M1, 3, &c),
             snapshot(&h, Interval::M1, 1, [c, c].iter()),
             gap(&h, Interval::M1, 2, 0, 60_000),
-            quote(&h, 4, "1.5", "1.6", None, 9),
+            quote(
+                &h,
+                4,
+                &QuoteFields { bid: Some(Price::from_units(1)), ts_recv: 9, ..QuoteFields::default() },
+            ),
             status(7, Exchange::Binance, 1, false, 5),
             error(7, &err("limit", "bad \"x\"")),
             bye(7, "shutdown", &[("BTCUSDT", 60_000)]),

@@ -140,6 +140,7 @@ pub async fn run(
             if let Some(t) = health_task {
                 let _ = t.await;
             }
+            log::info!("Server shutdown complete");
             return;
         }
     };
@@ -360,9 +361,10 @@ async fn client(
     peer: SocketAddr,
     id: u64,
     cfg: &RelaySettings,
-    stats: &RelayStats,
+    stats_arc: &Arc<RelayStats>,
     cmds: &mpsc::Sender<Cmd>,
 ) {
+    let stats: &RelayStats = stats_arc;
     let _ = sock.set_nodelay(true);
     let rule = cfg.origin_rule.clone();
     // tungstenite's callback type fixes the error response's type (an http::Response).
@@ -447,7 +449,8 @@ async fn client(
             return;
         }
     };
-    let outbox = Arc::new(Outbox::new(req.symbols.len(), cfg.closed_queue_max, cfg.open_queue_max));
+    let outbox =
+        Arc::new(Outbox::new(req.symbols.len(), cfg.closed_queue_max, cfg.open_queue_max, stats_arc.clone()));
     let (reply_tx, reply_rx) = oneshot::channel();
     let names = req.symbols.clone();
     let entry = ClientEntry { id, outbox: outbox.clone(), peer, since: mono() };

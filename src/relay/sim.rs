@@ -11,6 +11,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 use super::hub::{BackfillError, BackfillJob, Input};
+use super::protocol::QuoteFields;
 use super::stats::RelayStats;
 use super::upstream::deliver;
 use crate::bus::board::PriceBoard;
@@ -72,7 +73,11 @@ pub async fn run(
             deliver(
                 &hub,
                 &stats,
-                Input::Quote { sym: *rid, bid: b, ask: a, ts_event: None, ts_recv: now, recv: mono() },
+                Input::Quote {
+                    sym: *rid,
+                    q: QuoteFields { bid: Some(b), ask: Some(a), last: None, ts_event: None, ts_recv: now },
+                    recv: mono(),
+                },
             )
             .await;
             deliver(

@@ -103,7 +103,7 @@ pub struct RelayStats {
     pub clients: AtomicU64,
     /// Clients accepted since start.
     pub clients_total: AtomicU64,
-    /// Connections refused (caps, `Host`/`Origin`, a bad request).
+    /// Connections refused before a request (caps, `Host`/`Origin`, no handshake).
     pub refused: AtomicU64,
     /// Requests refused (a field was wrong).
     pub bad_requests: AtomicU64,
@@ -233,8 +233,14 @@ impl RelayStats {
         metric(
             "tickguard_relay_refused_total",
             "counter",
-            "Relay connections refused (caps, Host/Origin, bad request).",
+            "Relay connections refused before a request (caps, Host/Origin, no handshake).",
             &[(none.clone(), n(&self.refused))],
+        );
+        metric(
+            "tickguard_relay_bad_requests_total",
+            "counter",
+            "Relay requests refused, each with an error naming its field.",
+            &[(none.clone(), n(&self.bad_requests))],
         );
         metric(
             "tickguard_relay_slow_clients_closed_total",
@@ -245,7 +251,7 @@ impl RelayStats {
         metric(
             "tickguard_relay_updates_dropped_total",
             "counter",
-            "Quotes and open updates replaced or dropped for slow clients.",
+            "Quotes and open updates dropped for slow clients (open_queue_max slots waiting).",
             &[(none.clone(), n(&self.dropped_updates))],
         );
         metric(

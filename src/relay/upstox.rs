@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, watch};
 use super::RelaySettings;
 use super::candle::{Candle, Interval, Source};
 use super::hub::{BackfillError, BackfillJob, Input};
+use super::protocol::QuoteFields;
 use super::stats::RelayStats;
 use super::upstream::deliver;
 use crate::bus::clock::{mono, wall_unix_ms};
@@ -24,14 +25,14 @@ use crate::feed::upstox::{InstrumentMap, Mode, ReadToken, UpstoxConfig};
 use crate::limits::RELAY_SYMBOLS;
 use crate::net::ws::WsLimits;
 
-/// The session settings of the relay's Upstox connection (`full` mode: best bid and ask
-/// with the last traded price).
+/// The session settings of the relay's Upstox connection (`ltpc` mode: the last traded price
+/// and time, what the guard's decoder reads).
 pub fn session_config(cfg: &RelaySettings) -> UpstoxConfig {
     UpstoxConfig {
         rest: cfg.rest.clone(),
         token_file: cfg.token_file.clone().unwrap_or_default(),
-        mode: Mode::Full,
-        cap: Mode::Full.cap().min(RELAY_SYMBOLS),
+        mode: Mode::Ltpc,
+        cap: Mode::Ltpc.cap().min(RELAY_SYMBOLS),
         silence_timeout: cfg.silence_timeout,
         reconnect_initial: cfg.reconnect_initial,
         reconnect_max: cfg.reconnect_max,
@@ -69,11 +70,11 @@ pub async fn run_ticks(
             let sym = t.instrument.0;
             let q = &t.quote;
             let now = wall_unix_ms();
-            if let (Some(b), Some(a)) = (q.bid, q.ask) {
-                let ev =
-                    Input::Quote { sym, bid: b, ask: a, ts_event: q.exch_ts, ts_recv: now, recv: mono() };
-                deliver(&hub, &stats, ev).await;
-            }
+            // Upstox's feed (as the guard decodes it) carries the last traded price and its
+            // time: the quote says so, with bid and ask `null`.
+            let fields =
+                QuoteFields { bid: q.bid, ask: q.ask, last: q.last, ts_event: q.exch_ts, ts_recv: now };
+            deliver(&hub, &stats, Input::Quote { sym, q: fields, recv: mono() }).await;
             if let Some(p) = q.last {
                 let seen = last.get(usize::from(sym)).copied().flatten();
                 if seen != Some((p, q.exch_ts)) {

@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::candle::{Candle, Interval, Source};
 use super::hub::{BackfillError, BackfillJob, Input};
+use super::protocol::QuoteFields;
 use super::stats::RelayStats;
 use crate::bus::clock::{Clock, mono, wall_unix_ms};
 use crate::core::backoff::{CircuitBreaker, Rng};
@@ -364,10 +365,13 @@ impl Venue for RelayBinance {
                 ctx.shared.ticks.fetch_add(1, Ordering::Relaxed);
                 Input::Quote {
                     sym: sym.0,
-                    bid: b,
-                    ask: a,
-                    ts_event: f.event_time,
-                    ts_recv: wall_unix_ms(),
+                    q: QuoteFields {
+                        bid: Some(b),
+                        ask: Some(a),
+                        last: None,
+                        ts_event: f.event_time,
+                        ts_recv: wall_unix_ms(),
+                    },
                     recv,
                 }
             }

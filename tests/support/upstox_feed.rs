@@ -342,6 +342,9 @@ struct State {
     feed_accepted: usize,
     /// Keys the LTP quote refuses: a request naming any of them is answered 400 whole.
     ltp_refused: Vec<String>,
+    /// Intraday 1-minute candles per instrument key (`set_intraday`), oldest first.
+    intraday: BTreeMap<String, Vec<super::fake_upstox::IntradayCandle>>,
+    intraday_reads: usize,
 }
 
 struct Shared {
@@ -408,6 +411,8 @@ impl UpstoxFake {
                 max_concurrent: 0,
                 feed_accepted: 0,
                 ltp_refused: Vec::new(),
+                intraday: BTreeMap::new(),
+                intraday_reads: 0,
             }),
             feed_host: feed_host.into(),
             feed_port,
@@ -450,6 +455,17 @@ impl UpstoxFake {
         e.symbol = symbol.into();
         e.ltp = ltp;
         e.ltt = net::now_ms() as i64;
+    }
+
+    /// The 1-minute intraday candles of `key` (`GET /v3/historical-candle/intraday/{key}/minutes/1`,
+    /// answered newest first in IST, as Upstox does).
+    pub fn set_intraday(&self, key: &str, candles: Vec<super::fake_upstox::IntradayCandle>) {
+        self.shared.lock().intraday.insert(key.into(), candles);
+    }
+
+    /// Intraday candle requests answered so far.
+    pub fn intraday_reads(&self) -> usize {
+        self.shared.lock().intraday_reads
     }
 
     /// Subscription cap per connection (a `sub` going past it is refused with a close 1008).
@@ -877,6 +893,25 @@ fn route(shared: &Shared, line: &str, head: &str) -> Vec<u8> {
                 }
             }
             response(200, &format!(r#"{{"status":"success","data":{{{}}}}}"#, items.join(",")))
+        }
+        ("GET", p) if p.starts_with("/v3/historical-candle/intraday/") => {
+            if !authorized {
+                st.unauthorized += 1;
+                return unauthorized();
+            }
+            st.intraday_reads += 1;
+            let rest = &p["/v3/historical-candle/intraday/".len()..];
+            let Some(key) = rest.strip_suffix("/minutes/1").map(percent_decode) else {
+                return response(
+                    400,
+                    &error_body("UDAPI100036", "Invalid unit or interval (the fake serves minutes/1)"),
+                );
+            };
+            let Some(candles) = st.intraday.get(&key) else {
+                return response(400, &error_body("UDAPI100011", "Invalid Instrument key"));
+            };
+            let rows: Vec<String> = candles.iter().rev().map(|c| c.row().to_string()).collect();
+            response(200, &format!(r#"{{"status":"success","data":{{"candles":[{}]}}}}"#, rows.join(",")))
         }
         _ => response(404, &error_body("UDAPI100060", "Resource not Found.")),
     }
