@@ -34,6 +34,15 @@ async fn bounded<F: Future<Output = ()>>(f: F) {
     tokio::time::timeout(LIMIT, f).await.expect("test exceeded its time limit");
 }
 
+/// A request for the Binance spot relay with these fields after `exchange` and
+/// `contract_type` (e.g. `"symbols":["BTCUSDT"],"limit":3`).
+fn spot(fields: &str) -> String {
+    format!(r#"{{"exchange":"binance","contract_type":"spot",{fields}}}"#)
+}
+
+/// The fields of a `1s` request of BTCUSDT without a snapshot.
+const BTC_1S: &str = r#""symbols":["BTCUSDT"],"interval":"1s","limit":0"#;
+
 /// A world, a relay configuration over it (the caller may change it) and its ports.
 async fn world(name: &str) -> (GuardWorld, RelayConf) {
     let w = GuardWorld::new(name).await;
@@ -181,7 +190,7 @@ async fn clear_of_minute_end(margin: Duration) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed_request_gets_the_last_limit_closed_candles_then_quotes() {
     bounded(async {
-        clear_of_minute_end(Duration::from_secs(25)).await;
+        clear_of_minute_end(Duration::from_secs(12)).await;
         let (w, conf) = world("relay_seed").await;
         let m1 = past_klines("1m", 60_000, bar_now(60_000), 5, 60_000);
         w.fake.set_klines("BTCUSDT", "1m", m1.clone());
@@ -190,9 +199,10 @@ async fn seed_request_gets_the_last_limit_closed_candles_then_quotes() {
         let mut epoch = None;
 
         let mut c = RelayClient::request(conf.port, SEED_REQUEST).await;
-        let first = c.next_json(Duration::from_secs(10)).await.unwrap_or_else(|| {
-            panic!("no first message: {}\n{}", brief(&c.seen), app.tail())
-        });
+        let first = c
+            .next_json(Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|| panic!("no first message: {}\n{}", brief(&c.seen), app.tail()));
         assert_eq!(first["type"], "snapshot", "the first message is the snapshot: {first}");
         assert_eq!(first["symbol"], "BTCUSDT", "{first}");
         assert_eq!(first["exchange"], "binance", "{first}");
@@ -236,11 +246,12 @@ async fn seed_request_gets_the_last_limit_closed_candles_then_quotes() {
         // A `1s` request for another symbol gets the last `1s` candles the venue holds.
         let s1 = past_klines("1s", 1000, bar_now(1000), 8, 2000);
         w.fake.set_klines("ETHUSDT", "1s", s1.clone());
-        let req = r#"{"exchange":"binance","contract_type":"spot","symbols":["ETHUSDT"],"limit":3,"interval":"1s"}"#;
-        let mut c1 = RelayClient::request(conf.port, req).await;
-        let snap = c1.next_json(Duration::from_secs(10)).await.unwrap_or_else(|| {
-            panic!("no 1s snapshot: {}\n{}", brief(&c1.seen), app.tail())
-        });
+        let req = spot(r#""symbols":["ETHUSDT"],"limit":3,"interval":"1s""#);
+        let mut c1 = RelayClient::request(conf.port, &req).await;
+        let snap = c1
+            .next_json(Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|| panic!("no 1s snapshot: {}\n{}", brief(&c1.seen), app.tail()));
         assert_eq!(snap["type"], "snapshot", "{snap}");
         assert_eq!(snap["interval"], "1s", "{snap}");
         assert_eq!(snap["stream"], "ETHUSDT@1s", "{snap}");
@@ -309,7 +320,7 @@ async fn websocat_pipe_of_the_seed_request_prints_the_snapshot_and_a_quote() {
         return;
     }
     bounded(async {
-        clear_of_minute_end(Duration::from_secs(25)).await;
+        clear_of_minute_end(Duration::from_secs(12)).await;
         let (w, conf) = world("relay_websocat").await;
         let m1 = past_klines("1m", 60_000, bar_now(60_000), 4, 30_000);
         w.fake.set_klines("BTCUSDT", "1m", m1.clone());
@@ -364,6 +375,9 @@ async fn websocat_pipe_of_the_seed_request_prints_the_snapshot_and_a_quote() {
         let lines: Vec<Value> = stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
         let ctx =
             format!("status {:?} after {took:?}\nstdout:\n{stdout}\nstderr:\n{stderr}", out.status.code());
+        if std::env::var_os(ECHO).is_some() {
+            eprintln!("websocat: {ctx}");
+        }
         let snap = lines.first().unwrap_or_else(|| panic!("websocat printed nothing: {ctx}\n{}", app.tail()));
         assert_eq!(snap["type"], "snapshot", "{ctx}");
         let candles = snap["candles"].as_array().expect("candles");
@@ -392,8 +406,8 @@ async fn resume_after_a_drop_gets_exactly_the_missed_closed_candles() {
         let (w, conf) = world("relay_resume").await;
         let app = start(&w, &conf.toml(), &[], true).await;
         let w = Arc::new(w);
-        let req = r#"{"exchange":"binance","contract_type":"spot","symbols":["BTCUSDT"],"interval":"1s","limit":0}"#;
-        let mut a = RelayClient::request(conf.port, req).await;
+        let req = spot(BTC_1S);
+        let mut a = RelayClient::request(conf.port, &req).await;
         let snap = a.next_json(Duration::from_secs(10)).await.expect("snapshot");
         assert_eq!(snap["type"], "snapshot", "{snap}");
         assert!(
@@ -407,7 +421,10 @@ async fn resume_after_a_drop_gets_exactly_the_missed_closed_candles() {
         let mut got_a = Vec::new();
         let t = Instant::now();
         while closed_candles(&got_a).len() < 3 && t.elapsed() < Duration::from_secs(10) {
-            got_a.extend(a.collect_until(Duration::from_secs(2), |f| f.json().is_some_and(|v| v["closed"] == true)).await);
+            got_a.extend(
+                a.collect_until(Duration::from_secs(2), |f| f.json().is_some_and(|v| v["closed"] == true))
+                    .await,
+            );
         }
         let closed_a = closed_candles(&got_a);
         assert!(closed_a.len() >= 3, "A got closed candles: {}\n{}", brief(&got_a), app.tail());
@@ -419,9 +436,7 @@ async fn resume_after_a_drop_gets_exactly_the_missed_closed_candles() {
         let missed_to = player.played().last().map(|k| k.open_ms).expect("played");
         assert!(missed_to >= cursor + 3000, "three bars closed while A was away");
 
-        let req = format!(
-            r#"{{"exchange":"binance","contract_type":"spot","symbols":["BTCUSDT"],"interval":"1s","limit":0,"resume_from":{{"BTCUSDT":{cursor}}}}}"#
-        );
+        let req = spot(&format!(r#"{BTC_1S},"resume_from":{{"BTCUSDT":{cursor}}}"#));
         let mut b = RelayClient::request(conf.port, &req).await;
         let until = missed_to + 2000;
         let got_b = b
@@ -430,7 +445,11 @@ async fn resume_after_a_drop_gets_exactly_the_missed_closed_candles() {
             })
             .await;
         let played = player.stop().await;
-        let ctx = || format!("cursor {cursor}, missed to {missed_to}; B read:\n{}\n{}", brief(&got_b), app.tail());
+        if std::env::var_os(ECHO).is_some() {
+            eprintln!("A:\n{}B:\n{}", brief(&got_a), brief(&got_b));
+        }
+        let ctx =
+            || format!("cursor {cursor}, missed to {missed_to}; B read:\n{}\n{}", brief(&got_b), app.tail());
         assert!(
             !got_b.iter().any(|f| matches!(f.kind(), "gap" | "snapshot" | "error")),
             "a resume within the ring: no gap, no snapshot: {}",
@@ -443,7 +462,10 @@ async fn resume_after_a_drop_gets_exactly_the_missed_closed_candles() {
         assert!(times.last().is_some_and(|t| *t >= until), "live bars follow the missed ones: {}", ctx());
         for c in &closed_b {
             let t = c["open_time"].as_u64().unwrap_or(0);
-            let k = played.iter().find(|k| k.open_ms == t).unwrap_or_else(|| panic!("not played: {c}\n{}", ctx()));
+            let k = played
+                .iter()
+                .find(|k| k.open_ms == t)
+                .unwrap_or_else(|| panic!("not played: {c}\n{}", ctx()));
             same_candle(c, k, 1000);
             assert_eq!(c["revision"], 1, "{c}");
             assert_eq!(c["stream"], "BTCUSDT@1s", "{c}");
@@ -451,7 +473,44 @@ async fn resume_after_a_drop_gets_exactly_the_missed_closed_candles() {
         // A's own closed candles were consecutive too, and A ∪ B has no hole.
         let ta: Vec<u64> = closed_a.iter().filter_map(|c| c["open_time"].as_u64()).collect();
         assert!(ta.windows(2).all(|p| p[1] == p[0] + 1000), "A's candles consecutive: {ta:?}");
+        assert_eq!(ta.last(), Some(&cursor));
+        // `seq` (docs/relay.md, "Sequencing and resume"): live closed candles advance it by
+        // one; the catch-up candles of a resume all carry the stream's seq at join time, and
+        // the first live one that seq + 1.
+        let seqs = |v: &[Value]| v.iter().filter_map(|c| c["seq"].as_u64()).collect::<Vec<u64>>();
+        let sa = seqs(&closed_a);
+        assert!(sa.windows(2).all(|p| p[1] == p[0] + 1), "A's live seqs: {sa:?}");
+        let sb = seqs(&closed_b);
+        let caught = sb.iter().take_while(|s| **s == sb[0]).count();
+        assert!(caught >= 3, "at least the three missed bars share the join-time seq: {sb:?}");
+        assert!(sb[0] >= sa.last().copied().unwrap_or(0) + 3, "the stream went on meanwhile: {sa:?} {sb:?}");
+        let live: Vec<u64> = (1..=(sb.len() - caught) as u64).map(|k| sb[0] + k).collect();
+        assert_eq!(sb[caught..], live[..], "live seqs continue from the join-time seq: {sb:?}");
         b.close().await;
+
+        // A cursor older than what the relay holds (its first bar is the first one played:
+        // the venue's REST had none before): an explicit gap, then every bar it holds.
+        let first = played.first().map(|k| k.open_ms).expect("played");
+        let last = played.last().map(|k| k.open_ms).expect("played");
+        let old = first - 5000;
+        let req = spot(&format!(r#""symbols":["BTCUSDT"],"interval":"1s","resume_from":{old}"#));
+        let mut c = RelayClient::request(conf.port, &req).await;
+        let got_c = c
+            .collect_until(Duration::from_secs(10), |f| {
+                f.json().is_some_and(|v| v["closed"] == true && v["open_time"].as_u64() >= Some(last))
+            })
+            .await;
+        let ctx = || format!("first {first}, last {last}; C read:\n{}\n{}", brief(&got_c), app.tail());
+        let gap = got_c.first().and_then(Frame::json).unwrap_or_else(|| panic!("nothing: {}", ctx()));
+        assert_eq!(gap["type"], "gap", "{}", ctx());
+        assert_eq!(gap["from"].as_u64(), Some(old + 1000), "{}", ctx());
+        assert_eq!(gap["to"].as_u64(), Some(first - 1000), "{}", ctx());
+        assert_eq!(gap["stream"], "BTCUSDT@1s", "{}", ctx());
+        let tc: Vec<u64> = closed_candles(&got_c).iter().filter_map(|c| c["open_time"].as_u64()).collect();
+        let want: Vec<u64> = (0..tc.len() as u64).map(|k| first + 1000 * k).collect();
+        assert_eq!(tc, want, "every bar held, in order: {}", ctx());
+        assert!(tc.last().is_some_and(|t| *t >= last), "{}", ctx());
+        c.close().await;
         assert_eq!(stop(app).await, Some(0));
         drop(w);
     })
@@ -491,75 +550,26 @@ async fn bad_requests_name_their_field_and_close_1008_while_a_good_client_is_ser
         let first = good.next_json(Duration::from_secs(10)).await.expect("snapshot");
         assert_eq!(first["type"], "snapshot", "{first}");
 
-        let seed = |tail: &str| {
-            format!(
-                r#"{{"exchange":"binance","contract_type":"spot","symbols":["BTCUSDT"],"limit":3{tail}}}"#
-            )
-        };
+        let seed = |tail: &str| spot(&format!(r#""symbols":["BTCUSDT"],"limit":3{tail}"#));
         let cases: Vec<(String, &str, &str)> = vec![
             ("{\"exchange\":".into(), "request", "not JSON"),
             ("hello".into(), "request", "not JSON"),
             ("[1,2]".into(), "request", "object"),
             (seed(r#","colour":"red""#), "request", "colour"),
-            (
-                r#"{"exchange":"kraken","contract_type":"spot","symbols":["BTCUSDT"],"limit":3}"#.into(),
-                "exchange",
-                "kraken",
-            ),
+            (seed("").replace(r#""binance""#, r#""kraken""#), "exchange", "kraken"),
             (r#"{"exchange":7,"symbols":["BTCUSDT"]}"#.into(), "exchange", "string"),
             (r#"{"contract_type":"spot","symbols":["BTCUSDT"]}"#.into(), "exchange", "missing"),
-            (
-                r#"{"exchange":"binance","contract_type":"futures","symbols":["BTCUSDT"],"limit":3}"#.into(),
-                "contract_type",
-                "futures",
-            ),
-            (r#"{"exchange":"binance","contract_type":"spot","limit":3}"#.into(), "symbols", "missing"),
-            (
-                r#"{"exchange":"binance","contract_type":"spot","symbols":[],"limit":3}"#.into(),
-                "symbols",
-                "empty",
-            ),
-            (
-                r#"{"exchange":"binance","contract_type":"spot","symbols":["BTC USDT"],"limit":3}"#.into(),
-                "symbols",
-                "not a symbol",
-            ),
-            (
-                r#"{"exchange":"binance","contract_type":"spot","symbols":["BTCUSDT",5],"limit":3}"#.into(),
-                "symbols",
-                "string",
-            ),
-            (
-                r#"{"exchange":"binance","contract_type":"spot","symbols":"BTCUSDT","limit":3}"#.into(),
-                "symbols",
-                "list",
-            ),
-            (
-                r#"{"exchange":"binance","contract_type":"spot","symbols":["BTCUSDT","btcusdt"],"limit":3}"#
-                    .into(),
-                "symbols",
-                "twice",
-            ),
-            (
-                r#"{"exchange":"binance","contract_type":"spot","symbols":["BTCUSDT"],"limit":1001}"#.into(),
-                "limit",
-                "1001",
-            ),
-            (
-                r#"{"exchange":"binance","contract_type":"spot","symbols":["BTCUSDT"],"limit":-1}"#.into(),
-                "limit",
-                "-1",
-            ),
-            (
-                r#"{"exchange":"binance","contract_type":"spot","symbols":["BTCUSDT"],"limit":"3"}"#.into(),
-                "limit",
-                "integer",
-            ),
-            (
-                r#"{"exchange":"binance","contract_type":"spot","symbols":["BTCUSDT"],"limit":2.5}"#.into(),
-                "limit",
-                "integer",
-            ),
+            (seed("").replace(r#""spot""#, r#""futures""#), "contract_type", "futures"),
+            (spot(r#""limit":3"#), "symbols", "missing"),
+            (spot(r#""symbols":[],"limit":3"#), "symbols", "empty"),
+            (spot(r#""symbols":["BTC USDT"],"limit":3"#), "symbols", "not a symbol"),
+            (spot(r#""symbols":["BTCUSDT",5],"limit":3"#), "symbols", "string"),
+            (spot(r#""symbols":"BTCUSDT","limit":3"#), "symbols", "list"),
+            (spot(r#""symbols":["BTCUSDT","btcusdt"],"limit":3"#), "symbols", "twice"),
+            (spot(r#""symbols":["BTCUSDT"],"limit":1001"#), "limit", "1001"),
+            (spot(r#""symbols":["BTCUSDT"],"limit":-1"#), "limit", "-1"),
+            (spot(r#""symbols":["BTCUSDT"],"limit":"3""#), "limit", "integer"),
+            (spot(r#""symbols":["BTCUSDT"],"limit":2.5"#), "limit", "integer"),
             (seed(r#","interval":"1h""#), "interval", "not served"),
             (seed(r#","interval":"7m""#), "interval", "not an interval"),
             (seed(r#","interval":60"#), "interval", "string"),
@@ -592,13 +602,8 @@ async fn bad_requests_name_their_field_and_close_1008_while_a_good_client_is_ser
         assert!(err.is_some_and(|e| e["field"] == "request"), "binary frame: {}", brief(&got));
         assert!(got.iter().any(|f| matches!(f, Frame::Close(Some((1008, _))))), "{}", brief(&got));
         // A symbol the venue does not know is refused, naming it.
-        refused(
-            conf.port,
-            r#"{"exchange":"binance","contract_type":"spot","symbols":["NOSUCHCOIN"],"limit":3}"#,
-            "symbols",
-            "NOSUCHCOIN",
-        )
-        .await;
+        let unknown = spot(r#""symbols":["NOSUCHCOIN"],"limit":3"#);
+        refused(conf.port, &unknown, "symbols", "NOSUCHCOIN").await;
         // Still served, and the relay's log names the fields.
         let t = Instant::now();
         let mut ok = false;
@@ -612,10 +617,10 @@ async fn bad_requests_name_their_field_and_close_1008_while_a_good_client_is_ser
         }
         assert!(ok, "the good client is served after every bad request: {}", brief(&good.seen));
         for f in ["exchange", "contract_type", "symbols", "limit", "interval", "resume_from"] {
-            let pat = format!("event=request_refused peer=127.0.0.1:");
+            let pat = "[RELAY] event=request_refused peer=127.0.0.1:";
             let field = format!("field={f} ");
             assert!(
-                app.find_from(0, |l| l.contains(&pat) && l.contains(&field)).is_some(),
+                app.find_from(0, |l| l.contains(pat) && l.contains(&field)).is_some(),
                 "log names field {f}:\n{}",
                 app.tail()
             );
@@ -635,15 +640,18 @@ async fn sigterm_gives_each_client_its_resume_cursor_then_exits_0() {
         let (w, conf) = world("relay_sigterm").await;
         let app = start(&w, &conf.toml(), &[], true).await;
         let w = Arc::new(w);
-        let req = r#"{"exchange":"binance","contract_type":"spot","symbols":["BTCUSDT"],"interval":"1s","limit":0}"#;
-        let mut c = RelayClient::request(conf.port, req).await;
+        let req = spot(BTC_1S);
+        let mut c = RelayClient::request(conf.port, &req).await;
         assert_eq!(c.next_json(Duration::from_secs(10)).await.expect("snapshot")["type"], "snapshot");
         assert!(w.ws.wait_subscribed(&["btcusdt@kline_1s"], Duration::from_secs(10)).await);
         let player = Player::start(w.clone(), "BTCUSDT");
         let mut got = Vec::new();
         let t = Instant::now();
         while closed_candles(&got).len() < 2 && t.elapsed() < Duration::from_secs(10) {
-            got.extend(c.collect_until(Duration::from_secs(2), |f| f.json().is_some_and(|v| v["closed"] == true)).await);
+            got.extend(
+                c.collect_until(Duration::from_secs(2), |f| f.json().is_some_and(|v| v["closed"] == true))
+                    .await,
+            );
         }
         assert!(closed_candles(&got).len() >= 2, "closed candles: {}\n{}", brief(&got), app.tail());
         player.stop().await;
@@ -653,24 +661,37 @@ async fn sigterm_gives_each_client_its_resume_cursor_then_exits_0() {
         let sent = Instant::now();
         let st = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().expect("kill");
         assert!(st.success());
-        got.extend(c.collect_until(Duration::from_secs(6), |f| matches!(f, Frame::Close(_))).await);
+        got.extend(c.collect_until(Duration::from_secs(6), |f| f.kind() == "bye").await);
+        let bye_seen = sent.elapsed();
+        got.extend(c.collect_until(Duration::from_secs(3), |f| matches!(f, Frame::Close(_))).await);
         let ctx = || format!("read:\n{}\n{}", brief(&got), app.tail());
-        let bye_at = got.iter().position(|f| f.kind() == "bye").unwrap_or_else(|| panic!("no bye: {}", ctx()));
+        let bye_at =
+            got.iter().position(|f| f.kind() == "bye").unwrap_or_else(|| panic!("no bye: {}", ctx()));
         let last = closed_candles(&got[..bye_at])
             .iter()
             .filter_map(|c| c["open_time"].as_i64())
             .max()
             .expect("a closed candle before bye");
+        let bye_after = bye_seen;
+        assert!(bye_after < Duration::from_secs(3), "bye within the relay's grace: {bye_after:?}");
         let bye = got[bye_at].json().expect("bye");
         assert_eq!(bye["reason"], "shutdown", "{}", ctx());
         assert!(bye["epoch"].is_i64(), "{bye}");
-        assert_eq!(bye["resume_from"]["BTCUSDT"].as_i64(), Some(last), "cursor = last closed received: {}", ctx());
+        assert_eq!(
+            bye["resume_from"]["BTCUSDT"].as_i64(),
+            Some(last),
+            "cursor = last closed received: {}",
+            ctx()
+        );
         assert_eq!(closed_candles(&got[bye_at..]).len(), 0, "nothing after bye: {}", ctx());
         let close = got.last().expect("frames");
         let Frame::Close(Some((code, reason))) = close else { panic!("a close frame last: {}", ctx()) };
         assert_eq!(*code, 1001, "going away: {}", ctx());
         assert!(reason.starts_with("resume_from="), "{reason}");
-        assert!(reason.contains(&format!("\"BTCUSDT\":{last}")), "the close reason carries the cursor: {reason}");
+        assert!(
+            reason.contains(&format!("\"BTCUSDT\":{last}")),
+            "the close reason carries the cursor: {reason}"
+        );
 
         let mut app = app;
         let code = loop {
@@ -683,9 +704,15 @@ async fn sigterm_gives_each_client_its_resume_cursor_then_exits_0() {
         let exited = sent.elapsed();
         assert_eq!(code, Some(0), "{}", app.tail());
         // The reader thread drains stderr after the exit.
-        app.expect_from(mark, "Server shutdown complete", |l| l.contains("Server shutdown complete"), Duration::from_secs(2))
-            .await;
-        eprintln!("SIGTERM to exit: {exited:?}");
+        app.expect_from(
+            mark,
+            "Server shutdown complete",
+            |l| l.contains("Server shutdown complete"),
+            Duration::from_secs(2),
+        )
+        .await;
+        eprintln!("SIGTERM to bye: {bye_seen:?}, to exit: {exited:?}");
+        assert!(exited < Duration::from_secs(5), "exit within 5 s of SIGTERM: {exited:?}");
         drop(w);
     })
     .await;
@@ -767,6 +794,17 @@ async fn connector_env_names_move_the_ports_and_health_ready_metrics_answer() {
     .await;
 }
 
+/// A long position of 1 BTCUSDT entered at 100 with its stop at 90.
+const POSITION: &str = r#"
+[[positions]]
+id = "btc1"
+symbol = "BTCUSDT"
+side = "long"
+qty = 1
+entry = "100"
+stop_loss = "90"
+"#;
+
 /// 7. A relay that cannot bind (its port taken) is disabled and says why on its own health
 /// port; the guard keeps protecting: its `/ready` is unaffected and a crossed stop is closed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -774,11 +812,15 @@ async fn relay_that_cannot_bind_is_disabled_while_the_guard_closes_a_crossed_sto
     bounded(async {
         let (w, conf) = world("relay_nobind").await;
         let taken = std::net::TcpListener::bind(("127.0.0.1", conf.port)).expect("occupy relay.listen");
-        let position = "\n[[positions]]\nid = \"btc1\"\nsymbol = \"BTCUSDT\"\nside = \"long\"\nqty = 1\nentry = \"100\"\nstop_loss = \"90\"\n";
-        let extra = format!("{position}{}", conf.toml());
+        let extra = format!("{POSITION}{}", conf.toml());
         let app = start(&w, &extra, &[], false).await;
         let line = app
-            .expect_from(0, "[RELAY] disabled", |l| l.contains("[RELAY] event=disabled"), Duration::from_secs(10))
+            .expect_from(
+                0,
+                "[RELAY] disabled",
+                |l| l.contains("[RELAY] event=disabled"),
+                Duration::from_secs(10),
+            )
             .await;
         assert!(line.text.contains("relay.listen"), "{}", line.text);
         let (s, body) = http_until(conf.health, "/health", Duration::from_secs(5), |s, _| s != 0).await;

@@ -196,6 +196,11 @@ pub trait Venue: Send + Sync + 'static {
 
     /// The session's timings.
     fn timing(&self) -> Timing;
+    /// The tag of the driver's log lines: `[RECONNECT]` for the guard's feed; the LAN relay's
+    /// own upstream says `[RELAY]`, so that its reconnects are never read as the guard's.
+    fn log_tag(&self) -> &'static str {
+        "[RECONNECT]"
+    }
     /// The host of the `[DNS] event=health_check` line.
     fn dns_host(&self) -> &str;
     /// A fresh scratch space.
@@ -419,7 +424,8 @@ pub async fn run<V: Venue>(
         let delay = backoff.next_delay(&mut rng);
         ctx.shared.attempts.store(u64::from(backoff.attempt()), Ordering::Relaxed);
         log::warn!(
-            "[RECONNECT] attempt={} delay_ms={} cause=\"{}\"",
+            "{} attempt={} delay_ms={} cause=\"{}\"",
+            venue.log_tag(),
             backoff.attempt(),
             delay.as_millis(),
             cause.to_string().replace('"', "'")
@@ -508,14 +514,14 @@ async fn read_loop<V: Venue>(
                         next_ping = last_frame + ping_every;
                         rotate_at = t.max_lifetime.map(|d| s.opened + d);
                         ctx.shared.rotations.fetch_add(1, Ordering::Relaxed);
-                        log::info!("[RECONNECT] event=rotated (new connection subscribed before the old one closed)");
+                        log::info!("{} event=rotated (new connection subscribed before the old one closed)", venue.log_tag());
                     }
                     Ok(Err(e)) => {
-                        log::warn!("[RECONNECT] event=rotation_failed cause=\"{e}\" (keeping the current connection)");
+                        log::warn!("{} event=rotation_failed cause=\"{e}\" (keeping the current connection)", venue.log_tag());
                         rotate_at = Some(mono() + t.reconnect_max);
                     }
                     Err(e) => {
-                        log::warn!("[RECONNECT] event=rotation_failed cause=\"{e}\"");
+                        log::warn!("{} event=rotation_failed cause=\"{e}\"", venue.log_tag());
                         rotate_at = Some(mono() + t.reconnect_max);
                     }
                 }
@@ -584,7 +590,8 @@ async fn read_loop<V: Venue>(
             Rotation::Overlap => {
                 if (shutdown || due) && rotation.is_none() {
                     log::info!(
-                        "[RECONNECT] event=rotating cause={} (opening the next connection first)",
+                        "{} event=rotating cause={} (opening the next connection first)",
+                        venue.log_tag(),
                         if shutdown { "serverShutdown" } else { "max_lifetime" }
                     );
                     rotation =
@@ -594,7 +601,8 @@ async fn read_loop<V: Venue>(
             Rotation::CloseFirst => {
                 if due || shutdown {
                     log::info!(
-                        "[RECONNECT] event=rotating cause={} (closing this connection first: Upstox allows one per app and user)",
+                        "{} event=rotating cause={} (closing this connection first: Upstox allows one per app and user)",
+                        venue.log_tag(),
                         if shutdown { "serverShutdown" } else { "max_lifetime" }
                     );
                     s.ws.close(1000).await;

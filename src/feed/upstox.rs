@@ -750,13 +750,19 @@ async fn authorize(
 pub struct UpstoxFeed {
     cfg: UpstoxConfig,
     ux: Arc<UpstoxShared>,
+    tag: &'static str,
 }
 
 impl UpstoxFeed {
     /// The venue for these settings and shared state.
     pub fn new(cfg: UpstoxConfig, ux: Arc<UpstoxShared>) -> UpstoxFeed {
         ux.set_reader(cfg.read_token);
-        UpstoxFeed { cfg, ux }
+        UpstoxFeed { cfg, ux, tag: "[RECONNECT]" }
+    }
+    /// The same venue whose session driver logs under `tag` (the LAN relay's `[RELAY]`).
+    pub fn tagged(mut self, tag: &'static str) -> UpstoxFeed {
+        self.tag = tag;
+        self
     }
 }
 
@@ -797,6 +803,10 @@ impl Venue for UpstoxFeed {
 
     fn dns_host(&self) -> &str {
         &self.cfg.rest.host
+    }
+
+    fn log_tag(&self) -> &'static str {
+        self.tag
     }
 
     fn scratch(&self) -> FrameBuf {

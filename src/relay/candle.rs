@@ -94,6 +94,10 @@ use std::collections::VecDeque;
 use crate::core::price::{Price, Qty};
 use crate::limits::{RELAY_HELD, RELAY_RING};
 
+/// Most missing bars a live close fills in before it (each from what the relay holds, checked
+/// by REST); a longer hole is announced as a gap.
+pub const FILL_MAX: usize = 16;
+
 /// Where a candle's values came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Source {
@@ -210,7 +214,10 @@ pub struct SeriesCounts {
 ///   when it differs;
 /// - while a backfill runs ([`Series::begin_backfill`]), live closed bars are held and
 ///   released after the backfill's bars, so bars go out in order; a hole that neither
-///   fills is announced as an [`Emit::Gap`], never left silent.
+///   fills is announced as an [`Emit::Gap`], never left silent;
+/// - a live closed bar never skips one: a bar missing before it (its kline lost) is closed
+///   first from what the relay holds (trades, or flat at the last close), marked for the REST
+///   check; a hole longer than [`FILL_MAX`] bars is announced as a gap instead.
 #[derive(Debug)]
 pub struct Series {
     interval: Interval,
@@ -219,6 +226,13 @@ pub struct Series {
     kline: Option<Candle>,
     /// The open bar as built from trades.
     built: Option<Candle>,
+    /// The bar before the open one: it ended, its closing kline has not come yet, and the
+    /// clock closes it from what it holds once `close_delay` has passed (trades of the next
+    /// bar often start before the previous bar's kline closes).
+    prev: Option<Candle>,
+    /// The last open time of a gap announced after the last closed bar: bars up to it are
+    /// known missing, not to be filled.
+    gap_to: Option<i64>,
     held: VecDeque<Candle>,
     backfilling: bool,
     /// Open times of bars closed from trades and not yet checked against REST.
@@ -235,6 +249,8 @@ impl Series {
             ring: VecDeque::with_capacity(RELAY_RING),
             kline: None,
             built: None,
+            prev: None,
+            gap_to: None,
             held: VecDeque::with_capacity(RELAY_HELD),
             backfilling: false,
             unchecked: 0,
@@ -301,6 +317,34 @@ impl Series {
         self.ring.back().map(|c| c.open_time + self.interval.millis())
     }
 
+    /// The open time of the last bar accounted for: the last closed one, or the end of a gap
+    /// announced after it.
+    fn covered(&self) -> Option<i64> {
+        match (self.ring.back().map(|l| l.open_time), self.gap_to) {
+            (Some(l), Some(g)) => Some(l.max(g)),
+            (l, g) => l.or(g),
+        }
+    }
+
+    /// The open bar `bar` begins: the one open before it (if older) becomes `prev`, and a
+    /// `prev` still open from before that is closed now from what it holds.
+    fn roll_to(&mut self, bar: i64, out: &mut Vec<Emit>) {
+        let older = merge(self.kline.filter(|k| k.open_time < bar), self.built.filter(|b| b.open_time < bar));
+        let Some(older) = older else { return };
+        if self.kline.is_some_and(|k| k.open_time < bar) {
+            self.kline = None;
+        }
+        if self.built.is_some_and(|b| b.open_time < bar) {
+            self.built = None;
+        }
+        if let Some(p) = self.prev.take() {
+            if p.open_time < older.open_time {
+                self.close_built(p, out);
+            }
+        }
+        self.prev = Some(older);
+    }
+
     /// A kline from the stream (open update or closing).
     pub fn on_kline(&mut self, mut k: Candle, out: &mut Vec<Emit>) {
         k.source = Source::Kline;
@@ -311,11 +355,14 @@ impl Series {
             return;
         }
         if !k.closed {
-            // A kline of a later bar: the earlier open bar has ended (its close came by the
-            // clock or will).
-            if self.built.is_some_and(|b| b.open_time < k.open_time) {
-                self.built = None;
+            if self.prev.is_some_and(|p| p.open_time == k.open_time) {
+                // An update of the bar that just ended: it is `prev` now.
+                if let Some(p) = &mut self.prev {
+                    *p = merge(Some(k), self.built.filter(|b| b.open_time == k.open_time)).unwrap_or(k);
+                }
+                return;
             }
+            self.roll_to(k.open_time, out);
             if self.kline.is_none_or(|o| o.open_time <= k.open_time) {
                 self.kline = Some(k);
                 if let Some(o) = self.open() {
@@ -325,6 +372,9 @@ impl Series {
             return;
         }
         k.revision = 1;
+        if self.prev.is_some_and(|p| p.open_time <= k.open_time) {
+            self.prev = None;
+        }
         if self.kline.is_some_and(|o| o.open_time <= k.open_time) {
             self.kline = None;
         }
@@ -343,27 +393,28 @@ impl Series {
             self.counts.late_trades += 1;
             return;
         }
+        if let Some(p) = &mut self.prev {
+            if p.open_time == bar {
+                // A late trade of the bar that just ended (within the build delay).
+                p.add_trade(price, qty);
+                return;
+            }
+            if bar < p.open_time {
+                self.counts.late_trades += 1;
+                return;
+            }
+        }
+        self.roll_to(bar, out);
         match &mut self.built {
             Some(b) if b.open_time == bar => b.add_trade(price, qty),
             Some(b) if b.open_time > bar => {
                 self.counts.late_trades += 1;
                 return;
             }
-            _ => {
-                // A later bar: the previous open bar is closed by the clock, not here (its
-                // kline may still be on the way).
-                self.built = Some(Candle::flat(bar, price, qty, Source::Trades));
-            }
+            _ => self.built = Some(Candle::flat(bar, price, qty, Source::Trades)),
         }
-        if let Some(b) = self.built {
-            let o = if self.kline.is_some_and(|k| k.open_time == bar) {
-                merge(self.kline, self.built)
-            } else {
-                Some(b)
-            };
-            if let Some(o) = o {
-                out.push(Emit::Open(o));
-            }
+        if let Some(o) = self.open() {
+            out.push(Emit::Open(o));
         }
     }
 
@@ -375,44 +426,56 @@ impl Series {
             return;
         }
         let iv = self.interval.millis();
-        loop {
-            let next_bar = match (self.ring.back(), merge_oldest(self.kline, self.built)) {
-                (_, Some(o)) => o.open_time,
-                (Some(l), None) => l.open_time + iv,
-                (None, None) => return,
-            };
-            if now_ms < next_bar + iv + close_delay_ms {
-                return;
-            }
-            let mut c = match (
-                self.kline.filter(|k| k.open_time == next_bar),
-                self.built.filter(|b| b.open_time == next_bar),
-            ) {
-                (k, b) if k.is_some() || b.is_some() => {
-                    let mut m = merge(k, b)
-                        .unwrap_or_else(|| Candle::flat(next_bar, Price::ZERO, Qty::ZERO, Source::Trades));
-                    m.source = Source::Trades;
-                    m
-                }
-                _ => match self.ring.back() {
-                    // No kline and no trade in the bar: the venue's own rule, a bar at the
-                    // last close with no volume.
-                    Some(l) => Candle::flat(next_bar, l.close, Qty::ZERO, Source::Trades),
+        for _ in 0..FILL_MAX {
+            let next = match self.covered() {
+                Some(l) => l + iv,
+                None => match [self.prev, self.kline, self.built].iter().flatten().map(|c| c.open_time).min()
+                {
+                    Some(t) => t,
                     None => return,
                 },
             };
-            if self.kline.is_some_and(|k| k.open_time <= next_bar) {
+            if now_ms < next + iv + close_delay_ms {
+                return;
+            }
+            let Some(c) = self.take_bar(next) else { return };
+            self.close_built(c, out);
+        }
+    }
+
+    /// What the relay holds of bar `t` (from `prev`, or the open bar), taken out; else a flat
+    /// bar at the last close (the venue's own rule for a bar without trades). `None` when
+    /// there is nothing to build it from.
+    fn take_bar(&mut self, t: i64) -> Option<Candle> {
+        if self.prev.is_some_and(|p| p.open_time < t) {
+            self.prev = None;
+        }
+        if let Some(p) = self.prev.filter(|p| p.open_time == t) {
+            self.prev = None;
+            return Some(p);
+        }
+        let k = self.kline.filter(|k| k.open_time == t);
+        let b = self.built.filter(|b| b.open_time == t);
+        if let Some(m) = merge(k, b) {
+            if k.is_some() {
                 self.kline = None;
             }
-            if self.built.is_some_and(|b| b.open_time <= next_bar) {
+            if b.is_some() {
                 self.built = None;
             }
-            c.closed = true;
-            c.revision = 1;
-            self.counts.built += 1;
-            self.unchecked = self.unchecked.saturating_add(1);
-            self.push_closed(c, out);
+            return Some(m);
         }
+        self.ring.back().map(|l| Candle::flat(t, l.close, Qty::ZERO, Source::Trades))
+    }
+
+    /// Closes a bar the relay built (no closing kline came): tagged `trades`, checked by REST.
+    fn close_built(&mut self, mut c: Candle, out: &mut Vec<Emit>) {
+        c.source = Source::Trades;
+        c.closed = true;
+        c.revision = 1;
+        self.counts.built += 1;
+        self.unchecked = self.unchecked.saturating_add(1);
+        self.push_closed(c, out);
     }
 
     /// Closed bars from REST (oldest first; an unclosed last bar is skipped by the caller).
@@ -428,7 +491,12 @@ impl Series {
                 self.correct(c, out);
             } else {
                 c.revision = 1;
-                self.push_in_order(c, out);
+                // REST's bars are the venue's record: appended as they come (Binance lists
+                // every bar, traded or not).
+                if self.prev.is_some_and(|p| p.open_time <= c.open_time) {
+                    self.prev = None;
+                }
+                self.append(c, out);
             }
         }
         self.unchecked = 0;
@@ -453,6 +521,7 @@ impl Series {
                 // The ring continues after the hole: announced now, and again to a client
                 // resuming across it (`since`).
                 out.push(Emit::Gap { from: last + iv, to: next - iv });
+                self.gap_to = Some(next - iv);
             }
         }
         self.release_held(out);
@@ -461,11 +530,7 @@ impl Series {
     fn release_held(&mut self, out: &mut Vec<Emit>) {
         self.backfilling = false;
         while let Some(h) = self.held.pop_front() {
-            if self.ring.back().is_some_and(|l| h.open_time <= l.open_time) {
-                self.correct(h, out);
-            } else {
-                self.append(h, out);
-            }
+            self.push_in_order(h, out);
         }
     }
 
@@ -483,11 +548,41 @@ impl Series {
         self.push_in_order(c, out);
     }
 
+    /// Appends a live closed bar after closing (or announcing) any bar missing before it.
     fn push_in_order(&mut self, c: Candle, out: &mut Vec<Emit>) {
+        let iv = self.interval.millis();
+        if self.ring.back().is_some_and(|l| c.open_time <= l.open_time) {
+            self.correct(c, out);
+            return;
+        }
+        let Some(last) = self.covered().filter(|l| *l < c.open_time) else {
+            self.append(c, out);
+            return;
+        };
+        let missing = (c.open_time - last) / iv - 1;
+        if missing > FILL_MAX as i64 {
+            out.push(Emit::Gap { from: last + iv, to: c.open_time - iv });
+        } else {
+            let mut t = last + iv;
+            while t < c.open_time {
+                if let Some(mut m) = self.take_bar(t) {
+                    m.source = Source::Trades;
+                    m.closed = true;
+                    m.revision = 1;
+                    self.counts.built += 1;
+                    self.unchecked = self.unchecked.saturating_add(1);
+                    self.append(m, out);
+                }
+                t += iv;
+            }
+        }
         self.append(c, out);
     }
 
     fn append(&mut self, c: Candle, out: &mut Vec<Emit>) {
+        if self.gap_to.is_some_and(|g| c.open_time > g) {
+            self.gap_to = None;
+        }
         if self.ring.len() == RELAY_RING {
             self.ring.pop_front();
         }
@@ -717,5 +812,44 @@ mod tests {
         out.clear();
         s.since(0, &mut out);
         assert_eq!(out[0], Emit::Gap { from: IV, to: 19 * IV });
+    }
+
+    #[test]
+    fn a_bar_whose_kline_never_closes_is_not_lost_when_the_next_one_trades_early() {
+        let mut s = Series::new(Interval::M1);
+        let mut out = Vec::new();
+        s.on_rest(&[bar(0, 1, 1, 1, 1, 1, true)], true, &mut out);
+        out.clear();
+        // Bar 1 trades and gets kline updates, but its closing kline never comes.
+        s.on_kline(bar(IV, 5, 5, 5, 5, 1, false), &mut out);
+        s.on_trade(p(6), Qty::from_units(1), IV + 30_000, &mut out);
+        // Bar 2 trades within the build delay of bar 1's end.
+        s.on_trade(p(7), Qty::from_units(1), 2 * IV + 10, &mut out);
+        s.on_kline(bar(2 * IV, 7, 7, 7, 7, 1, false), &mut out);
+        // A late trade of bar 1 still counts for it.
+        s.on_trade(p(4), Qty::from_units(1), IV + 59_000, &mut out);
+        out.clear();
+        s.on_clock(2 * IV + 1_000, 1_000, true, &mut out);
+        let got = closed(&out);
+        assert_eq!(got, [(IV, 1, Source::Trades)]);
+        let Emit::Closed(c) = out[0] else { panic!() };
+        assert_eq!((c.open, c.high, c.low, c.close), (p(5), p(6), p(4), p(4)));
+        // Bar 2 is still open.
+        assert_eq!(s.open().map(|o| o.open_time), Some(2 * IV));
+
+        // And when bar 2's closing kline beats the clock to bar 1: bar 1 is closed first.
+        let mut s = Series::new(Interval::M1);
+        s.on_rest(&[bar(0, 1, 1, 1, 1, 1, true)], true, &mut out);
+        out.clear();
+        s.on_trade(p(6), Qty::from_units(1), IV + 30_000, &mut out);
+        s.on_trade(p(7), Qty::from_units(1), 2 * IV + 10, &mut out);
+        out.clear();
+        s.on_kline(bar(2 * IV, 7, 8, 7, 8, 3, true), &mut out);
+        assert_eq!(closed(&out), [(IV, 1, Source::Trades), (2 * IV, 1, Source::Kline)]);
+        assert!(s.needs_check());
+        // A hole too long to fill is announced.
+        out.clear();
+        s.on_kline(bar(100 * IV, 7, 8, 7, 8, 3, true), &mut out);
+        assert_eq!(out[0], Emit::Gap { from: 3 * IV, to: 99 * IV });
     }
 }

@@ -192,7 +192,9 @@ pub fn parse_request(
     };
     let names = || intervals.iter().map(|i| i.name()).collect::<Vec<_>>().join(", ");
     let interval = match map.get("interval") {
-        None => *intervals.first().unwrap_or(&Interval::M1),
+        // The connector's default, `1m`, when it is served; else the first served.
+        None if intervals.contains(&Interval::M1) || intervals.is_empty() => Interval::M1,
+        None => intervals[0],
         Some(Value::String(s)) => match Interval::parse(s) {
             Some(i) if intervals.contains(&i) => i,
             Some(_) => {

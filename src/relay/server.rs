@@ -252,14 +252,8 @@ pub async fn run(
             let ux = Arc::new(UpstoxShared::with_map(token_file.clone(), map.clone()));
             ux.set_reader(cfg.read_token);
             let ucfg = super::upstox::session_config(&cfg);
-            tasks.push(tokio::spawn(crate::feed::upstox::run(
-                ucfg,
-                connector.clone(),
-                ctx,
-                ux,
-                add_rx,
-                up_stop.clone(),
-            )));
+            let venue = Arc::new(crate::feed::upstox::UpstoxFeed::new(ucfg, ux).tagged("[RELAY]"));
+            tasks.push(tokio::spawn(session::run(venue, connector.clone(), ctx, add_rx, up_stop.clone())));
             tasks.push(tokio::spawn(super::upstox::run_ticks(
                 ticks,
                 in_tx.clone(),

@@ -249,6 +249,9 @@ impl Venue for RelayBinance {
     fn timing(&self) -> Timing {
         self.timing
     }
+    fn log_tag(&self) -> &'static str {
+        "[RELAY]"
+    }
     fn dns_host(&self) -> &str {
         &self.endpoint.host
     }
