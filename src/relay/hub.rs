@@ -426,7 +426,7 @@ impl Hub {
             Utf8Bytes::from(protocol::status(self.epoch, self.cfg.exchange, self.status_seq, live, since));
         for c in self.clients.values() {
             // A client that cannot take it is marked overflowed (its writer closes it).
-            let _ = c.entry.outbox.push_ordered(Ordered { msg: msg.clone(), cursor: None });
+            let _ = c.entry.outbox.push_ordered(Ordered { msg: msg.clone(), rest: Vec::new(), cursor: None });
         }
     }
 
@@ -436,12 +436,18 @@ impl Hub {
             return;
         }
         let iv = self.cfg.intervals[i];
-        for e in emits {
-            let (msg, cursor, open) = {
-                let s = &mut self.syms[usize::from(sym)];
-                let h = Head { epoch: self.epoch, exchange: self.cfg.exchange, symbol: &s.name };
+        // Encoded once for every client; the ordered ones of this event go as one entry.
+        let mut ordered: Vec<Utf8Bytes> = Vec::new();
+        let mut cursor: Option<i64> = None;
+        let mut open: Option<(Utf8Bytes, i64)> = None;
+        {
+            let s = &mut self.syms[usize::from(sym)];
+            let h = Head { epoch: self.epoch, exchange: self.cfg.exchange, symbol: &s.name };
+            for e in emits {
                 match e {
-                    Emit::Open(c) => (protocol::candle(&h, iv, s.seq[i], c), None, Some(c.open_time)),
+                    Emit::Open(c) => {
+                        open = Some((Utf8Bytes::from(protocol::candle(&h, iv, s.seq[i], c)), c.open_time));
+                    }
                     Emit::Closed(c) | Emit::Corrected(c) => {
                         s.seq[i] += 1;
                         if matches!(e, Emit::Corrected(_)) {
@@ -450,35 +456,39 @@ impl Hub {
                         if c.source == super::candle::Source::Trades {
                             self.stats.built.fetch_add(1, Ordering::Relaxed);
                         }
-                        (protocol::candle(&h, iv, s.seq[i], c), Some(c.open_time), None)
+                        ordered.push(Utf8Bytes::from(protocol::candle(&h, iv, s.seq[i], c)));
+                        cursor = cursor.max(Some(c.open_time));
                     }
                     Emit::Gap { from, to } => {
                         s.seq[i] += 1;
                         self.stats.gaps.fetch_add(1, Ordering::Relaxed);
                         log::warn!("[RELAY] event=gap symbol={} interval={iv} from={from} to={to}", s.name);
-                        (protocol::gap(&h, iv, s.seq[i], *from, *to), Some(*to), None)
+                        ordered.push(Utf8Bytes::from(protocol::gap(&h, iv, s.seq[i], *from, *to)));
+                        cursor = cursor.max(Some(*to));
                     }
                 }
-            };
-            let msg = Utf8Bytes::from(msg);
-            let s = &self.syms[usize::from(sym)];
-            for (id, slot, ci) in &s.clients {
-                if *ci != i {
-                    continue;
-                }
-                let Some(c) = self.clients.get(id) else { continue };
-                match (open, cursor) {
-                    (Some(t), _) => c.entry.outbox.push_open(*slot, msg.clone(), t),
-                    (None, cur) => {
-                        if !c
-                            .entry
-                            .outbox
-                            .push_ordered(Ordered { msg: msg.clone(), cursor: cur.map(|t| (*slot, t)) })
-                        {
-                            // Marked overflowed: its writer closes it with its cursor.
-                        }
-                    }
-                }
+            }
+        }
+        let s = &self.syms[usize::from(sym)];
+        let mut group = ordered.into_iter();
+        let first = group.next();
+        let rest: Vec<Utf8Bytes> = group.collect();
+        for (id, slot, ci) in &s.clients {
+            if *ci != i {
+                continue;
+            }
+            let Some(c) = self.clients.get(id) else { continue };
+            if let Some(m) = &first {
+                // A client that cannot take it is marked overflowed: its writer closes it
+                // with its cursor.
+                let _ = c.entry.outbox.push_ordered(Ordered {
+                    msg: m.clone(),
+                    rest: rest.clone(),
+                    cursor: cursor.map(|t| (*slot, t)),
+                });
+            }
+            if let Some((m, t)) = &open {
+                c.entry.outbox.push_open(*slot, m.clone(), *t);
             }
         }
         // Duplicates and the like are counted by the series; the totals are summed in
@@ -567,17 +577,26 @@ impl Hub {
                 Some((_, cursor)) => {
                     emits.clear();
                     series.since(*cursor, &mut emits);
+                    // The catch-up of one symbol is one entry of the outbox.
+                    let mut msgs = Vec::with_capacity(emits.len());
+                    let mut cur = None;
                     for e in &emits {
-                        let (m, cur) = match e {
+                        let (m, t) = match e {
                             Emit::Closed(c) | Emit::Corrected(c) => {
                                 (protocol::candle(&h, iv, seq, c), c.open_time)
                             }
                             Emit::Gap { from, to } => (protocol::gap(&h, iv, seq, *from, *to), *to),
                             Emit::Open(_) => continue,
                         };
+                        msgs.push(Utf8Bytes::from(m));
+                        cur = cur.max(Some(t));
+                    }
+                    let mut it = msgs.into_iter();
+                    if let Some(first) = it.next() {
                         out.push_ordered(Ordered {
-                            msg: Utf8Bytes::from(m),
-                            cursor: Some((slot as u16, cur)),
+                            msg: first,
+                            rest: it.collect(),
+                            cursor: cur.map(|t| (slot as u16, t)),
                         });
                     }
                 }
@@ -586,6 +605,7 @@ impl Hub {
                     let m = protocol::snapshot(&h, iv, seq, series.snapshot(req.limit));
                     out.push_ordered(Ordered {
                         msg: Utf8Bytes::from(m),
+                        rest: Vec::new(),
                         cursor: last.map(|t| (slot as u16, t)),
                     });
                 }
@@ -601,7 +621,7 @@ impl Hub {
         if !self.live || self.recovering > 0 {
             let since = self.stats.stale_since.load(Ordering::Relaxed);
             let m = protocol::status(self.epoch, self.cfg.exchange, self.status_seq, false, since);
-            client.outbox.push_ordered(Ordered { msg: Utf8Bytes::from(m), cursor: None });
+            client.outbox.push_ordered(Ordered { msg: Utf8Bytes::from(m), rest: Vec::new(), cursor: None });
         }
         for (slot, x) in syms.iter().enumerate() {
             self.syms[usize::from(*x)].clients.push((client.id, slot as u16, i));
@@ -741,6 +761,8 @@ pub async fn run(
                 Cmd::Join { client, req, reply } => hub.join(client, req, reply),
                 Cmd::Leave { id } => hub.leave(id),
             },
+            // The clock before the upstream: a flood of quotes never holds bars open.
+            _ = tick.tick() => hub.tick(),
             Some(ev) = input.recv() => {
                 hub.input(ev);
                 // Drain what is already queued before the clock gets a look in.
@@ -751,7 +773,6 @@ pub async fn run(
                     }
                 }
             }
-            _ = tick.tick() => hub.tick(),
         }
     }
 }

@@ -25,6 +25,10 @@ use super::stats::RelayStats;
 pub struct Ordered {
     /// The encoded message.
     pub msg: Utf8Bytes,
+    /// More messages of the same upstream event, in order (a backfill's bars, a resume):
+    /// one entry of the queue, so that a burst the relay itself makes never counts as the
+    /// client falling behind.
+    pub rest: Vec<Utf8Bytes>,
     /// `(symbol slot, open time)` of the newest closed candle it carries, if any.
     pub cursor: Option<(u16, i64)>,
 }
@@ -220,7 +224,20 @@ impl Outbox {
             }
             while batch.len() < max {
                 let Some(m) = i.ordered.pop_front() else { break };
-                batch.push(Out { msg: m.msg, cursor: m.cursor, recv: None });
+                if m.rest.is_empty() {
+                    batch.push(Out { msg: m.msg, cursor: m.cursor, recv: None });
+                } else {
+                    // The cursor goes with the last message of the group.
+                    batch.push(Out { msg: m.msg, cursor: None, recv: None });
+                    let n = m.rest.len();
+                    for (k, r) in m.rest.into_iter().enumerate() {
+                        batch.push(Out {
+                            msg: r,
+                            cursor: if k + 1 == n { m.cursor } else { None },
+                            recv: None,
+                        });
+                    }
+                }
             }
             while batch.len() < max {
                 let Some(slot) = i.waiting.pop_front() else { break };
@@ -269,7 +286,11 @@ mod tests {
     async fn a_closed_candle_goes_first_and_drops_the_update_of_its_bar() {
         let o = Outbox::new(1, 10, 10, Arc::default());
         o.push_open(0, m("open-60000"), 60_000);
-        assert!(o.push_ordered(Ordered { msg: m("closed-60000"), cursor: Some((0, 60_000)) }));
+        assert!(o.push_ordered(Ordered {
+            msg: m("closed-60000"),
+            rest: Vec::new(),
+            cursor: Some((0, 60_000))
+        }));
         o.push_open(0, m("open-120000"), 120_000);
         assert_eq!(texts(&o), ["closed-60000", "open-120000"]);
     }
@@ -278,9 +299,13 @@ mod tests {
     async fn closed_candles_are_never_dropped_the_client_is_closed_instead() {
         let o = Outbox::new(1, 3, 10, Arc::default());
         for n in 0..3 {
-            assert!(o.push_ordered(Ordered { msg: m(&n.to_string()), cursor: Some((0, n * 60_000)) }));
+            assert!(o.push_ordered(Ordered {
+                msg: m(&n.to_string()),
+                rest: Vec::new(),
+                cursor: Some((0, n * 60_000))
+            }));
         }
-        assert!(!o.push_ordered(Ordered { msg: m("3"), cursor: Some((0, 180_000)) }));
+        assert!(!o.push_ordered(Ordered { msg: m("3"), rest: Vec::new(), cursor: Some((0, 180_000)) }));
         assert_eq!(o.closing(), Some(Closing::Overflowed));
         let mut b = Vec::new();
         assert_eq!(o.take(&mut b, 10), Some(Closing::Overflowed));
@@ -297,5 +322,19 @@ mod tests {
         }
         assert_eq!(o.depth_latest(), 2);
         assert_eq!(o.dropped.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn a_burst_of_one_event_is_one_entry() {
+        let o = Outbox::new(1, 2, 10, Arc::default());
+        let rest: Vec<Utf8Bytes> = (1..1000).map(|n| m(&n.to_string())).collect();
+        assert!(o.push_ordered(Ordered { msg: m("0"), rest, cursor: Some((0, 999)) }));
+        assert!(o.push_ordered(Ordered { msg: m("next"), rest: Vec::new(), cursor: Some((0, 1000)) }));
+        assert_eq!(o.closing(), None);
+        let mut b = Vec::new();
+        o.take(&mut b, 2000);
+        assert_eq!(b.len(), 1001);
+        assert_eq!(b[999].cursor, Some((0, 999)));
+        assert!(b[..999].iter().all(|x| x.cursor.is_none()));
     }
 }
