@@ -883,3 +883,61 @@ async fn a_foreign_origin_is_refused_403_and_no_origin_works() {
     })
     .await;
 }
+
+/// The control plane's connection rule holds for the relay too: at most
+/// `RELAY_CLIENTS_PER_PEER` connections from one address; more are closed at once and
+/// counted, and a slot freed is usable again. Clients of another address (127.0.0.2) are not
+/// affected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_holds_at_most_its_share_of_relay_connections() {
+    bounded(async {
+        let (w, conf) = world("relay_caps").await;
+        let app = start(&w, &conf.toml(), &[], true).await;
+        let cap = tickguard::limits::RELAY_CLIENTS_PER_PEER;
+        // Connections that never send a request hold their slot (until REQUEST_WAIT).
+        let mut held = Vec::new();
+        for n in 0..cap {
+            held.push(RelayClient::connect(conf.port).await.unwrap_or_else(|e| panic!("client {n}: {e:?}")));
+        }
+        let over = RelayClient::connect(conf.port).await;
+        assert!(over.is_err(), "connection {} from one address was let in", cap + 1);
+        let (_, metrics) = http_get(conf.health, "/metrics").await;
+        let refused = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("tickguard_relay_refused_total "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        assert!(refused >= 1, "the refusal is counted:\n{metrics}");
+        // Another address of the LAN is served meanwhile.
+        let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+        sock.bind("127.0.0.2:0".parse().expect("addr")).expect("bind 127.0.0.2");
+        let tcp = sock.connect(([127, 0, 0, 1], conf.port).into()).await.expect("connect from 127.0.0.2");
+        let (mut other, _) = tokio_tungstenite::client_async(format!("ws://127.0.0.1:{}/", conf.port), tcp)
+            .await
+            .expect("127.0.0.2 is not held back by 127.0.0.1's connections");
+        futures_util::SinkExt::send(&mut other, tokio_tungstenite::tungstenite::Message::text(SEED_REQUEST))
+            .await
+            .expect("send");
+        let first = tokio::time::timeout(Duration::from_secs(10), futures_util::StreamExt::next(&mut other))
+            .await
+            .expect("an answer")
+            .expect("a frame")
+            .expect("a message");
+        assert!(first.to_text().unwrap_or("").contains("\"snapshot\""), "{first:?}");
+        // A freed slot is usable again.
+        drop(held.pop());
+        let mut again = None;
+        for _ in 0..50 {
+            if let Ok(c) = RelayClient::connect(conf.port).await {
+                again = Some(c);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let mut again = again.expect("a freed slot is given again");
+        again.send(SEED_REQUEST).await;
+        assert_eq!(again.next_json(Duration::from_secs(10)).await.expect("snapshot")["type"], "snapshot");
+        assert_eq!(stop(app).await, Some(0));
+    })
+    .await;
+}

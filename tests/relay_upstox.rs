@@ -171,5 +171,9 @@ intervals = ["1m"]
     // The guard's feed subscribes its own instrument only.
     assert_eq!(ch["websocket"]["subscribed_symbols"], 1, "{ch}");
     assert!(!w.streams().iter().any(|s| s.contains("ine002a01018")));
+    // The guard's readiness is its own: the relay's symbol (never quoted to the guard) does
+    // not make it blind or unready.
+    let (code, ready) = w.api("GET", "/ready", None).await;
+    assert_eq!(code, 200, "{ready}");
     app.stop().await;
 }
