@@ -11,8 +11,11 @@
 //!
 //! The tests run one at a time (they are timed on the wall clock); each is bounded.
 
+#[path = "support/relay.rs"]
+mod relay_client;
 mod support;
 
+use relay_client::{RelayConf, http_get};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -25,7 +28,6 @@ use support::fake_binance::{self, FakeBinance, Kline, Route};
 use support::guard::{GuardWorld, free_port};
 use support::relay_script::CandleScript;
 use support::ws::{Fault, WsServer};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
@@ -163,24 +165,11 @@ async fn rig(name: &str, symbols: &[&str], extra: &str) -> Rig {
         rest.set_klines(s, "1s", Vec::new());
     }
     let (port, health) = (free_port(), free_port());
-    let list = symbols.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", ");
-    let cfg = format!(
-        r#"
-[relay]
-enabled = true
-listen = "127.0.0.1:{port}"
-health_listen = "127.0.0.1:{health}"
-ws_url = "wss://127.0.0.1:{ws}/stream"
-rest_url = "{rest}"
-intervals = ["1s"]
-close_delay_s = {delay}
-symbols = [{list}]
-{extra}
-"#,
-        ws = up.port,
-        rest = rest.base_url(),
-        delay = CLOSE_DELAY_MS as f64 / 1000.0
-    );
+    let cfg = RelayConf::new(port, health, up.port, &rest.base_url())
+        .symbols(symbols)
+        .close_delay(CLOSE_DELAY_MS as f64 / 1000.0)
+        .line(extra)
+        .toml();
     let path = w.config("state", &cfg);
     let m = Arc::new(Market {
         up,
@@ -203,26 +192,6 @@ symbols = [{list}]
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     rig
-}
-
-/// `GET path` on 127.0.0.1:port: `(status, body)`.
-async fn http_get(port: u16, path: &str) -> (u16, String) {
-    let Ok(Ok(mut tcp)) =
-        tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(("127.0.0.1", port)))
-            .await
-    else {
-        return (0, String::new());
-    };
-    let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
-    if tcp.write_all(req.as_bytes()).await.is_err() {
-        return (0, String::new());
-    }
-    let mut raw = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(3), tcp.read_to_end(&mut raw)).await;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    (status, body)
 }
 
 /// The value of the first sample of `name` whose labels contain `labels` on `/metrics`.

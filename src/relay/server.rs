@@ -339,6 +339,19 @@ pub async fn run(
     log::info!("Server shutdown complete");
 }
 
+/// Sends a refused request's `error` and the close frame 1008 (bounded by [`WRITE_WAIT`]).
+async fn refuse_and_close<S>(tx: &mut S, error: Message)
+where
+    S: futures_util::Sink<Message> + Unpin,
+{
+    let _ = tokio::time::timeout(WRITE_WAIT, async {
+        let _ = tx.send(error).await;
+        let close = CloseFrame { code: CloseCode::Policy, reason: "bad request".into() };
+        let _ = tx.send(Message::Close(Some(close))).await;
+    })
+    .await;
+}
+
 /// The close frame of a client being let go: its cursor when it fits (a close reason holds
 /// 123 bytes), else a pointer to the `bye` message that carries it.
 fn close_frame(code: CloseCode, cursor: &str) -> CloseFrame {
@@ -430,16 +443,7 @@ async fn client(
     let req = match req {
         Ok(r) => r,
         Err(e) => {
-            let _ = tokio::time::timeout(WRITE_WAIT, async {
-                let _ = tx.send(refuse(e)).await;
-                let _ = tx
-                    .send(Message::Close(Some(CloseFrame {
-                        code: CloseCode::Policy,
-                        reason: "bad request".into(),
-                    })))
-                    .await;
-            })
-            .await;
+            refuse_and_close(&mut tx, refuse(e)).await;
             return;
         }
     };
@@ -454,16 +458,7 @@ async fn client(
     match reply_rx.await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
-            let _ = tokio::time::timeout(WRITE_WAIT, async {
-                let _ = tx.send(refuse(e)).await;
-                let _ = tx
-                    .send(Message::Close(Some(CloseFrame {
-                        code: CloseCode::Policy,
-                        reason: "bad request".into(),
-                    })))
-                    .await;
-            })
-            .await;
+            refuse_and_close(&mut tx, refuse(e)).await;
             return;
         }
         Err(_) => return,

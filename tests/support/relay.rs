@@ -305,6 +305,11 @@ impl RelayConf {
         self.symbols = s.iter().map(|s| s.to_string()).collect();
         self
     }
+    /// `relay.close_delay_s`.
+    pub fn close_delay(mut self, s: f64) -> Self {
+        self.close_delay_s = s;
+        self
+    }
     /// `relay.stale_after_s`.
     pub fn stale_after(mut self, s: f64) -> Self {
         self.stale_after_s = Some(s);
