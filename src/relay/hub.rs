@@ -31,6 +31,9 @@ use crate::limits::{RELAY_CLIENTS, RELAY_SYMBOLS};
 pub const JOIN_WAIT: Duration = Duration::from_secs(5);
 /// The hub's clock tick: bars are closed by the clock, gauges refreshed.
 pub const TICK: Duration = Duration::from_millis(200);
+/// Least time between two open-candle updates of one series (a newer one waits for the
+/// clock; closes and new bars go at once).
+pub const OPEN_EVERY: Duration = Duration::from_millis(250);
 /// Least time between two REST checks of one series' bars built from trades.
 pub const CHECK_EVERY: Duration = Duration::from_secs(2);
 
@@ -140,8 +143,13 @@ struct Sym {
     seq: Vec<u64>,
     quote_seq: u64,
     last_quote: Option<(Utf8Bytes, Instant)>,
-    /// `(client id, client's slot for this symbol, interval index)`.
-    clients: Vec<(u64, u16, usize)>,
+    /// The symbol's clients: id, the client's slot for it, interval index and its outbox
+    /// (held here so a fan-out is a walk of this list, no look-up per message).
+    clients: Vec<(u64, u16, usize, Arc<Outbox>)>,
+    /// Per interval: when the last open update went out, and whether a newer one waits for
+    /// the clock ([`OPEN_EVERY`]).
+    open_sent: Vec<Instant>,
+    open_due: Vec<bool>,
     /// Per interval: a REST job is out.
     in_flight: Vec<bool>,
     /// Per interval: the first backfill has answered (or failed).
@@ -244,6 +252,8 @@ impl Hub {
             in_flight: vec![false; n],
             ready: vec![false; n],
             recovering: vec![false; n],
+            open_sent: vec![mono(); n],
+            open_due: vec![false; n],
             next_check: vec![mono(); n],
             unknown: None,
         });
@@ -296,10 +306,8 @@ impl Hub {
                 s.quote_seq += 1;
                 let h = Head { epoch: self.epoch, exchange: self.cfg.exchange, symbol: &s.name };
                 let msg = Utf8Bytes::from(protocol::quote(&h, s.quote_seq, &q));
-                for (id, slot, _) in &s.clients {
-                    if let Some(c) = self.clients.get(id) {
-                        c.entry.outbox.push_quote(*slot, msg.clone(), recv);
-                    }
+                for (_, slot, _, out) in &s.clients {
+                    out.push_quote(*slot, msg.clone(), Some(recv));
                 }
                 s.last_quote = Some((msg, recv));
             }
@@ -469,30 +477,59 @@ impl Hub {
                 }
             }
         }
-        let s = &self.syms[usize::from(sym)];
+        // Open updates go out at most every OPEN_EVERY per series (one per trade was a third
+        // of all traffic in scripts/bench-relay); a newer one waits for the clock, and a
+        // closed bar or a new bar goes at once.
+        let now = mono();
+        let s = &mut self.syms[usize::from(sym)];
+        if let Some((_, t)) = &open {
+            let new_bar = s.series[i].last_closed().is_some_and(|l| *t == l.open_time + iv.millis());
+            if ordered.is_empty() && !new_bar && now.saturating_duration_since(s.open_sent[i]) < OPEN_EVERY {
+                s.open_due[i] = true;
+                open = None;
+            } else {
+                s.open_sent[i] = now;
+                s.open_due[i] = false;
+            }
+        }
         let mut group = ordered.into_iter();
         let first = group.next();
         let rest: Vec<Utf8Bytes> = group.collect();
-        for (id, slot, ci) in &s.clients {
+        for (_, slot, ci, out) in &s.clients {
             if *ci != i {
                 continue;
             }
-            let Some(c) = self.clients.get(id) else { continue };
             if let Some(m) = &first {
                 // A client that cannot take it is marked overflowed: its writer closes it
                 // with its cursor.
-                let _ = c.entry.outbox.push_ordered(Ordered {
+                let _ = out.push_ordered(Ordered {
                     msg: m.clone(),
                     rest: rest.clone(),
                     cursor: cursor.map(|t| (*slot, t)),
                 });
             }
             if let Some((m, t)) = &open {
-                c.entry.outbox.push_open(*slot, m.clone(), *t);
+                out.push_open(*slot, m.clone(), *t);
             }
         }
         // Duplicates and the like are counted by the series; the totals are summed in
         // `refresh_views`.
+    }
+
+    /// Sends a series' open bar that waited for [`OPEN_EVERY`].
+    fn flush_open(&mut self, sym: u16, i: usize, now: Instant) {
+        let iv = self.cfg.intervals[i];
+        let s = &mut self.syms[usize::from(sym)];
+        s.open_due[i] = false;
+        s.open_sent[i] = now;
+        let Some(o) = s.series[i].open() else { return };
+        let h = Head { epoch: self.epoch, exchange: self.cfg.exchange, symbol: &s.name };
+        let msg = Utf8Bytes::from(protocol::candle(&h, iv, s.seq[i], &o));
+        for (_, slot, ci, out) in &s.clients {
+            if *ci == i {
+                out.push_open(*slot, msg.clone(), o.open_time);
+            }
+        }
     }
 
     /// A client's request. Symbols the relay did not serve yet are subscribed and backfilled
@@ -613,8 +650,9 @@ impl Hub {
             if let Some(o) = series.open() {
                 out.push_open(slot as u16, Utf8Bytes::from(protocol::candle(&h, iv, seq, &o)), o.open_time);
             }
-            if let Some((q, recv)) = &s.last_quote {
-                out.push_quote(slot as u16, q.clone(), *recv);
+            // The latest quote, replayed (not timed: its age is not the relay's latency).
+            if let Some((q, _)) = &s.last_quote {
+                out.push_quote(slot as u16, q.clone(), None);
             }
         }
         // Stale until the upstream is up and every series has caught up.
@@ -624,7 +662,7 @@ impl Hub {
             client.outbox.push_ordered(Ordered { msg: Utf8Bytes::from(m), rest: Vec::new(), cursor: None });
         }
         for (slot, x) in syms.iter().enumerate() {
-            self.syms[usize::from(*x)].clients.push((client.id, slot as u16, i));
+            self.syms[usize::from(*x)].clients.push((client.id, slot as u16, i, client.outbox.clone()));
         }
         log::info!(
             "[RELAY] event=client_joined peer={} symbols={} interval={iv} resume={}",
@@ -641,7 +679,7 @@ impl Hub {
     pub fn leave(&mut self, id: u64) {
         if let Some(c) = self.clients.remove(&id) {
             for x in &c.syms {
-                self.syms[usize::from(*x)].clients.retain(|(cid, _, _)| *cid != id);
+                self.syms[usize::from(*x)].clients.retain(|(cid, _, _, _)| *cid != id);
             }
         }
         self.pending.retain(|p| p.client.id != id);
@@ -660,6 +698,11 @@ impl Hub {
                 emits.clear();
                 self.syms[s].series[i].on_clock(now_ms, delay, self.live, &mut emits);
                 self.fan_out(s as u16, i, &emits);
+                if self.syms[s].open_due[i]
+                    && now.saturating_duration_since(self.syms[s].open_sent[i]) >= OPEN_EVERY
+                {
+                    self.flush_open(s as u16, i, now);
+                }
                 let sy = &self.syms[s];
                 if self.live && sy.series[i].needs_check() && !sy.in_flight[i] && now >= sy.next_check[i] {
                     self.syms[s].next_check[i] = now + CHECK_EVERY;

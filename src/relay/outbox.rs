@@ -151,7 +151,8 @@ impl Outbox {
             match &mut i.slots[slot] {
                 Some(l) => {
                     if open_time >= l.open_time {
-                        *l = Latest { msg, open_time, recv: l.recv.or(recv) };
+                        // The replaced one is superseded: the latency is the newest's own.
+                        *l = Latest { msg, open_time, recv };
                     }
                     false
                 }
@@ -176,8 +177,8 @@ impl Outbox {
     }
 
     /// Symbol `sym`'s newest quote (replaces a waiting one).
-    pub fn push_quote(&self, sym: u16, msg: Utf8Bytes, recv: Instant) {
-        self.push_latest(2 * usize::from(sym), msg, i64::MIN, Some(recv));
+    pub fn push_quote(&self, sym: u16, msg: Utf8Bytes, recv: Option<Instant>) {
+        self.push_latest(2 * usize::from(sym), msg, i64::MIN, recv);
     }
 
     /// Symbol `sym`'s open candle (replaces a waiting update of the same or an earlier bar).
@@ -273,12 +274,12 @@ mod tests {
     async fn quotes_keep_the_newest_and_updates_replace_each_other() {
         let o = Outbox::new(2, 10, 10, Arc::default());
         let now = crate::bus::clock::mono();
-        o.push_quote(0, m("q1"), now);
-        o.push_quote(0, m("q2"), now);
+        o.push_quote(0, m("q1"), Some(now));
+        o.push_quote(0, m("q2"), Some(now));
         o.push_open(0, m("o1"), 60_000);
         o.push_open(0, m("o2"), 60_000);
         o.push_open(0, m("old"), 0);
-        o.push_quote(1, m("r1"), now);
+        o.push_quote(1, m("r1"), Some(now));
         assert_eq!(texts(&o), ["q2", "o2", "r1"]);
     }
 
@@ -318,7 +319,7 @@ mod tests {
         let o = Outbox::new(4, 10, 2, Arc::default());
         let now = crate::bus::clock::mono();
         for s in 0..4 {
-            o.push_quote(s, m("q"), now);
+            o.push_quote(s, m("q"), Some(now));
         }
         assert_eq!(o.depth_latest(), 2);
         assert_eq!(o.dropped.load(Ordering::Relaxed), 2);
