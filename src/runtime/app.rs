@@ -43,6 +43,20 @@ pub fn summary(cfg: &Config) -> String {
             p.blind_policy.as_str()
         );
     }
+    if cfg.relay.enabled {
+        let r = &cfg.relay;
+        let _ = write!(
+            s,
+            "\n  relay {} on {} (health {}) intervals={} symbols={} closed_queue_max={} open_queue_max={}",
+            cfg.relay_exchange().map_or("(no venue)", |e| e.name()),
+            r.listen,
+            if r.health_enabled { r.health_listen.to_string() } else { "off".into() },
+            r.intervals.iter().map(|i| i.name()).collect::<Vec<_>>().join(","),
+            r.symbols.len(),
+            r.closed_queue_max,
+            r.open_queue_max
+        );
+    }
     s
 }
 
